@@ -1,0 +1,277 @@
+"""Policy mappings, their entropies and fused entropy-regularized losses.
+
+One knob selects the mapping: ``alpha``. ``alpha=1`` is softmax (Shannon entropy),
+``alpha=2`` sparsemax (Gini entropy), ``alpha=1.5`` exact entmax-1.5, any other ``alpha > 1``
+entmax-alpha by bisection (Tsallis-alpha entropy). ``temperature > 0`` divides the logits
+first. Invalid actions are marked by ``mask`` (bool, True = allowed) or by ``-inf`` logits.
+Every function acts on the last dim of ``(..., V)`` logits. The math, with every gradient,
+is in DESIGN.md section 1.
+
+Cross-entropy with a confidence penalty (Pereyra et al. 2017) is ``pg_loss`` with
+advantages 1::
+
+    loss = ops.pg_loss(logits, labels, advantages=1.0, beta=0.1).loss   # CE - 0.1 * H
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ops import _validate as V
+from ops.functions import (
+    EntropyFunction,
+    PGLossFunction,
+    PPOLossFunction,
+    ProbsFunction,
+    backend_for,
+)
+
+__all__ = [
+    "LossOutput",
+    "backend_for",
+    "entropy",
+    "greedy",
+    "gumbel_softmax",
+    "max_entropy",
+    "pg_loss",
+    "ppo_loss",
+    "probs",
+    "sample",
+]
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """What ``pg_loss`` and ``ppo_loss`` return.
+
+    Attributes
+    ----------
+    loss:
+        Scalar weighted mean of the per-row losses; differentiable w.r.t. the logits.
+    entropy, log_prob, support_size:
+        Detached per-row values (the logits' leading shape): the mapping's entropy, the log
+        probability of the taken action (``-inf`` when an alpha > 1 policy gives it
+        probability 0), and the number of actions with nonzero probability.
+    grad_norm_policy, grad_norm_entropy:
+        Detached scalars: Frobenius norms, at the logits, of the gradient of the policy term and
+        of the entropy term (``-beta H``) of ``loss``. Both come from the fused op's closed-form
+        terms at no extra pass; zero when the logits do not require grad.
+    ratio, clipped:
+        PPO only (``None`` for ``pg_loss``): per-row ``pi(a) / pi_old(a)`` and whether the
+        clipped branch of the surrogate is the active one.
+    """
+
+    loss: torch.Tensor
+    entropy: torch.Tensor
+    log_prob: torch.Tensor
+    support_size: torch.Tensor
+    grad_norm_policy: torch.Tensor
+    grad_norm_entropy: torch.Tensor
+    ratio: torch.Tensor | None = None
+    clipped: torch.Tensor | None = None
+
+
+def _prepare(logits, alpha, temperature, mask):
+    V.check_logits(logits)
+    alpha = V.check_alpha(alpha)
+    temperature = V.check_positive("temperature", temperature)
+    mask = V.check_mask(mask, logits)
+    return alpha, temperature, mask
+
+
+def _flat(logits, mask):
+    n_act = logits.shape[-1]
+    flat = logits.reshape(-1, n_act)
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    return flat, (None if mask is None else mask.reshape(-1, n_act).contiguous())
+
+
+def probs(logits, alpha=1.0, temperature=1.0, mask=None):
+    """The mapping's probabilities, in the logits' dtype; differentiable (closed-form VJP).
+
+    softmax: ``p = exp(z - logsumexp z)``; alpha > 1: ``p_i = [(alpha-1) z_i - tau]_+^{1/(alpha-1)}``
+    with ``z = logits / temperature``. Masked actions get exactly 0.
+    """
+    alpha, temperature, mask = _prepare(logits, alpha, temperature, mask)
+    flat, flat_mask = _flat(logits, mask)
+    return ProbsFunction.apply(flat, flat_mask, alpha, temperature).reshape(logits.shape)
+
+
+def entropy(logits, alpha=1.0, temperature=1.0, mask=None):
+    """Per-row entropy of the mapping's own regularizer; differentiable (closed form).
+
+    Shannon ``-sum p log p`` for alpha = 1, Tsallis ``(1 - sum p^alpha) / (alpha (alpha-1))``
+    for alpha > 1 (``(1 - sum p^2) / 2`` for sparsemax). float32 for half-precision inputs.
+    """
+    alpha, temperature, mask = _prepare(logits, alpha, temperature, mask)
+    flat, flat_mask = _flat(logits, mask)
+    H, _ = EntropyFunction.apply(flat, flat_mask, alpha, temperature)
+    return H.reshape(logits.shape[:-1])
+
+
+def _row_scale(weights, logits, cdt):
+    lead = logits.shape[:-1]
+    n = math.prod(lead)
+    if weights is None:
+        return torch.full((n,), 1.0 / max(n, 1), dtype=cdt, device=logits.device)
+    w = V.check_rows("weights", weights, logits, dtype=cdt).reshape(-1)
+    if n and bool((w < 0).any()):
+        i = int((w < 0).nonzero()[0])
+        raise ValueError(f"weights must be >= 0; weights[{i}] (flat index) = {w[i].item()}")
+    total = w.sum()
+    return w / total if n and bool(total > 0) else torch.zeros_like(w)
+
+
+def _loss_inputs(logits, actions, advantages, alpha, temperature, mask, weights, grad_buffer):
+    alpha, temperature, mask = _prepare(logits, alpha, temperature, mask)
+    cdt = V.compute_dtype(logits.dtype)
+    actions = V.check_actions(actions, logits, mask).reshape(-1)
+    advantages = V.check_rows("advantages", advantages, logits, dtype=cdt).reshape(-1)
+    row_scale = _row_scale(weights, logits, cdt)
+    flat, flat_mask = _flat(logits, mask)
+    grad_out = None
+    if grad_buffer is not None:
+        if (not isinstance(grad_buffer, torch.Tensor) or grad_buffer.shape != logits.shape
+                or grad_buffer.dtype != logits.dtype or not grad_buffer.is_contiguous()):
+            raise ValueError(
+                "grad_buffer must be a contiguous tensor with the logits' shape "
+                f"{tuple(logits.shape)} and dtype {logits.dtype}"
+            )
+        grad_out = grad_buffer.detach().view(flat.shape)
+    return alpha, temperature, flat, flat_mask, actions, advantages, row_scale, grad_out
+
+
+def pg_loss(logits, actions, advantages, beta=0.0, alpha=1.0, temperature=1.0, mask=None,
+            weights=None, grad_buffer=None) -> LossOutput:
+    """Entropy-regularized policy-gradient loss, ``mean_w(-A log pi(a) - beta H(pi))``.
+
+    The gradient is DESIGN.md's closed form, fused with the forward pass:
+    softmax ``A (p - e_a) + beta p (log p + H)``; alpha > 1
+    ``-A p_a^{1-alpha} (e_a - q_hat) + beta (p - q_hat) / (alpha - 1)``; divided by the
+    temperature. An action outside an alpha > 1 policy's support contributes no policy term
+    (its gradient through ``p_a`` is 0) and reports ``log_prob = -inf``.
+
+    Parameters
+    ----------
+    logits : (..., V) float tensor.
+    actions : (...) integer tensor of taken actions, each allowed by the mask.
+    advantages : (...) tensor or a float (1.0 gives cross-entropy).
+    beta : entropy coefficient >= 0.
+    alpha, temperature, mask : the mapping (see the module docstring).
+    weights : optional (...) nonnegative row weights; the loss is ``sum w l / sum w``.
+    grad_buffer : optional contiguous tensor (the logits' shape and dtype) that receives the
+        gradient during the forward; it may be the logits themselves (then they are overwritten,
+        which saves a logits-sized buffer; only do so when nothing else needs their values).
+    """
+    beta = V.check_positive("beta", beta, allow_zero=True)
+    alpha, temperature, flat, flat_mask, actions, advantages, row_scale, grad_out = _loss_inputs(
+        logits, actions, advantages, alpha, temperature, mask, weights, grad_buffer)
+    loss, H, log_p, support, gn_pol, gn_ent = PGLossFunction.apply(
+        flat, flat_mask, actions, advantages, row_scale, beta, alpha, temperature, grad_out)
+    lead = logits.shape[:-1]
+    return LossOutput(loss, H.reshape(lead), log_p.reshape(lead), support.reshape(lead),
+                      gn_pol, gn_ent)
+
+
+def ppo_loss(logits, actions, advantages, old_log_prob, beta=0.0, clip_eps=0.2, alpha=1.0,
+             temperature=1.0, mask=None, weights=None, grad_buffer=None) -> LossOutput:
+    """PPO's clipped surrogate with entropy bonus, ``mean_w(-min(r A, clip(r) A) - beta H)``.
+
+    ``r = pi(a) / pi_old(a) = exp(log pi(a) - old_log_prob)``. The gradient on rows whose
+    unclipped branch is active is ``A r (p - e_a)`` (softmax) or
+    ``-A r p_a^{1-alpha} (e_a - q_hat)`` (alpha > 1), computed through ``p_a`` so an action the
+    new sparse policy gives probability 0 has gradient exactly 0 (DESIGN.md, PPO). The entropy
+    term is as in ``pg_loss``. Parameters as in ``pg_loss``, plus ``old_log_prob`` (...) finite
+    and ``clip_eps > 0``.
+    """
+    beta = V.check_positive("beta", beta, allow_zero=True)
+    clip_eps = V.check_positive("clip_eps", clip_eps)
+    alpha, temperature, flat, flat_mask, actions, advantages, row_scale, grad_out = _loss_inputs(
+        logits, actions, advantages, alpha, temperature, mask, weights, grad_buffer)
+    cdt = V.compute_dtype(logits.dtype)
+    old_log_prob = V.check_rows("old_log_prob", old_log_prob, logits, dtype=cdt).reshape(-1)
+    loss, H, log_p, support, gn_pol, gn_ent, ratio, clipped = PPOLossFunction.apply(
+        flat, flat_mask, actions, advantages, old_log_prob, row_scale, beta, clip_eps, alpha,
+        temperature, grad_out)
+    lead = logits.shape[:-1]
+    return LossOutput(loss, H.reshape(lead), log_p.reshape(lead), support.reshape(lead),
+                      gn_pol, gn_ent, ratio.reshape(lead), clipped.reshape(lead))
+
+
+@torch.no_grad()
+def sample(logits, alpha=1.0, temperature=1.0, mask=None, generator=None):
+    """Draws one action per row from the mapping's distribution (int64, leading shape).
+
+    softmax: Gumbel-max, ``argmax(z - log E)`` with ``E ~ Exp(1)``, an exact sample of
+    ``softmax(z)``; alpha > 1: inverse transform on the sparse probabilities
+    (``torch.multinomial``), which never returns a zero-probability or masked action.
+    """
+    alpha, temperature, mask = _prepare(logits, alpha, temperature, mask)
+    flat, flat_mask = _flat(logits, mask)
+    if flat.shape[0] == 0:
+        return torch.empty(logits.shape[:-1], dtype=torch.int64, device=logits.device)
+    if alpha == 1.0:
+        from ops.reference import _scaled_logits
+
+        z, _ = _scaled_logits(flat, flat_mask, temperature)
+        noise = torch.empty_like(z).exponential_(generator=generator)
+        actions = (z - noise.log_()).argmax(dim=-1)
+    else:
+        from ops.reference import probs_forward
+
+        p = probs_forward(flat, flat_mask, alpha, temperature)
+        actions = torch.multinomial(p, 1, generator=generator).squeeze(-1)
+    return actions.reshape(logits.shape[:-1])
+
+
+@torch.no_grad()
+def greedy(logits, mask=None):
+    """The most probable allowed action per row (the same under every mapping; ties: first)."""
+    V.check_logits(logits)
+    mask = V.check_mask(mask, logits)
+    z = logits if mask is None else logits.masked_fill(~mask, float("-inf"))
+    if z.numel():
+        V.check_row_max(z.reshape(-1, z.shape[-1]).amax(dim=-1))
+    return z.argmax(dim=-1)
+
+
+def gumbel_softmax(logits, temperature=1.0, hard=False, mask=None, generator=None):
+    """Gumbel-softmax ``softmax((z + g) / T)``, ``g ~ Gumbel(0, 1)`` (Jang et al. 2017).
+
+    With ``hard=True`` the forward value is the one-hot of its argmax and the gradient is the
+    relaxed one (straight-through).
+    """
+    V.check_logits(logits)
+    temperature = V.check_positive("temperature", temperature)
+    noise = torch.empty(logits.shape, dtype=V.compute_dtype(logits.dtype), device=logits.device)
+    gumbel = noise.exponential_(generator=generator).log_().neg_().to(logits.dtype)
+    y = probs(logits + gumbel, alpha=1.0, temperature=temperature, mask=mask)
+    if not hard:
+        return y
+    one_hot = torch.zeros_like(y).scatter_(-1, y.argmax(dim=-1, keepdim=True), 1.0)
+    return one_hot - y.detach() + y
+
+
+def max_entropy(alpha, num_allowed):
+    """Maximum of the mapping's entropy, reached by the uniform policy over ``n`` actions.
+
+    Shannon: ``log n``; Tsallis-alpha: ``(1 - n^{1-alpha}) / (alpha (alpha-1))``. ``num_allowed``
+    is an int or a tensor of counts (e.g. ``mask.sum(-1)``); the result has its type and shape.
+    """
+    alpha = V.check_alpha(alpha)
+    if isinstance(num_allowed, torch.Tensor):
+        n = num_allowed.to(torch.float64)
+        if n.numel() and bool((n < 1).any()):
+            raise ValueError(f"num_allowed must be >= 1; got a minimum of {n.min().item()}")
+        if alpha == 1.0:
+            return n.log()
+        return (1.0 - n.pow(1.0 - alpha)) / (alpha * (alpha - 1.0))
+    if int(num_allowed) != num_allowed or num_allowed < 1:
+        raise ValueError(f"num_allowed={num_allowed!r} is not allowed; allowed: an integer >= 1")
+    if alpha == 1.0:
+        return math.log(num_allowed)
+    return (1.0 - num_allowed ** (1.0 - alpha)) / (alpha * (alpha - 1.0))

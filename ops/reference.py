@@ -1,0 +1,317 @@
+"""Plain-PyTorch closed forms: the CPU path and the oracle every kernel must match.
+
+A mapping is a pair (STYLE.md 13): a projection ``p = argmax_{p in simplex} <p, z> + H(p)``
+and its regularizer ``H``. The alpha family covers them all (DESIGN.md section 1):
+
+* alpha = 1: softmax, Shannon entropy ``-sum p log p``;
+* alpha > 1: entmax-alpha ``p_i = [(alpha-1) z_i - tau]_+^{1/(alpha-1)}`` with Tsallis entropy
+  ``(1 - sum p^alpha) / (alpha (alpha-1))``; alpha = 2 is sparsemax (Martins & Astudillo 2016),
+  alpha = 1.5 has an exact sort-based threshold (Peters, Niculae & Martins 2019), any other
+  alpha is solved by bisection.
+
+Every function here takes flattened, validated ``(N, V)`` logits (raw: not yet divided by the
+temperature) and follows the backend interface of ``ops.functions``. Gradients are the closed
+forms of DESIGN.md section 1, never autograd through the mapping, and are divided by the
+temperature T because the mapping sees ``z = logits / T``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ops._validate import check_row_max, compute_dtype
+
+# Below tau_min = -1 nothing is in the support (tau >= max - 1 after shifting the max to 0,
+# DESIGN.md), so clamping the shifted logits here changes no probability while it turns -inf
+# (masked) and huge negative logits into small finite numbers the sort-based sums handle exactly.
+_ENTMAX_FLOOR = -2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The mapping
+# ---------------------------------------------------------------------------------------------
+
+
+def _scaled_logits(logits, mask, temperature):
+    """``z = logits / T`` in the compute dtype with masked entries at -inf, and its row max."""
+    cdt = compute_dtype(logits.dtype)
+    z = logits.detach().to(cdt)
+    if temperature != 1.0:
+        z = z / temperature
+    elif z.data_ptr() == logits.data_ptr():
+        z = z.clone()  # later steps work in place; never touch the caller's logits
+    if mask is not None:
+        z.masked_fill_(~mask, float("-inf"))
+    row_max = z.amax(dim=-1) if z.shape[0] else z.new_empty(0)
+    check_row_max(row_max)
+    return z, row_max
+
+
+def _softmax(z, row_max):
+    """Softmax of ``z`` (overwritten with ``z - max``, -inf floored to a huge finite negative).
+
+    Returns ``p, log_s, H`` where ``log p = z - log_s`` and ``H = -sum p log p``.
+    Flooring -inf keeps ``p * (z - max)`` at 0 for masked actions instead of ``0 * -inf = NaN``.
+    """
+    z.sub_(row_max.unsqueeze(-1)).clamp_(min=torch.finfo(z.dtype).min / 4)
+    p = torch.exp(z)
+    s = p.sum(dim=-1)
+    p.div_(s.unsqueeze(-1))
+    log_s = s.log()
+    H = log_s - torch.linalg.vecdot(p, z)
+    return p, log_s, H
+
+
+def _sort_threshold(x, alpha):
+    """Exact tau for sparsemax (alpha=2) or entmax-1.5 on ``x = (alpha-1)(z - max)`` in [-2, 0].
+
+    The sort finds the support size K (Martins & Astudillo 2016, alg. 1; Peters et al. 2019,
+    alg. 2); tau is then recomputed from sums over the support, which torch reduces pairwise, so
+    a long support does not accumulate the sequential rounding of a cumulative sum.
+    """
+    V = x.shape[-1]
+    xs, _ = torch.sort(x, dim=-1, descending=True)
+    rho = torch.arange(1, V + 1, device=x.device, dtype=x.dtype)
+    csum = xs.cumsum(dim=-1)
+    if alpha == 2.0:
+        in_support = 1.0 + rho * xs > csum
+    else:
+        mean = csum / rho
+        mean_sq = (xs * xs).cumsum(dim=-1) / rho
+        delta = (1.0 - rho * (mean_sq - mean * mean)) / rho
+        tau_k = mean - delta.clamp(min=0).sqrt()
+        in_support = tau_k <= xs
+    K = in_support.sum(dim=-1, keepdim=True).clamp(min=1)
+    kth = xs.gather(-1, K - 1)
+    # Ties at the boundary are all in or all out of the support, so ">= kth" selects exactly K.
+    S = x >= kth
+    xS = torch.where(S, x, 0.0)
+    n = S.sum(dim=-1, dtype=x.dtype)
+    sum_x = xS.sum(dim=-1)
+    if alpha == 2.0:
+        tau = (sum_x - 1.0) / n
+    else:
+        # sum_S (x - tau)^2 = 1  <=>  n tau^2 - 2 tau sum_x + sum_x2 - 1 = 0, smaller root.
+        mean = sum_x / n
+        mean_sq = torch.linalg.vecdot(xS, xS) / n
+        tau = mean - (mean * mean - mean_sq + 1.0 / n).clamp(min=0).sqrt()
+    return tau
+
+
+def _bisect_threshold(x, alpha):
+    """tau with ``sum [x - tau]_+^{1/(alpha-1)} = 1`` by bisection on [-1, 0] (x has max 0)."""
+    inv = 1.0 / (alpha - 1.0)
+    lo = torch.full(x.shape[:-1], -1.0, dtype=x.dtype, device=x.device)
+    hi = torch.zeros_like(lo)
+    # Halving [-1, 0] this many times reaches the dtype's resolution near |tau| <= 1.
+    n_iter = 60 if x.dtype == torch.float64 else 30
+    for _ in range(n_iter):
+        mid = 0.5 * (lo + hi)
+        f = (x - mid.unsqueeze(-1)).clamp_(min=0).pow_(inv).sum(dim=-1)
+        above = f >= 1.0
+        lo = torch.where(above, mid, lo)
+        hi = torch.where(above, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def _entmax(z, row_max, alpha):
+    """entmax-alpha of ``z`` (overwritten). Returns ``p``, exactly normalised."""
+    x = z.sub_(row_max.unsqueeze(-1)).mul_(alpha - 1.0).clamp_(min=_ENTMAX_FLOOR)
+    if alpha in (1.5, 2.0):
+        tau = _sort_threshold(x, alpha)
+    else:
+        tau = _bisect_threshold(x, alpha)
+    p = x.sub_(tau.unsqueeze(-1)).clamp_(min=0)
+    if alpha != 2.0:
+        p.pow_(1.0 / (alpha - 1.0))
+    if alpha not in (1.5, 2.0):
+        p.div_(p.sum(dim=-1, keepdim=True))  # bisection leaves sum p = 1 up to its last step
+    return p
+
+
+def _alpha_stats(p, alpha):
+    """Tsallis entropy, ``q_hat = q / sum q`` with ``q = p^{2-alpha}`` on the support, and |S|."""
+    support = p > 0
+    n = support.sum(dim=-1, dtype=p.dtype)
+    if alpha == 2.0:
+        q = support.to(p.dtype)
+        H = 0.5 * (1.0 - torch.linalg.vecdot(p, p))
+    else:
+        q = torch.where(support, p.pow(2.0 - alpha), 0.0)
+        H = (1.0 - p.pow(alpha).sum(dim=-1)) / (alpha * (alpha - 1.0))
+    q_hat = q.div_(q.sum(dim=-1, keepdim=True))
+    return H, q_hat, n
+
+
+def probs_forward(logits, mask, alpha, temperature):
+    """Probabilities in the compute dtype (float32 for half inputs)."""
+    z, row_max = _scaled_logits(logits, mask, temperature)
+    if alpha == 1.0:
+        p, _, _ = _softmax(z, row_max)
+        return p
+    return _entmax(z, row_max, alpha)
+
+
+def probs_backward(p, grad_p, alpha, temperature):
+    """VJP of the mapping (DESIGN.md, Jacobians), divided by T.
+
+    softmax: ``g -> p * (g - <p, g>)``; alpha > 1: ``g -> q * (g - <q_hat, g>)``.
+    """
+    g = grad_p.to(p.dtype)
+    if alpha == 1.0:
+        w = p
+    elif alpha == 2.0:
+        w = (p > 0).to(p.dtype)
+    else:
+        w = torch.where(p > 0, p.pow(2.0 - alpha), 0.0)
+    w_hat = w / w.sum(dim=-1, keepdim=True)
+    out = w * (g - torch.linalg.vecdot(w_hat, g).unsqueeze(-1))
+    if temperature != 1.0:
+        out.div_(temperature)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Entropy
+# ---------------------------------------------------------------------------------------------
+
+
+def entropy_forward(logits, mask, alpha, temperature):
+    """Per-row entropy of the mapping's own regularizer, support size, and what backward needs."""
+    z, row_max = _scaled_logits(logits, mask, temperature)
+    if alpha == 1.0:
+        p, _, H = _softmax(z, row_max)
+        support = _allowed_count(logits, mask)
+    else:
+        p = _entmax(z, row_max, alpha)
+        H, _, n = _alpha_stats(p, alpha)
+        support = n.to(torch.int32)
+    return H, support, (p, H)
+
+
+def entropy_backward(saved, grad_H, alpha, temperature):
+    """``dH/dz``: Shannon ``-p (log p + H)``; Tsallis ``(q_hat - p) / (alpha-1)``; times grad_H / T."""
+    p, H = saved
+    g = grad_H.to(p.dtype).unsqueeze(-1)
+    if alpha == 1.0:
+        # xlogy keeps 0 log 0 = 0 where a probability underflowed or was masked.
+        dH = torch.xlogy(p, p).add_(p * H.unsqueeze(-1)).neg_()
+    else:
+        _, q_hat, _ = _alpha_stats(p, alpha)
+        dH = q_hat.sub_(p).div_(alpha - 1.0)
+    dH.mul_(g)
+    if temperature != 1.0:
+        dH.div_(temperature)
+    return dH
+
+
+def _allowed_count(logits, mask):
+    """Support size of softmax: every allowed action has p > 0 in exact arithmetic."""
+    allowed = logits.detach() != float("-inf")
+    if mask is not None:
+        allowed = allowed & mask
+    return allowed.sum(dim=-1, dtype=torch.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused policy-gradient and PPO losses
+# ---------------------------------------------------------------------------------------------
+
+
+def _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperature, need_grad,
+           grad_out, old_log_prob=None, clip_eps=None):
+    """Shared body of ``pg`` and ``ppo``: one pass of the mapping, then the closed-form gradient.
+
+    Per row (DESIGN.md, fused loss and PPO): ``l = -A log p_a - beta H`` for pg, and
+    ``l = -min(r A, clip(r, 1-eps, 1+eps) A) - beta H`` with ``r = p_a / p_a^old`` for ppo. The
+    policy term's gradient is ``c * (p - e_a)`` (softmax) or ``c * w_a (q_hat - e_a)`` with
+    ``w_a = p_a^{1-alpha}`` (alpha > 1), where ``c = A`` (pg) or ``c = A r`` on rows whose
+    unclipped branch is active (ppo). Going through ``p_a`` makes a zero-probability action's
+    gradient exactly 0 (``w_a = 0``).
+    """
+    cdt = compute_dtype(logits.dtype)
+    N = logits.shape[0]
+    idx = actions.unsqueeze(-1)
+    z, row_max = _scaled_logits(logits, mask, temperature)
+    if alpha == 1.0:
+        p, log_s, H = _softmax(z, row_max)
+        log_p_a = z.gather(-1, idx).squeeze(-1) - log_s
+        support = _allowed_count(logits, mask)
+        w_a = None
+    else:
+        p = _entmax(z, row_max, alpha)
+        H, q_hat, n = _alpha_stats(p, alpha)
+        support = n.to(torch.int32)
+        p_a = p.gather(-1, idx).squeeze(-1)
+        log_p_a = p_a.log()
+        in_support = p_a > 0
+        w_a = torch.where(in_support, p_a.clamp(min=torch.finfo(cdt).tiny).pow(1.0 - alpha), 0.0)
+
+    A = advantages
+    out = {"entropy": H, "log_prob": log_p_a, "support": support}
+    if old_log_prob is None:
+        if w_a is None:
+            policy_rows = -A * log_p_a
+        else:  # an action outside the support contributes no policy term (gradient through p_a)
+            policy_rows = torch.where(in_support, -A * log_p_a, 0.0)
+        coef = A
+    else:
+        ratio = torch.exp(log_p_a - old_log_prob)
+        clipped_ratio = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+        policy_rows = -torch.minimum(ratio * A, clipped_ratio * A)
+        clipped = ((A > 0) & (ratio > 1.0 + clip_eps)) | ((A < 0) & (ratio < 1.0 - clip_eps))
+        coef = torch.where(clipped, 0.0, A * ratio)
+        out["ratio"] = ratio
+        out["clipped"] = clipped
+    out["loss_rows"] = policy_rows - beta * H
+
+    zero = torch.zeros((), dtype=cdt, device=logits.device)
+    if not need_grad:
+        out.update(grad=None, grad_policy_sq=zero, grad_entropy_sq=zero)
+        return out
+
+    scale = row_scale / temperature  # d(sum_i c_i l_i)/d logits = c_i / T * dl_i/dz
+    if alpha == 1.0:
+        # entropy part  -beta dH/dz = beta p (log p + H),   log p = (z - max) - log_s
+        ent = z.sub_((log_s - H).unsqueeze(-1)).mul_(p)
+        pol_c = coef * scale
+        ent_c = beta * scale
+        # ||pol||^2 = (c)^2 (sum p^2 - 2 p_a + 1)
+        p_a = p.gather(-1, idx).squeeze(-1)
+        pol_sq = (pol_c * pol_c) * (torch.linalg.vecdot(p, p) - 2.0 * p_a + 1.0)
+        ent_sq = (ent_c * ent_c) * torch.linalg.vecdot(ent, ent)
+        grad = ent.mul_(ent_c.unsqueeze(-1)).add_(p.mul_(pol_c.unsqueeze(-1)))
+        grad.scatter_add_(-1, idx, -pol_c.unsqueeze(-1))
+    else:
+        # entropy part  -beta dH/dz = beta (p - q_hat) / (alpha - 1)
+        pol_c = coef * w_a * scale
+        ent_c = beta * scale / (alpha - 1.0)
+        q_a = q_hat.gather(-1, idx).squeeze(-1)
+        pol_sq = (pol_c * pol_c) * (torch.linalg.vecdot(q_hat, q_hat) - 2.0 * q_a + 1.0)
+        diff = p.sub_(q_hat)
+        ent_sq = (ent_c * ent_c) * torch.linalg.vecdot(diff, diff)
+        grad = diff.mul_(ent_c.unsqueeze(-1)).add_(q_hat.mul_(pol_c.unsqueeze(-1)))
+        grad.scatter_add_(-1, idx, -pol_c.unsqueeze(-1))
+    out["grad_policy_sq"] = pol_sq.sum() if N else zero
+    out["grad_entropy_sq"] = ent_sq.sum() if N else zero
+    if grad_out is not None:
+        grad_out.copy_(grad)
+        grad = grad_out
+    elif grad.dtype != logits.dtype:
+        grad = grad.to(logits.dtype)
+    out["grad"] = grad
+    return out
+
+
+def pg(logits, mask, actions, advantages, row_scale, beta, alpha, temperature, need_grad,
+       grad_out=None):
+    """Policy-gradient loss rows ``-A log p_a - beta H`` and the gradient of ``sum c_i l_i``."""
+    return _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperature,
+                  need_grad, grad_out)
+
+
+def ppo(logits, mask, actions, advantages, old_log_prob, row_scale, beta, clip_eps, alpha,
+        temperature, need_grad, grad_out=None):
+    """PPO clipped-surrogate rows, ratio, clipped flags and the gradient of ``sum c_i l_i``."""
+    return _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperature,
+                  need_grad, grad_out, old_log_prob=old_log_prob, clip_eps=clip_eps)
