@@ -93,8 +93,9 @@ def _flat(logits, mask):
 def probs(logits, alpha=1.0, temperature=1.0, mask=None):
     """The mapping's probabilities, in the logits' dtype; differentiable (closed-form VJP).
 
-    softmax: ``p = exp(z - logsumexp z)``; alpha > 1: ``p_i = [(alpha-1) z_i - tau]_+^{1/(alpha-1)}``
-    with ``z = logits / temperature``. Masked actions get exactly 0.
+    softmax: ``p = exp(z - logsumexp z)``; alpha > 1:
+    ``p_i = [(alpha-1) z_i - tau]_+^{1/(alpha-1)}`` with ``z = logits / temperature``.
+    Masked actions get exactly 0.
     """
     alpha, temperature, mask = _prepare(logits, alpha, temperature, mask)
     flat, flat_mask = _flat(logits, mask)
@@ -215,11 +216,11 @@ def sample(logits, alpha=1.0, temperature=1.0, mask=None, generator=None):
     if flat.shape[0] == 0:
         return torch.empty(logits.shape[:-1], dtype=torch.int64, device=logits.device)
     if alpha == 1.0:
-        from ops.reference import _scaled_logits
+        from ops.reference import _shifted_logits
 
-        z, _ = _scaled_logits(flat, flat_mask, temperature)
-        noise = torch.empty_like(z).exponential_(generator=generator)
-        actions = (z - noise.log_()).argmax(dim=-1)
+        x, _ = _shifted_logits(flat, flat_mask, temperature)
+        noise = torch.empty_like(x).exponential_(generator=generator)
+        actions = x.sub_(noise.log_()).argmax(dim=-1)
     else:
         from ops.reference import probs_forward
 

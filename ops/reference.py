@@ -27,38 +27,55 @@ from ops._validate import check_row_max, compute_dtype
 _ENTMAX_FLOOR = -2.0
 
 
+def _rowdot(a, b):
+    """Per-row dot product; a batched GEMV runs about twice as fast as ``vecdot`` on the CPU."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(a.shape[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # The mapping
 # ---------------------------------------------------------------------------------------------
 
 
-def _scaled_logits(logits, mask, temperature):
-    """``z = logits / T`` in the compute dtype with masked entries at -inf, and its row max."""
-    cdt = compute_dtype(logits.dtype)
-    z = logits.detach().to(cdt)
-    if temperature != 1.0:
-        z = z / temperature
-    elif z.data_ptr() == logits.data_ptr():
-        z = z.clone()  # later steps work in place; never touch the caller's logits
-    if mask is not None:
-        z.masked_fill_(~mask, float("-inf"))
-    row_max = z.amax(dim=-1) if z.shape[0] else z.new_empty(0)
-    check_row_max(row_max)
-    return z, row_max
+def _shifted_logits(logits, mask, temperature):
+    """``x = z - max z`` with ``z = logits / T``, in the compute dtype, masked entries at -inf.
 
-
-def _softmax(z, row_max):
-    """Softmax of ``z`` (overwritten with ``z - max``, -inf floored to a huge finite negative).
-
-    Returns ``p, log_s, H`` where ``log p = z - log_s`` and ``H = -sum p log p``.
-    Flooring -inf keeps ``p * (z - max)`` at 0 for masked actions instead of ``0 * -inf = NaN``.
+    Returns ``x`` (a fresh tensor the caller may overwrite) and whether any entry is -inf.
+    The row max and min give the row max for the shift, the row checks and the -inf test.
     """
-    z.sub_(row_max.unsqueeze(-1)).clamp_(min=torch.finfo(z.dtype).min / 4)
-    p = torch.exp(z)
+    cdt = compute_dtype(logits.dtype)
+    src = logits.detach()
+    if mask is not None:
+        src = src.masked_fill(~mask, float("-inf"))
+    if src.shape[0]:
+        # two vectorised reductions; torch.aminmax is several times slower on the CPU
+        row_max, row_min = src.amax(dim=-1), src.amin(dim=-1)
+    else:
+        row_min = row_max = src.new_empty(0)
+    check_row_max(row_max)  # T > 0, so the raw row max tells NaN / +inf / all masked
+    if src.dtype == cdt:
+        x = torch.sub(src, row_max.unsqueeze(-1))
+    else:
+        x = src.to(cdt).sub_(row_max.to(cdt).unsqueeze(-1))
+    if temperature != 1.0:
+        x.mul_(1.0 / temperature)
+    has_neg_inf = bool(row_min.numel()) and bool((row_min == float("-inf")).any())
+    return x, has_neg_inf
+
+
+def _softmax(x, has_neg_inf):
+    """Softmax of shifted logits ``x`` (max 0). Returns ``p, log_s, H``.
+
+    ``log p = x - log_s`` and ``H = -sum p log p = log_s - sum p x``. -inf entries are floored
+    to a huge finite negative (in place) so that ``p x`` is 0 for masked actions, not ``0 * -inf``.
+    """
+    if has_neg_inf:
+        x.clamp_(min=torch.finfo(x.dtype).min / 4)
+    p = torch.exp(x)
     s = p.sum(dim=-1)
-    p.div_(s.unsqueeze(-1))
+    p.mul_((1.0 / s).unsqueeze(-1))
     log_s = s.log()
-    H = log_s - torch.linalg.vecdot(p, z)
+    H = log_s - _rowdot(p, x)
     return p, log_s, H
 
 
@@ -93,7 +110,7 @@ def _sort_threshold(x, alpha):
     else:
         # sum_S (x - tau)^2 = 1  <=>  n tau^2 - 2 tau sum_x + sum_x2 - 1 = 0, smaller root.
         mean = sum_x / n
-        mean_sq = torch.linalg.vecdot(xS, xS) / n
+        mean_sq = _rowdot(xS, xS) / n
         tau = mean - (mean * mean - mean_sq + 1.0 / n).clamp(min=0).sqrt()
     return tau
 
@@ -114,9 +131,9 @@ def _bisect_threshold(x, alpha):
     return 0.5 * (lo + hi)
 
 
-def _entmax(z, row_max, alpha):
-    """entmax-alpha of ``z`` (overwritten). Returns ``p``, exactly normalised."""
-    x = z.sub_(row_max.unsqueeze(-1)).mul_(alpha - 1.0).clamp_(min=_ENTMAX_FLOOR)
+def _entmax(x, alpha):
+    """entmax-alpha of shifted logits ``x`` (max 0; overwritten). Returns ``p``, exactly normalised."""
+    x = x.mul_(alpha - 1.0).clamp_(min=_ENTMAX_FLOOR)
     if alpha in (1.5, 2.0):
         tau = _sort_threshold(x, alpha)
     else:
@@ -135,7 +152,7 @@ def _alpha_stats(p, alpha):
     n = support.sum(dim=-1, dtype=p.dtype)
     if alpha == 2.0:
         q = support.to(p.dtype)
-        H = 0.5 * (1.0 - torch.linalg.vecdot(p, p))
+        H = 0.5 * (1.0 - _rowdot(p, p))
     else:
         q = torch.where(support, p.pow(2.0 - alpha), 0.0)
         H = (1.0 - p.pow(alpha).sum(dim=-1)) / (alpha * (alpha - 1.0))
@@ -145,11 +162,11 @@ def _alpha_stats(p, alpha):
 
 def probs_forward(logits, mask, alpha, temperature):
     """Probabilities in the compute dtype (float32 for half inputs)."""
-    z, row_max = _scaled_logits(logits, mask, temperature)
+    x, has_neg_inf = _shifted_logits(logits, mask, temperature)
     if alpha == 1.0:
-        p, _, _ = _softmax(z, row_max)
+        p, _, _ = _softmax(x, has_neg_inf)
         return p
-    return _entmax(z, row_max, alpha)
+    return _entmax(x, alpha)
 
 
 def probs_backward(p, grad_p, alpha, temperature):
@@ -165,7 +182,7 @@ def probs_backward(p, grad_p, alpha, temperature):
     else:
         w = torch.where(p > 0, p.pow(2.0 - alpha), 0.0)
     w_hat = w / w.sum(dim=-1, keepdim=True)
-    out = w * (g - torch.linalg.vecdot(w_hat, g).unsqueeze(-1))
+    out = w * (g - _rowdot(w_hat, g).unsqueeze(-1))
     if temperature != 1.0:
         out.div_(temperature)
     return out
@@ -178,12 +195,12 @@ def probs_backward(p, grad_p, alpha, temperature):
 
 def entropy_forward(logits, mask, alpha, temperature):
     """Per-row entropy of the mapping's own regularizer, support size, and what backward needs."""
-    z, row_max = _scaled_logits(logits, mask, temperature)
+    x, has_neg_inf = _shifted_logits(logits, mask, temperature)
     if alpha == 1.0:
-        p, _, H = _softmax(z, row_max)
+        p, _, H = _softmax(x, has_neg_inf)
         support = _allowed_count(logits, mask)
     else:
-        p = _entmax(z, row_max, alpha)
+        p = _entmax(x, alpha)
         H, _, n = _alpha_stats(p, alpha)
         support = n.to(torch.int32)
     return H, support, (p, H)
@@ -205,8 +222,10 @@ def entropy_backward(saved, grad_H, alpha, temperature):
     return dH
 
 
-def _allowed_count(logits, mask):
+def _allowed_count(logits, mask, has_neg_inf=True):
     """Support size of softmax: every allowed action has p > 0 in exact arithmetic."""
+    if mask is None and not has_neg_inf:
+        return torch.full(logits.shape[:1], logits.shape[1], dtype=torch.int32, device=logits.device)
     allowed = logits.detach() != float("-inf")
     if mask is not None:
         allowed = allowed & mask
@@ -232,14 +251,14 @@ def _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperatur
     cdt = compute_dtype(logits.dtype)
     N = logits.shape[0]
     idx = actions.unsqueeze(-1)
-    z, row_max = _scaled_logits(logits, mask, temperature)
+    x, has_neg_inf = _shifted_logits(logits, mask, temperature)
     if alpha == 1.0:
-        p, log_s, H = _softmax(z, row_max)
-        log_p_a = z.gather(-1, idx).squeeze(-1) - log_s
-        support = _allowed_count(logits, mask)
+        p, log_s, H = _softmax(x, has_neg_inf)
+        log_p_a = x.gather(-1, idx).squeeze(-1) - log_s
+        support = _allowed_count(logits, mask, has_neg_inf)
         w_a = None
     else:
-        p = _entmax(z, row_max, alpha)
+        p = _entmax(x, alpha)
         H, q_hat, n = _alpha_stats(p, alpha)
         support = n.to(torch.int32)
         p_a = p.gather(-1, idx).squeeze(-1)
@@ -272,25 +291,25 @@ def _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperatur
 
     scale = row_scale / temperature  # d(sum_i c_i l_i)/d logits = c_i / T * dl_i/dz
     if alpha == 1.0:
-        # entropy part  -beta dH/dz = beta p (log p + H),   log p = (z - max) - log_s
-        ent = z.sub_((log_s - H).unsqueeze(-1)).mul_(p)
+        # entropy part  -beta dH/dz = beta p (log p + H),   log p = x - log_s
+        ent = x.sub_((log_s - H).unsqueeze(-1)).mul_(p)
         pol_c = coef * scale
         ent_c = beta * scale
-        # ||pol||^2 = (c)^2 (sum p^2 - 2 p_a + 1)
+        # ||pol||^2 = c^2 ||p - e_a||^2 = c^2 (sum p^2 - 2 p_a + 1): no policy vector is built
         p_a = p.gather(-1, idx).squeeze(-1)
-        pol_sq = (pol_c * pol_c) * (torch.linalg.vecdot(p, p) - 2.0 * p_a + 1.0)
-        ent_sq = (ent_c * ent_c) * torch.linalg.vecdot(ent, ent)
-        grad = ent.mul_(ent_c.unsqueeze(-1)).add_(p.mul_(pol_c.unsqueeze(-1)))
+        pol_sq = (pol_c * pol_c) * (_rowdot(p, p) - 2.0 * p_a + 1.0)
+        ent_sq = (ent_c * ent_c) * _rowdot(ent, ent)
+        grad = ent.mul_(ent_c.unsqueeze(-1)).addcmul_(p, pol_c.unsqueeze(-1))
         grad.scatter_add_(-1, idx, -pol_c.unsqueeze(-1))
     else:
         # entropy part  -beta dH/dz = beta (p - q_hat) / (alpha - 1)
         pol_c = coef * w_a * scale
         ent_c = beta * scale / (alpha - 1.0)
         q_a = q_hat.gather(-1, idx).squeeze(-1)
-        pol_sq = (pol_c * pol_c) * (torch.linalg.vecdot(q_hat, q_hat) - 2.0 * q_a + 1.0)
+        pol_sq = (pol_c * pol_c) * (_rowdot(q_hat, q_hat) - 2.0 * q_a + 1.0)
         diff = p.sub_(q_hat)
-        ent_sq = (ent_c * ent_c) * torch.linalg.vecdot(diff, diff)
-        grad = diff.mul_(ent_c.unsqueeze(-1)).add_(q_hat.mul_(pol_c.unsqueeze(-1)))
+        ent_sq = (ent_c * ent_c) * _rowdot(diff, diff)
+        grad = diff.mul_(ent_c.unsqueeze(-1)).addcmul_(q_hat, pol_c.unsqueeze(-1))
         grad.scatter_add_(-1, idx, -pol_c.unsqueeze(-1))
     out["grad_policy_sq"] = pol_sq.sum() if N else zero
     out["grad_entropy_sq"] = ent_sq.sum() if N else zero
