@@ -1,0 +1,307 @@
+"""Forward+backward time and peak extra memory of the fused losses against their peers.
+
+For each (loss, mapping, shape, dtype) it times ``loss.backward()`` of
+``mean(-A log pi(a) - beta H)`` (pg) or the PPO clipped surrogate with entropy (ppo):
+
+* ``fused``: ``ops.pg_loss`` / ``ops.ppo_loss`` (the Triton kernels on CUDA, the PyTorch
+  closed forms on the CPU);
+* ``eager``: the same loss as a PyTorch composite, differentiated by autograd through the
+  mapping (``log_softmax`` for softmax; the ``entmax`` package's sparsemax / entmax15 for
+  alpha > 1, the implementation users would otherwise pick);
+* ``compile``: that composite under ``torch.compile``.
+
+Peak memory is the extra memory one fwd+bwd needs beyond its inputs: on CUDA from
+``torch.cuda.max_memory_allocated``, on the CPU from the process's resident high-water mark
+(reset before the step) in a fresh subprocess per case. Both exclude the returned gradient.
+Results go to ``benchmarks/results/bench_ops_<device>_<date>.json`` with the machine and
+device names.
+
+    python scripts/bench_ops.py                       # CPU, every shape and dtype
+    python scripts/bench_ops.py --device cuda         # GPU, every case
+    python scripts/bench_ops.py --shapes 16384x1024 --dtypes fp32 --impls fused,eager
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ops  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MAPPINGS = {"softmax": 1.0, "entmax15": 1.5, "sparsemax": 2.0}
+BETA, CLIP = 0.01, 0.2
+
+
+def parse_shape(s: str) -> tuple[int, int]:
+    b, v = s.lower().split("x")
+    return int(b), int(v)
+
+
+def make_inputs(shape, dtype, device, alpha, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    B, V = shape
+    logits = (torch.randn(B, V, generator=g) * 2).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        actions = ops.sample(logits.float(), alpha=alpha)
+        old = logits.float() + 0.1 * torch.randn(B, V, generator=g).to(device)
+        old_lp = ops.probs(old, alpha=alpha).gather(-1, actions[:, None]).squeeze(-1)
+        # an old policy never gives 0 to an action it sampled: keep the log finite
+        old_log_prob = old_lp.clamp(min=1e-6).log()
+    advantages = torch.randn(B, generator=g).to(device)
+    return logits, actions, advantages, old_log_prob
+
+
+def _composite_probs(z, alpha):
+    if alpha == 1.0:
+        return None
+    import entmax
+
+    return entmax.sparsemax(z, dim=-1) if alpha == 2.0 else entmax.entmax15(z, dim=-1)
+
+
+def composite_loss(kind, alpha):
+    """The loss written the obvious way, differentiated by autograd through the mapping."""
+
+    def loss(logits, actions, advantages, old_log_prob):
+        z = logits.float()
+        idx = actions.unsqueeze(-1)
+        if alpha == 1.0:
+            log_p = torch.log_softmax(z, dim=-1)
+            H = -(log_p.exp() * log_p).sum(-1)
+            p_a = None
+            log_p_a = log_p.gather(-1, idx).squeeze(-1)
+        else:
+            p = _composite_probs(z, alpha)
+            H = (1 - p.pow(alpha).sum(-1)) / (alpha * (alpha - 1))
+            p_a = p.gather(-1, idx).squeeze(-1)
+            log_p_a = p_a.clamp(min=1e-30).log()
+        if kind == "pg":
+            return (-advantages * log_p_a - BETA * H).mean()
+        ratio = torch.exp(log_p_a - old_log_prob) if p_a is None else p_a / old_log_prob.exp()
+        surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - CLIP, 1 + CLIP) * advantages)
+        return (-surrogate - BETA * H).mean()
+
+    return loss
+
+
+def fused_loss(kind, alpha):
+    def loss(logits, actions, advantages, old_log_prob):
+        if kind == "pg":
+            return ops.pg_loss(logits, actions, advantages, beta=BETA, alpha=alpha).loss
+        return ops.ppo_loss(logits, actions, advantages, old_log_prob, beta=BETA,
+                            clip_eps=CLIP, alpha=alpha).loss
+
+    return loss
+
+
+def build(impl, kind, alpha):
+    if impl == "fused":
+        return fused_loss(kind, alpha)
+    fn = composite_loss(kind, alpha)
+    if impl == "compile":
+        fn = torch.compile(fn, dynamic=False)
+    return fn
+
+
+def _step(fn, inputs):
+    logits = inputs[0].detach().requires_grad_()
+    fn(logits, *inputs[1:]).backward()
+    return logits.grad
+
+
+def time_case(fn, inputs, device, reps, max_seconds):
+    _step(fn, inputs)  # warm-up (and compilation)
+    if device == "cuda":
+        try:
+            from triton.testing import do_bench
+
+            return do_bench(lambda: _step(fn, inputs), return_mode="median"), "triton.testing.do_bench"
+        except ImportError:
+            pass
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            _step(fn, inputs)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times), "cuda events"
+    times, t_end = [], time.perf_counter() + max_seconds
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        _step(fn, inputs)
+        times.append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() > t_end and len(times) >= 3:
+            break
+    return statistics.median(times), "time.perf_counter"
+
+
+def _status_bytes(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak_rss():
+    # Writing 5 to clear_refs resets the high-water mark VmHWM to the current RSS (Linux >= 4.0),
+    # so the peak of the step is not hidden by the peak of building its inputs.
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def memory_case(impl, kind, mapping, shape, dtype_name, device):
+    """Peak extra bytes of one fwd+bwd (CPU: measured in a fresh subprocess)."""
+    alpha = MAPPINGS[mapping]
+    if device == "cuda":
+        inputs = make_inputs(shape, DTYPES[dtype_name], device, alpha)
+        fn = build(impl, kind, alpha)
+        _step(fn, inputs)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        grad = _step(fn, inputs)
+        torch.cuda.synchronize()
+        extra = torch.cuda.max_memory_allocated() - base - grad.numel() * grad.element_size()
+        return max(extra, 0)
+    cmd = [sys.executable, __file__, "--_memory", impl, kind, mapping,
+           f"{shape[0]}x{shape[1]}", dtype_name]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr else "failed")
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def _memory_child(impl, kind, mapping, shape, dtype_name):
+    torch.set_num_threads(1)
+    alpha = MAPPINGS[mapping]
+    inputs = make_inputs(parse_shape(shape), DTYPES[dtype_name], "cpu", alpha)
+    fn = build(impl, kind, alpha)
+    if impl == "compile":
+        _step(fn, [t[:2] for t in inputs])  # compile on a tiny slice; it does not count
+    logits = inputs[0].detach().requires_grad_()
+    _reset_peak_rss()
+    base = _status_bytes("VmRSS")
+    fn(logits, *inputs[1:]).backward()
+    grad_bytes = logits.grad.numel() * logits.grad.element_size()
+    print(max(_status_bytes("VmHWM") - base - grad_bytes, 0))
+
+
+def machine_info(device):
+    info = {"machine": platform.node(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+    if device == "cuda":
+        info["device_name"] = torch.cuda.get_device_name()
+        try:
+            import triton
+
+            info["triton"] = triton.__version__
+        except ImportError:
+            pass
+    else:
+        info["device_name"] = f"CPU ({info['processor']}, {torch.get_num_threads()} thread(s))"
+    return info
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shapes", default="65536x6,16384x1024,8192x32768")
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--losses", default="pg,ppo")
+    parser.add_argument("--mappings", default="softmax,entmax15,sparsemax")
+    parser.add_argument("--impls", default="fused,eager,compile")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="CPU time cap per case")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--_memory", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._memory:
+        _memory_child(*args._memory)
+        return
+    torch.set_num_threads(args.threads)
+    device = args.device
+    rows = []
+    for shape in map(parse_shape, args.shapes.split(",")):
+        for dtype_name in args.dtypes.split(","):
+            for kind in args.losses.split(","):
+                for mapping in args.mappings.split(","):
+                    alpha = MAPPINGS[mapping]
+                    inputs = make_inputs(shape, DTYPES[dtype_name], device, alpha)
+                    for impl in args.impls.split(","):
+                        row = {"loss": kind, "mapping": mapping, "alpha": alpha,
+                               "shape": list(shape), "dtype": dtype_name, "impl": impl}
+                        try:
+                            fn = build(impl, kind, alpha)
+                            row["ms"], row["timer"] = time_case(fn, inputs, device, args.reps,
+                                                                args.max_seconds)
+                            if not args.no_memory:
+                                row["peak_extra_bytes"] = memory_case(impl, kind, mapping, shape,
+                                                                      dtype_name, device)
+                                row["peak_extra_x_logits"] = row["peak_extra_bytes"] / (
+                                    shape[0] * shape[1] * inputs[0].element_size())
+                        except Exception as err:  # a peer that cannot run this case
+                            row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+                        if device == "cuda" and "ms" in row:
+                            # the byte floor: read the logits once, write the gradient once
+                            nbytes = 2 * shape[0] * shape[1] * inputs[0].element_size()
+                            row["floor_bytes"] = nbytes
+                            row["GBps"] = nbytes / (row["ms"] * 1e-3) / 1e9
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+                    del inputs
+    result = {"benchmark": "bench_ops", "date": dt.datetime.now(dt.timezone.utc).isoformat(),
+              "device": device, **machine_info(device), "beta": BETA, "clip_eps": CLIP,
+              "rows": rows}
+    out = Path(args.out) if args.out else (
+        ROOT / "benchmarks" / "results" / f"bench_ops_{device}_{dt.date.today().isoformat()}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    print(markdown_table(rows))
+
+
+def markdown_table(rows):
+    """One line per case: ms of each implementation, the fused speed-up and memory."""
+    cases = {}
+    for r in rows:
+        key = (r["loss"], r["mapping"], "x".join(map(str, r["shape"])), r["dtype"])
+        cases.setdefault(key, {})[r["impl"]] = r
+    lines = ["| loss | mapping | B x V | dtype | fused ms | eager ms | compile ms | eager / fused | "
+             "fused extra mem (x logits) | eager extra mem (x logits) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ms(r):
+        return f"{r['ms']:.2f}" if r and "ms" in r else ("err" if r else "-")
+
+    def mem(r):
+        return f"{r['peak_extra_x_logits']:.2f}" if r and "peak_extra_x_logits" in r else "-"
+
+    for (kind, mapping, shape, dtype), impls in cases.items():
+        f, e, c = impls.get("fused"), impls.get("eager"), impls.get("compile")
+        speed = f"{e['ms'] / f['ms']:.2f}x" if f and e and "ms" in f and "ms" in e else "-"
+        lines.append(f"| {kind} | {mapping} | {shape} | {dtype} | {ms(f)} | {ms(e)} | {ms(c)} | "
+                     f"{speed} | {mem(f)} | {mem(e)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
