@@ -1,0 +1,298 @@
+"""Schedules for the entropy coefficient (and the softmax temperature), and dual tuning to a
+target entropy.
+
+A coefficient is a function of env steps, configured by a start value (top-level ``beta``, or
+``policy.temperature``) and a ``<name>_schedule`` node (``base_schedule`` in ``rl/config.py``)::
+
+    rl-train beta=0.05 beta_schedule.kind=linear beta_schedule.end=0
+    rl-train beta=0.05 beta_schedule.kind=piecewise beta_schedule.boundaries=[20000,60000] \\
+        beta_schedule.values=[0.01,0.0]
+    rl-train beta=0.01 beta_schedule.target_entropy=0.5       # dual tuning, any mapping
+
+With progress ``t = min(env_step / horizon, 1)`` (``horizon`` defaults to ``total_steps``):
+
+============  ================================================================
+kind          value at ``env_step``
+============  ================================================================
+constant      ``start``
+linear        ``start + (end - start) t``
+cosine        ``end + (start - end) (1 + cos(pi t)) / 2``
+exponential   ``start (end / start)^t`` (geometric; start and end > 0)
+piecewise     ``start`` before ``boundaries[0]``, then ``values[i]`` from
+              ``boundaries[i]`` on (so ``len(values) == len(boundaries)``)
+============  ================================================================
+
+Target entropy (``target_entropy = f`` in (0, 1)): the coefficient becomes the Lagrange
+multiplier of the constraint ``H(pi) >= f H_max`` (SAC's automatic temperature, Haarnoja et
+al. 2018, "Soft Actor-Critic Algorithms and Applications", eq. 18, for any mapping here).
+The dual objective ``J(beta) = beta (H - f H_max)`` is minimized over ``beta > 0`` by steps on
+``log beta`` (the parametrization SAC's implementations use; it keeps beta positive and makes
+the step multiplicative)::
+
+    log beta  <-  log beta - lr * dJ/d(log beta) / H_max  =  log beta + lr * (f - H / H_max)
+
+with ``H`` the policy's measured mean entropy and ``H_max`` the mean over rows of the
+mapping's maximum entropy (``ops.max_entropy(alpha, n_allowed)``). Dividing by ``H_max``
+makes the step a fraction of the range, so one ``lr`` works across mappings and action
+counts; each update moves beta by a factor of at most ``exp(lr)``. Beta grows while the
+entropy is below the target and shrinks above it. A higher softmax temperature also raises the
+entropy, so the same update drives ``temperature``. See docs/beta.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["KINDS", "Coefficient", "build_coefficient"]
+
+KINDS = ("constant", "linear", "cosine", "exponential", "piecewise")
+# Kinds whose value moves towards `end` (so `end` must be valid for the coefficient).
+_USES_END = ("linear", "cosine", "exponential")
+
+
+def _field(cfg: Any, key: str, default: Any) -> Any:
+    """Reads `key` from a dataclass, an omegaconf node, a dict or None.
+
+    Mappings are read by key: on an omegaconf DictConfig ``cfg.values`` is the ``values()``
+    method, not the field.
+    """
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def _number(field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{field}={value!r} is not allowed; allowed: a finite number")
+    return float(value)
+
+
+def _fail(field: str, value: Any, allowed: str):
+    raise ValueError(f"{field}={value!r} is not allowed; allowed: {allowed}")
+
+
+class Coefficient:
+    """A scalar coefficient driven by a schedule over env steps or by dual updates.
+
+    Build it with `build_coefficient`, which validates the config. ``value`` is the coefficient
+    to use now; ``step(env_step, entropy_mean, max_entropy_mean)`` advances it after an update
+    and returns the new value. ``state_dict`` holds plain python numbers, so a checkpoint read
+    with ``torch.load(weights_only=True)`` restores it and a resumed run continues exactly.
+    """
+
+    def __init__(self, name: str, start: float, kind: str, end: float, horizon: int,
+                 boundaries: Sequence[int], values: Sequence[float],
+                 target_entropy: float | None, lr: float):
+        self.name = name
+        self.start = start
+        self.kind = kind
+        self.end = end
+        self.horizon = horizon
+        self.boundaries = list(boundaries)
+        self.values = list(values)
+        self.target_fraction = target_entropy
+        self.lr = lr
+        self.env_step = 0
+        self.num_dual_updates = 0
+        # The dual variable of the target-entropy constraint (only used with a target).
+        self.log_value = math.log(start) if target_entropy is not None else None
+        self._target_abs: float | None = None
+        self._value = self._scheduled(0) if target_entropy is None else start
+
+    @property
+    def value(self) -> float:
+        """The coefficient to use for the next update."""
+        return self._value
+
+    @property
+    def target(self) -> float | None:
+        """The absolute target entropy of the last dual step (``f * H_max``), or None."""
+        return self._target_abs
+
+    @property
+    def adaptive(self) -> bool:
+        """True when the coefficient tracks a target entropy."""
+        return self.target_fraction is not None
+
+    def _scheduled(self, env_step: int) -> float:
+        if self.kind == "constant":
+            return self.start
+        if self.kind == "piecewise":
+            value = self.start
+            for boundary, v in zip(self.boundaries, self.values, strict=True):
+                if env_step < boundary:
+                    break
+                value = v
+            return value
+        t = min(max(env_step, 0) / self.horizon, 1.0)
+        if self.kind == "linear":
+            return self.start + (self.end - self.start) * t
+        if self.kind == "cosine":
+            return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * t))
+        # exponential: geometric interpolation, exact at both ends.
+        return self.start * (self.end / self.start) ** t
+
+    def step(self, env_step: int, entropy_mean: float | None = None,
+             max_entropy_mean: float | None = None) -> float:
+        """Advances to `env_step` and returns the new value.
+
+        With a target, takes one dual step from the measured mean entropy `entropy_mean` and the
+        mean maximum entropy `max_entropy_mean` of the same rows (both required then):
+        ``log value += lr * (f - entropy_mean / max_entropy_mean)``. A batch whose maximum entropy
+        is 0 (one allowed action everywhere) carries no information and leaves the value as is.
+        """
+        if isinstance(env_step, bool) or not isinstance(env_step, int) or env_step < 0:
+            _fail("env_step", env_step, "an integer >= 0")
+        self.env_step = env_step
+        if not self.adaptive:
+            self._value = self._scheduled(env_step)
+            return self._value
+        if entropy_mean is None or max_entropy_mean is None:
+            raise ValueError(
+                f"{self.name}_schedule.target_entropy is set, so step() needs entropy_mean and "
+                f"max_entropy_mean; got entropy_mean={entropy_mean!r}, "
+                f"max_entropy_mean={max_entropy_mean!r}"
+            )
+        entropy_mean = float(entropy_mean)
+        max_entropy_mean = float(max_entropy_mean)
+        if not math.isfinite(entropy_mean):
+            _fail("entropy_mean", entropy_mean, "a finite number")
+        if not math.isfinite(max_entropy_mean) or max_entropy_mean < 0:
+            _fail("max_entropy_mean", max_entropy_mean, "a finite number >= 0")
+        self._target_abs = self.target_fraction * max_entropy_mean
+        if max_entropy_mean > 0:
+            # Dual step on log(value); see the module docstring for the derivation.
+            self.log_value += self.lr * (self.target_fraction - entropy_mean / max_entropy_mean)
+            self.num_dual_updates += 1
+            self._value = math.exp(self.log_value)
+        return self._value
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain python numbers only (readable by ``torch.load(weights_only=True)``)."""
+        return {
+            "name": self.name,
+            "kind": "target" if self.adaptive else self.kind,
+            "env_step": int(self.env_step),
+            "value": float(self._value),
+            "log_value": None if self.log_value is None else float(self.log_value),
+            "target": None if self._target_abs is None else float(self._target_abs),
+            "num_dual_updates": int(self.num_dual_updates),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores the step counter and the dual variable saved by `state_dict`.
+
+        The schedule itself comes from the config; a state saved under another mode (a
+        schedule vs a target) is refused, since continuing it would not be the same run.
+        """
+        mode = "target" if self.adaptive else self.kind
+        if state.get("kind") != mode:
+            raise ValueError(
+                f"checkpoint state of {self.name!r} was saved with kind={state.get('kind')!r} but "
+                f"the config gives kind={mode!r}; resume with the checkpoint's schedule config"
+            )
+        self.env_step = int(state["env_step"])
+        self.num_dual_updates = int(state.get("num_dual_updates", 0))
+        target = state.get("target")
+        self._target_abs = None if target is None else float(target)
+        if self.adaptive:
+            self.log_value = float(state["log_value"])
+            self._value = math.exp(self.log_value)
+        else:
+            self._value = self._scheduled(self.env_step)
+
+    def __repr__(self) -> str:
+        mode = f"target_entropy={self.target_fraction}, lr={self.lr}" if self.adaptive else (
+            f"kind={self.kind!r}")
+        return f"Coefficient({self.name}={self._value:.6g}, {mode}, env_step={self.env_step})"
+
+
+def build_coefficient(start: float, cfg: Any, total_steps: int, name: str) -> Coefficient:
+    """Validates a schedule config and returns its `Coefficient`.
+
+    Parameters
+    ----------
+    start : the value at env step 0 (top-level ``beta``, or ``policy.temperature``); with a
+        target entropy, the initial value of the dual variable.
+    cfg : a ``base_schedule`` node (dataclass, omegaconf node, dict, or None for constant) with
+        ``kind``, ``end``, ``horizon``, ``boundaries``, ``values``, ``target_entropy``, ``lr``.
+    total_steps : the run's env steps; the default ``horizon``.
+    name : ``"beta"`` (values >= 0) or ``"temperature"`` (values > 0 everywhere). Error
+        messages name the fields ``<name>_schedule.*``.
+
+    Raises
+    ------
+    ValueError naming the field, its value and what is allowed.
+    """
+    field = f"{name}_schedule"
+    positive = name == "temperature"
+    start_field = "policy.temperature" if positive else name
+    bound = "> 0" if positive else ">= 0"
+
+    def check_value(fname: str, v: Any) -> float:
+        v = _number(fname, v)
+        if (v <= 0) if positive else (v < 0):
+            _fail(fname, v, f"a number {bound}")
+        return v
+
+    start = check_value(start_field, start)
+    kind = _field(cfg, "kind", "constant")
+    if kind not in KINDS:
+        _fail(f"{field}.kind", kind, " | ".join(KINDS))
+    end = _number(f"{field}.end", _field(cfg, "end", 0.0))
+    if end < 0:
+        _fail(f"{field}.end", end, "a number >= 0")
+    if kind in _USES_END:
+        # The schedule reaches `end`, so it must be a valid value (temperature: > 0).
+        end = check_value(f"{field}.end", end)
+
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
+        _fail("total_steps", total_steps, "an integer > 0")
+    horizon = _field(cfg, "horizon", None)
+    if horizon is None:
+        horizon = total_steps
+    elif isinstance(horizon, bool) or not isinstance(horizon, int) or horizon <= 0:
+        _fail(f"{field}.horizon", horizon, "an integer > 0 (env steps), or null for total_steps")
+
+    boundaries = list(_field(cfg, "boundaries", None) or [])
+    values = list(_field(cfg, "values", None) or [])
+    if kind == "piecewise":
+        if not boundaries:
+            _fail(f"{field}.boundaries", boundaries,
+                  "a non-empty list of increasing env steps > 0 for kind=piecewise")
+        for b in boundaries:
+            if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
+                _fail(f"{field}.boundaries", boundaries, "increasing integers > 0 (env steps)")
+        if any(b1 <= b0 for b0, b1 in zip(boundaries, boundaries[1:], strict=False)):
+            _fail(f"{field}.boundaries", boundaries, "strictly increasing env steps")
+        if len(values) != len(boundaries):
+            _fail(f"{field}.values", values,
+                  f"one value per boundary ({len(boundaries)}); values[i] applies from "
+                  f"boundaries[i] on and {start_field} before boundaries[0]")
+        values = [check_value(f"{field}.values[{i}]", v) for i, v in enumerate(values)]
+    if kind == "exponential":
+        if start <= 0:
+            _fail(start_field, start, "a number > 0 for kind=exponential (geometric decay)")
+        if end <= 0:
+            _fail(f"{field}.end", end,
+                  "a number > 0 for kind=exponential (a geometric decay never reaches 0)")
+
+    target = _field(cfg, "target_entropy", None)
+    if target is not None:
+        target = _number(f"{field}.target_entropy", target)
+        if not 0.0 < target < 1.0:
+            _fail(f"{field}.target_entropy", target,
+                  "a fraction of the maximum entropy in (0, 1), or null for no target")
+        if start <= 0:
+            _fail(start_field, start,
+                  f"a number > 0 when {field}.target_entropy is set (the initial value of the "
+                  "dual variable, which is updated on its log)")
+    lr = _number(f"{field}.lr", _field(cfg, "lr", 0.01))
+    if lr <= 0:
+        _fail(f"{field}.lr", lr, "a number > 0 (the dual step size)")
+
+    return Coefficient(name, start, kind, end, horizon, boundaries, values, target, lr)

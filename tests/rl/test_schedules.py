@@ -1,0 +1,321 @@
+"""Schedules, dual tuning to a target entropy, and the maximum-entropy formulas they rely on."""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+import ops
+from rl.schedules import KINDS, build_coefficient
+
+ALPHAS = [1.0, 1.25, 1.5, 2.0, 3.0]
+
+
+@dataclass
+class Sched:
+    """Mirrors the trainer's ``base_schedule`` node (rl/config.py)."""
+
+    kind: str = "constant"
+    end: float = 0.0
+    horizon: int | None = None
+    boundaries: list = field(default_factory=list)
+    values: list = field(default_factory=list)
+    target_entropy: float | None = None
+    lr: float = 0.01
+
+
+# ---------------------------------------------------------------- schedule values
+
+
+def test_constant_is_start_everywhere():
+    start = random.uniform(0.01, 0.1)
+    c = build_coefficient(start, Sched(), 1000, "beta")
+    assert c.value == start
+    for s in (0, 1, 499, 1000, 5000):
+        assert c.step(s) == start
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        # start 0.08, end 0.02, horizon 1000; values at steps 0, 250, 500, 1000, 3000.
+        ("linear", [0.08, 0.065, 0.05, 0.02, 0.02]),
+        ("cosine", [0.08, 0.02 + 0.06 * (1 + math.cos(math.pi / 4)) / 2, 0.05, 0.02, 0.02]),
+        ("exponential", [0.08, 0.08 * 0.25 ** 0.25, 0.04, 0.02, 0.02]),
+    ],
+)
+def test_schedule_values_at_chosen_steps(kind, expected):
+    c = build_coefficient(0.08, Sched(kind=kind, end=0.02), 1000, "beta")
+    got = [c.step(s) for s in (0, 250, 500, 1000, 3000)]
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_horizon_overrides_total_steps():
+    c = build_coefficient(0.1, Sched(kind="linear", end=0.0, horizon=200), 10_000, "beta")
+    assert c.step(100) == pytest.approx(0.05)
+    assert c.step(200) == 0.0
+    assert c.step(9000) == 0.0
+
+
+def test_linear_to_zero_reaches_zero_and_is_monotone():
+    c = build_coefficient(0.05, Sched(kind="linear", end=0.0), 777, "beta")
+    vals = [c.step(s) for s in range(0, 800, 7)]
+    assert all(b <= a for a, b in zip(vals, vals[1:], strict=False))
+    assert vals[0] == 0.05 and vals[-1] == 0.0
+
+
+def test_piecewise_start_then_values_from_each_boundary():
+    c = build_coefficient(0.05, Sched(kind="piecewise", boundaries=[100, 300], values=[0.01, 0.0]),
+                          1000, "beta")
+    assert c.value == 0.05
+    steps = [0, 99, 100, 299, 300, 10_000]
+    assert [c.step(s) for s in steps] == [0.05, 0.05, 0.01, 0.01, 0.0, 0.0]
+
+
+def test_temperature_schedule():
+    c = build_coefficient(2.0, Sched(kind="exponential", end=0.5), 400, "temperature")
+    assert [c.step(s) for s in (0, 200, 400)] == pytest.approx([2.0, 1.0, 0.5])
+
+
+def test_accepts_dict_and_none_and_omegaconf():
+    import omegaconf
+    assert build_coefficient(0.03, None, 100, "beta").step(50) == 0.03
+    node = omegaconf.OmegaConf.structured(Sched(kind="piecewise", boundaries=[10], values=[0.5]))
+    c = build_coefficient(0.02, node, 100, "beta")
+    assert (c.step(9), c.step(10)) == (0.02, 0.5)
+    assert build_coefficient(0.02, {"kind": "linear"}, 100, "beta").step(50) == 0.01
+
+
+# ---------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "start, cfg, name, needle",
+    [
+        (0.01, Sched(kind="linear", end=-0.1), "beta", "beta_schedule.end=-0.1"),
+        (0.01, Sched(end=-1.0), "beta", "beta_schedule.end=-1.0"),
+        (0.01, Sched(kind="sawtooth"), "beta", "constant | linear | cosine | exponential | piecewise"),
+        (0.01, Sched(target_entropy=0.0), "beta", "beta_schedule.target_entropy=0.0"),
+        (0.01, Sched(target_entropy=1.0), "beta", "beta_schedule.target_entropy=1.0"),
+        (0.01, Sched(target_entropy=-0.2), "beta", "(0, 1)"),
+        (0.01, Sched(target_entropy=float("nan")), "beta", "beta_schedule.target_entropy"),
+        (0.01, Sched(kind="piecewise", boundaries=[50, 20], values=[0.1, 0.2]), "beta",
+         "beta_schedule.boundaries=[50, 20]"),
+        (0.01, Sched(kind="piecewise", boundaries=[20, 20], values=[0.1, 0.2]), "beta",
+         "strictly increasing"),
+        (0.01, Sched(kind="piecewise", boundaries=[20, 50], values=[0.1]), "beta",
+         "beta_schedule.values=[0.1]"),
+        (0.01, Sched(kind="piecewise", boundaries=[], values=[]), "beta",
+         "beta_schedule.boundaries"),
+        (0.01, Sched(kind="piecewise", boundaries=[20], values=[-0.1]), "beta",
+         "beta_schedule.values[0]=-0.1"),
+        (0.01, Sched(kind="exponential", end=0.0), "beta", "beta_schedule.end=0.0"),
+        (0.0, Sched(kind="exponential", end=0.01), "beta", "beta=0.0"),
+        (0.01, Sched(target_entropy=0.5, lr=0.0), "beta", "beta_schedule.lr=0.0"),
+        (0.01, Sched(lr=-1.0), "beta", "beta_schedule.lr=-1.0"),
+        (0.0, Sched(target_entropy=0.5), "beta", "beta=0.0"),
+        (-0.01, Sched(), "beta", "beta=-0.01"),
+        (0.0, Sched(), "temperature", "policy.temperature=0.0"),
+        (1.0, Sched(kind="linear", end=0.0), "temperature", "temperature_schedule.end=0.0"),
+        (1.0, Sched(kind="piecewise", boundaries=[5], values=[0.0]), "temperature",
+         "temperature_schedule.values[0]=0.0"),
+        (0.01, Sched(kind="linear", horizon=0), "beta", "beta_schedule.horizon=0"),
+    ],
+)
+def test_invalid_config_names_the_field(start, cfg, name, needle):
+    with pytest.raises(ValueError) as err:
+        build_coefficient(start, cfg, 1000, name)
+    assert needle in str(err.value)
+
+
+def test_constant_temperature_ignores_default_end():
+    # end defaults to 0, which is not a valid temperature; a constant never reaches it.
+    assert build_coefficient(1.5, Sched(), 100, "temperature").step(99) == 1.5
+
+
+def test_every_kind_is_buildable():
+    for kind in KINDS:
+        cfg = Sched(kind=kind, end=0.01, boundaries=[10], values=[0.02])
+        assert build_coefficient(0.05, cfg, 100, "beta").step(0) == pytest.approx(0.05)
+
+
+def test_target_step_requires_measurements():
+    c = build_coefficient(0.01, Sched(target_entropy=0.5), 1000, "beta")
+    with pytest.raises(ValueError, match="entropy_mean"):
+        c.step(10)
+    with pytest.raises(ValueError, match="entropy_mean=nan"):
+        c.step(10, float("nan"), 0.7)
+    with pytest.raises(ValueError, match="env_step=-1"):
+        c.step(-1, 0.1, 0.7)
+
+
+# ---------------------------------------------------------------- dual update
+
+
+@pytest.mark.parametrize("name", ["beta", "temperature"])
+def test_dual_step_direction_and_size(name):
+    f = random.uniform(0.2, 0.8)
+    lr = random.uniform(0.005, 0.1)
+    h_max = random.uniform(0.1, 3.0)
+    start = random.uniform(0.01, 2.0)
+    c = build_coefficient(start, Sched(target_entropy=f, lr=lr), 1000, name)
+    assert c.target is None and c.value == start
+    # Entropy below the target: the multiplier grows, by exp(lr * (f - H / H_max)).
+    h_low = random.uniform(0.0, f) * h_max
+    up = c.step(8, h_low, h_max)
+    assert up > start
+    assert up == pytest.approx(start * math.exp(lr * (f - h_low / h_max)), rel=1e-12)
+    assert c.target == pytest.approx(f * h_max)
+    # Above the target: it shrinks.
+    h_high = random.uniform(f, 1.0) * h_max
+    down = c.step(16, h_high, h_max)
+    assert down < up
+    # On target: unchanged.
+    assert c.step(24, f * h_max, h_max) == pytest.approx(down, rel=1e-12)
+
+
+def test_dual_step_is_scale_free_across_mappings():
+    # The same fraction of the maximum gives the same step whatever H_max is.
+    a = build_coefficient(0.1, Sched(target_entropy=0.4), 100, "beta")
+    b = build_coefficient(0.1, Sched(target_entropy=0.4), 100, "beta")
+    a.step(1, 0.3 * math.log(6), math.log(6))
+    b.step(1, 0.3 * ops.max_entropy(2.0, 6), ops.max_entropy(2.0, 6))
+    assert a.value == pytest.approx(b.value, rel=1e-12)
+
+
+def test_zero_max_entropy_leaves_value():
+    c = build_coefficient(0.1, Sched(target_entropy=0.4), 100, "beta")
+    assert c.step(5, 0.0, 0.0) == 0.1
+    assert c.target == 0.0
+
+
+def test_dual_tracks_target_on_a_toy_policy():
+    # A two-action softmax policy with logits (g, 0) maximizing g - beta * (-H): its optimum
+    # has p_1 = sigmoid(1 / beta); the dual iteration must drive H to the target.
+    torch.manual_seed(random.randrange(2**31))
+    f = float(torch.empty(()).uniform_(0.3, 0.8))
+    c = build_coefficient(float(torch.empty(()).uniform_(0.01, 1.0)),
+                          Sched(target_entropy=f, lr=0.2), 10_000, "beta")
+    h_max = math.log(2)
+    for step in range(2000):
+        p = torch.sigmoid(torch.tensor(1.0 / c.value, dtype=torch.float64))
+        h = float(-(p * p.log() + (1 - p) * (1 - p).log()))
+        c.step(step, h, h_max)
+    assert h / h_max == pytest.approx(f, abs=0.01)
+
+
+# ---------------------------------------------------------------- state dict
+
+
+@pytest.mark.parametrize("cfg", [
+    Sched(kind="cosine", end=0.001),
+    Sched(kind="piecewise", boundaries=[300, 700], values=[0.02, 0.005]),
+    Sched(target_entropy=0.6, lr=0.05),
+])
+def test_state_dict_round_trip_continues_identically(cfg):
+    gen = torch.Generator().manual_seed(random.randrange(2**31))
+    entropies = torch.rand(40, generator=gen, dtype=torch.float64).tolist()
+    h_max = math.log(4)
+
+    def run(coef, idx):
+        return [coef.step(25 * (i + 1), entropies[i] * h_max, h_max) for i in idx]
+
+    full = build_coefficient(0.04, cfg, 1000, "beta")
+    reference = run(full, range(40))
+
+    first = build_coefficient(0.04, cfg, 1000, "beta")
+    head = run(first, range(17))
+    buf = io.BytesIO()
+    torch.save({"beta": first.state_dict()}, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)["beta"]
+    assert all(v is None or isinstance(v, (int, float, str)) for v in state.values())
+
+    resumed = build_coefficient(0.04, cfg, 1000, "beta")
+    resumed.load_state_dict(state)
+    assert resumed.value == first.value and resumed.target == first.target
+    assert head + run(resumed, range(17, 40)) == reference
+
+
+def test_load_refuses_other_mode():
+    target = build_coefficient(0.04, Sched(target_entropy=0.5), 1000, "beta")
+    linear = build_coefficient(0.04, Sched(kind="linear"), 1000, "beta")
+    with pytest.raises(ValueError, match="kind='target'"):
+        linear.load_state_dict(target.state_dict())
+
+
+# ---------------------------------------------------------------- maximum entropy (ops)
+
+
+def _entropy_of(p, alpha):
+    """The alpha-family entropy written out independently of ops (0 log 0 = 0)."""
+    if alpha == 1.0:
+        return -(p * p.clamp_min(1e-300).log()).sum(-1)
+    return (1 - p.pow(alpha).sum(-1)) / (alpha * (alpha - 1))
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_max_entropy_closed_forms(alpha):
+    for n in (1, 2, 3, 7, 100):
+        want = math.log(n) if alpha == 1.0 else (1 - n ** (1 - alpha)) / (alpha * (alpha - 1))
+        assert ops.max_entropy(alpha, n) == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_max_entropy_beats_every_random_simplex_point(alpha):
+    gen = torch.Generator().manual_seed(random.randrange(2**31))
+    for n in (2, 3, 5, 12):
+        # Uniform points of the simplex (normalized exponentials = Dirichlet(1)), points near
+        # the vertices (cubed), and points near the centre (exponents shrunk towards 1).
+        e = -torch.rand(3, 4000, n, generator=gen, dtype=torch.float64).log()
+        g = torch.cat([e[0], e[1] ** 3, 1 + 0.05 * (e[2] - 1)])
+        p = g / g.sum(-1, keepdim=True)
+        h = _entropy_of(p, alpha)
+        h_max = ops.max_entropy(alpha, n)
+        assert float(h.max()) <= h_max + 1e-12
+        # The uniform point attains it ...
+        assert float(_entropy_of(torch.full((n,), 1.0 / n, dtype=torch.float64), alpha)) == (
+            pytest.approx(h_max, rel=1e-12))
+        # ... and the supremum over the samples approaches it from below.
+        assert float(h.max()) > h_max * 0.97
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_max_entropy_by_grid_search_on_small_simplices(alpha):
+    # Exhaustive grid: n=2 on a 1e-4 grid, n=3 on a 1/300 grid; the argmax is the uniform point.
+    p1 = torch.linspace(0, 1, 10_001, dtype=torch.float64)
+    h2 = _entropy_of(torch.stack([p1, 1 - p1], -1), alpha)
+    assert float(h2.max()) == pytest.approx(ops.max_entropy(alpha, 2), rel=1e-7)
+    assert float(p1[h2.argmax()]) == pytest.approx(0.5, abs=1e-4)
+    k = 300
+    i, j = torch.meshgrid(torch.arange(k + 1), torch.arange(k + 1), indexing="ij")
+    keep = i + j <= k
+    p = torch.stack([i[keep], j[keep], k - i[keep] - j[keep]], -1).to(torch.float64) / k
+    h3 = _entropy_of(p, alpha)
+    assert float(h3.max()) == pytest.approx(ops.max_entropy(alpha, 3), rel=1e-9)
+    assert p[h3.argmax()].tolist() == pytest.approx([1 / 3] * 3)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_max_entropy_respects_masks(alpha):
+    gen = torch.Generator().manual_seed(random.randrange(2**31))
+    n_act = 9
+    mask = torch.rand(64, n_act, generator=gen) < 0.6
+    mask[torch.arange(64), torch.randint(n_act, (64,), generator=gen)] = True  # >= 1 allowed
+    counts = mask.sum(-1)
+    h_max = ops.max_entropy(alpha, counts)
+    assert h_max.shape == (64,)
+    assert h_max.tolist() == pytest.approx([ops.max_entropy(alpha, int(c)) for c in counts])
+    # Equal logits on the allowed actions give the uniform policy over them: the maximum.
+    logits = torch.full((64, n_act), float(torch.randn((), generator=gen)), dtype=torch.float64)
+    h_uniform = ops.entropy(logits, alpha=alpha, mask=mask)
+    assert h_uniform.tolist() == pytest.approx(h_max.tolist(), rel=1e-9, abs=1e-12)
+    # Random logits under the same mask never exceed it.
+    h_random = ops.entropy(torch.randn(64, n_act, generator=gen, dtype=torch.float64) * 3,
+                           alpha=alpha, mask=mask)
+    assert bool((h_random <= h_max + 1e-12).all())
