@@ -5,8 +5,8 @@ A coefficient is a function of env steps, configured by a start value (top-level
 ``policy.temperature``) and a ``<name>_schedule`` node (``base_schedule`` in ``rl/config.py``)::
 
     rl-train beta=0.05 beta_schedule.kind=linear beta_schedule.end=0
-    rl-train beta=0.05 beta_schedule.kind=piecewise beta_schedule.boundaries=[20000,60000] \\
-        beta_schedule.values=[0.01,0.0]
+    rl-train beta_schedule.kind=piecewise beta_schedule.boundaries=[20000,60000] \\
+        beta_schedule.values=[0.05,0.01,0.0]
     rl-train beta=0.01 beta_schedule.target_entropy=0.5       # dual tuning, any mapping
 
 With progress ``t = min(env_step / horizon, 1)`` (``horizon`` defaults to ``total_steps``):
@@ -18,8 +18,9 @@ constant      ``start``
 linear        ``start + (end - start) t``
 cosine        ``end + (start - end) (1 + cos(pi t)) / 2``
 exponential   ``start (end / start)^t`` (geometric; start and end > 0)
-piecewise     ``start`` before ``boundaries[0]``, then ``values[i]`` from
-              ``boundaries[i]`` on (so ``len(values) == len(boundaries)``)
+piecewise     ``values[0]`` before ``boundaries[0]``, ``values[i+1]`` from
+              ``boundaries[i]`` on (``len(values) == len(boundaries) + 1``,
+              as TensorFlow's PiecewiseConstantDecay; ``start`` is not used)
 ============  ================================================================
 
 Target entropy (``target_entropy = f`` in (0, 1)): the coefficient becomes the Lagrange
@@ -41,6 +42,7 @@ entropy, so the same update drives ``temperature``. See docs/beta.md.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -122,12 +124,7 @@ class Coefficient:
         if self.kind == "constant":
             return self.start
         if self.kind == "piecewise":
-            value = self.start
-            for boundary, v in zip(self.boundaries, self.values, strict=True):
-                if env_step < boundary:
-                    break
-                value = v
-            return value
+            return self.values[bisect.bisect_right(self.boundaries, env_step)]
         t = min(max(env_step, 0) / self.horizon, 1.0)
         if self.kind == "linear":
             return self.start + (self.end - self.start) * t
@@ -261,18 +258,15 @@ def build_coefficient(start: float, cfg: Any, total_steps: int, name: str) -> Co
     boundaries = list(_field(cfg, "boundaries", None) or [])
     values = list(_field(cfg, "values", None) or [])
     if kind == "piecewise":
-        if not boundaries:
-            _fail(f"{field}.boundaries", boundaries,
-                  "a non-empty list of increasing env steps > 0 for kind=piecewise")
         for b in boundaries:
             if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
                 _fail(f"{field}.boundaries", boundaries, "increasing integers > 0 (env steps)")
         if any(b1 <= b0 for b0, b1 in zip(boundaries, boundaries[1:], strict=False)):
             _fail(f"{field}.boundaries", boundaries, "strictly increasing env steps")
-        if len(values) != len(boundaries):
+        if len(values) != len(boundaries) + 1:
             _fail(f"{field}.values", values,
-                  f"one value per boundary ({len(boundaries)}); values[i] applies from "
-                  f"boundaries[i] on and {start_field} before boundaries[0]")
+                  f"len(boundaries) + 1 = {len(boundaries) + 1} values: values[0] before "
+                  "boundaries[0], values[i+1] from boundaries[i] on")
         values = [check_value(f"{field}.values[{i}]", v) for i, v in enumerate(values)]
     if kind == "exponential":
         if start <= 0:

@@ -69,9 +69,9 @@ def test_linear_to_zero_reaches_zero_and_is_monotone():
     assert vals[0] == 0.05 and vals[-1] == 0.0
 
 
-def test_piecewise_start_then_values_from_each_boundary():
-    c = build_coefficient(0.05, Sched(kind="piecewise", boundaries=[100, 300], values=[0.01, 0.0]),
-                          1000, "beta")
+def test_piecewise_values_between_boundaries():
+    c = build_coefficient(0.0, Sched(kind="piecewise", boundaries=[100, 300],
+                                     values=[0.05, 0.01, 0.0]), 1000, "beta")
     assert c.value == 0.05
     steps = [0, 99, 100, 299, 300, 10_000]
     assert [c.step(s) for s in steps] == [0.05, 0.05, 0.01, 0.01, 0.0, 0.0]
@@ -85,7 +85,7 @@ def test_temperature_schedule():
 def test_accepts_dict_and_none_and_omegaconf():
     import omegaconf
     assert build_coefficient(0.03, None, 100, "beta").step(50) == 0.03
-    node = omegaconf.OmegaConf.structured(Sched(kind="piecewise", boundaries=[10], values=[0.5]))
+    node = omegaconf.OmegaConf.structured(Sched(kind="piecewise", boundaries=[10], values=[0.02, 0.5]))
     c = build_coefficient(0.02, node, 100, "beta")
     assert (c.step(9), c.step(10)) == (0.02, 0.5)
     assert build_coefficient(0.02, {"kind": "linear"}, 100, "beta").step(50) == 0.01
@@ -104,16 +104,18 @@ def test_accepts_dict_and_none_and_omegaconf():
         (0.01, Sched(target_entropy=1.0), "beta", "beta_schedule.target_entropy=1.0"),
         (0.01, Sched(target_entropy=-0.2), "beta", "(0, 1)"),
         (0.01, Sched(target_entropy=float("nan")), "beta", "beta_schedule.target_entropy"),
-        (0.01, Sched(kind="piecewise", boundaries=[50, 20], values=[0.1, 0.2]), "beta",
+        (0.01, Sched(kind="piecewise", boundaries=[50, 20], values=[0.1, 0.2, 0.0]), "beta",
          "beta_schedule.boundaries=[50, 20]"),
-        (0.01, Sched(kind="piecewise", boundaries=[20, 20], values=[0.1, 0.2]), "beta",
+        (0.01, Sched(kind="piecewise", boundaries=[20, 20], values=[0.1, 0.2, 0.0]), "beta",
          "strictly increasing"),
-        (0.01, Sched(kind="piecewise", boundaries=[20, 50], values=[0.1]), "beta",
-         "beta_schedule.values=[0.1]"),
+        (0.01, Sched(kind="piecewise", boundaries=[20, 50], values=[0.1, 0.0]), "beta",
+         "beta_schedule.values=[0.1, 0.0]"),
         (0.01, Sched(kind="piecewise", boundaries=[], values=[]), "beta",
-         "beta_schedule.boundaries"),
-        (0.01, Sched(kind="piecewise", boundaries=[20], values=[-0.1]), "beta",
-         "beta_schedule.values[0]=-0.1"),
+         "len(boundaries) + 1 = 1 values"),
+        (0.01, Sched(kind="piecewise", boundaries=[0], values=[0.1, 0.0]), "beta",
+         "beta_schedule.boundaries=[0]"),
+        (0.01, Sched(kind="piecewise", boundaries=[20], values=[0.1, -0.1]), "beta",
+         "beta_schedule.values[1]=-0.1"),
         (0.01, Sched(kind="exponential", end=0.0), "beta", "beta_schedule.end=0.0"),
         (0.0, Sched(kind="exponential", end=0.01), "beta", "beta=0.0"),
         (0.01, Sched(target_entropy=0.5, lr=0.0), "beta", "beta_schedule.lr=0.0"),
@@ -122,7 +124,7 @@ def test_accepts_dict_and_none_and_omegaconf():
         (-0.01, Sched(), "beta", "beta=-0.01"),
         (0.0, Sched(), "temperature", "policy.temperature=0.0"),
         (1.0, Sched(kind="linear", end=0.0), "temperature", "temperature_schedule.end=0.0"),
-        (1.0, Sched(kind="piecewise", boundaries=[5], values=[0.0]), "temperature",
+        (1.0, Sched(kind="piecewise", boundaries=[5], values=[0.0, 1.0]), "temperature",
          "temperature_schedule.values[0]=0.0"),
         (0.01, Sched(kind="linear", horizon=0), "beta", "beta_schedule.horizon=0"),
     ],
@@ -140,7 +142,7 @@ def test_constant_temperature_ignores_default_end():
 
 def test_every_kind_is_buildable():
     for kind in KINDS:
-        cfg = Sched(kind=kind, end=0.01, boundaries=[10], values=[0.02])
+        cfg = Sched(kind=kind, end=0.01, boundaries=[10], values=[0.05, 0.02])
         assert build_coefficient(0.05, cfg, 100, "beta").step(0) == pytest.approx(0.05)
 
 
@@ -214,7 +216,7 @@ def test_dual_tracks_target_on_a_toy_policy():
 
 @pytest.mark.parametrize("cfg", [
     Sched(kind="cosine", end=0.001),
-    Sched(kind="piecewise", boundaries=[300, 700], values=[0.02, 0.005]),
+    Sched(kind="piecewise", boundaries=[300, 700], values=[0.04, 0.02, 0.005]),
     Sched(target_entropy=0.6, lr=0.05),
 ])
 def test_state_dict_round_trip_continues_identically(cfg):
