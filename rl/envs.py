@@ -1,0 +1,445 @@
+"""Vectorized Gymnasium environments for the trainer.
+
+``make_envs`` builds a ``gymnasium.vector.VectorEnv`` from the ``env`` config node and
+refuses, before any training, what the trainer cannot handle: a non-``Discrete`` action
+space, an unknown id, a missing optional dependency. Every env it returns
+
+- autoresets on the *next* step (Gymnasium 1.x default, DESIGN.md section 3): the step after
+  a done returns the reset observation, and that transition must not be trained on;
+- carries ``RecordEpisodeStatistics`` (vector version) innermost, so ``infos["episode"]``
+  holds the raw, unnormalized and unclipped episode returns and lengths;
+- optionally normalizes observations and rewards with Gymnasium's own vector wrappers.
+
+Action masks come either in a ``Dict`` observation ``{"observation", "action_mask"}`` or in
+``infos["action_mask"]``; ``action_mask_from`` returns them as a bool ``(num_envs, n)``
+array and ``policy_obs`` strips the mask from the observation. docs/envs.md lists the
+supported envs and the Atari preprocessing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+__all__ = ["EnvInfo", "action_mask_from", "env_info", "make_envs", "policy_obs"]
+
+VECTORIZATION_MODES = ("auto", "vector_entry_point", "sync", "async")
+
+# metadata key make_envs sets when the env reports its mask in infos (a Dict observation
+# space shows it by itself; an info mask is only visible after a reset).
+MASK_IN_INFO_KEY = "action_mask_in_info"
+
+# Which extra of pyproject.toml provides a module gymnasium or we import lazily.
+_EXTRAS = {
+    "box2d": 'pip install "entropy-rl[envs]" (or pip install "gymnasium[box2d]")',
+    "ale_py": 'pip install "entropy-rl[envs]" (or pip install ale-py)',
+    "opencv": "pip install opencv-python (AtariPreprocessing of the sync Atari path needs it)",
+    "cv2": "pip install opencv-python (AtariPreprocessing of the sync Atari path needs it)",
+    "minatar": "pip install minatar",
+    "mujoco": 'pip install "gymnasium[mujoco]" (note: MuJoCo envs have continuous actions)',
+    "pygame": 'pip install "gymnasium[classic-control]"',
+}
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """What the trainer needs to size its network and storage.
+
+    Attributes
+    ----------
+    obs_shape:
+        Shape of one observation as the network sees it (``policy_obs``, mask removed).
+    n_actions:
+        Size of the ``Discrete`` action space (after any distractor actions).
+    is_image:
+        True for uint8 ``(C, H, W)`` / ``(H, W, C)`` observations (Nature-CNN encoder).
+    has_action_mask:
+        True when the env provides ``action_mask`` (observation dict or infos).
+    observation_space:
+        Single-env space of ``policy_obs(obs)``; pass it to ``rl.networks.ActorCritic``.
+    """
+
+    obs_shape: tuple[int, ...]
+    n_actions: int
+    is_image: bool
+    has_action_mask: bool
+    observation_space: gym.Space | None = None
+
+
+@dataclass(frozen=True)
+class _EnvSettings:
+    """The ``env`` config node, validated (fields as in conf/env/*.yaml)."""
+
+    id: str
+    vectorization: str = "auto"
+    kwargs: Mapping[str, Any] | None = None
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    gamma: float = 0.99
+    distractor_actions: int = 0
+    atari: bool = False
+    frame_stack: int = 4
+    max_episode_steps: int | None = None
+
+
+def _field(cfg: Any, name: str, default: Any) -> Any:
+    if isinstance(cfg, Mapping):
+        return cfg.get(name, default)
+    return getattr(cfg, name, default)
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain Python (gymnasium constructors want dicts and lists)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - hydra-core is a dependency
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _settings(env_cfg: Any) -> _EnvSettings:
+    env_id = _field(env_cfg, "id", None)
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env.id must be a non-empty Gymnasium id string; got {env_id!r}")
+    s = _EnvSettings(
+        id=env_id,
+        **{
+            f: _plain(_field(env_cfg, f, getattr(_EnvSettings, f)))
+            for f in (
+                "vectorization", "kwargs", "normalize_obs", "normalize_reward", "gamma",
+                "distractor_actions", "atari", "frame_stack", "max_episode_steps",
+            )
+        },
+    )
+    if s.vectorization not in VECTORIZATION_MODES:
+        raise ValueError(f"env.vectorization must be one of {VECTORIZATION_MODES}; got {s.vectorization!r}")
+    if s.kwargs is not None and not isinstance(s.kwargs, Mapping):
+        raise ValueError(f"env.kwargs must be a mapping of constructor arguments; got {s.kwargs!r}")
+    for name in ("normalize_obs", "normalize_reward", "atari"):
+        if not isinstance(getattr(s, name), bool):
+            raise ValueError(f"env.{name} must be true or false; got {getattr(s, name)!r}")
+    gamma = s.gamma
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 < gamma <= 1.0:
+        raise ValueError(f"env.gamma must be a float in (0, 1]; got {gamma!r}")
+    if not _is_int(s.distractor_actions) or s.distractor_actions < 0:
+        raise ValueError(f"env.distractor_actions must be an integer >= 0; got {s.distractor_actions!r}")
+    if not _is_int(s.frame_stack) or s.frame_stack < 1:
+        raise ValueError(f"env.frame_stack must be an integer >= 1; got {s.frame_stack!r}")
+    if s.max_episode_steps is not None and (not _is_int(s.max_episode_steps) or s.max_episode_steps < 1):
+        raise ValueError(f"env.max_episode_steps must be null or an integer >= 1; got {s.max_episode_steps!r}")
+    return s
+
+
+def _missing_dependency(env_id: str, err: BaseException) -> ValueError:
+    """A ValueError naming the env, the missing package and the extra that provides it."""
+    text = f"{type(err).__name__}: {err}"
+    lowered = text.lower()
+    hint = next((h for key, h in _EXTRAS.items() if key in lowered), None)
+    if hint is None and isinstance(err, ModuleNotFoundError) and err.name:
+        hint = f"pip install {err.name.split('.')[0]}"
+    return ValueError(
+        f"env.id={env_id!r} needs an optional dependency that is not installed ({text}). "
+        f"Install it with: {hint or 'the package named above'}"
+    )
+
+
+def _register_optional(env_id: str, atari: bool, quiet: bool = False) -> None:
+    """Register ale-py / MinAtar ids when the id (or a suggestion lookup) needs them."""
+    if atari or env_id.startswith("ALE/") or quiet:
+        if importlib.util.find_spec("ale_py") is not None:
+            import ale_py
+
+            gym.register_envs(ale_py)
+        elif not quiet:
+            raise _missing_dependency(env_id, ModuleNotFoundError("No module named 'ale_py'", name="ale_py"))
+    if env_id.startswith("MinAtar/") or quiet:
+        if importlib.util.find_spec("minatar") is not None:
+            import minatar.gym
+
+            minatar.gym.register_envs()
+        elif not quiet:
+            raise _missing_dependency(env_id, ModuleNotFoundError("No module named 'minatar'", name="minatar"))
+
+
+def _find_spec(env_id: str, atari: bool) -> gym.envs.registration.EnvSpec:
+    """The id's EnvSpec, or a ValueError suggesting close matches from the registry."""
+    _register_optional(env_id, atari)
+    if env_id in gym.registry:
+        return gym.registry[env_id]
+    # Suggestions may live in optional families (a user typing "Pong-v5" wants ALE/Pong-v5).
+    _register_optional(env_id, atari, quiet=True)
+    by_lower: dict[str, str] = {}
+    for key in gym.registry:
+        by_lower.setdefault(key.lower(), key)
+    close = difflib.get_close_matches(env_id.lower(), list(by_lower), n=3, cutoff=0.6)
+    suggestion = f" Did you mean {' or '.join(repr(by_lower[c]) for c in close)}?" if close else ""
+    raise ValueError(
+        f"env.id={env_id!r} is not a registered Gymnasium environment.{suggestion} "
+        "List the registered ids with gymnasium.pprint_registry()."
+    )
+
+
+def _atari_single(env_id: str, kwargs: dict, frame_stack: int, frame_skip: int) -> Callable[[], gym.Env]:
+    """Single-env Atari with the standard preprocessing (Machado et al. 2018 / Nature DQN)."""
+
+    def thunk() -> gym.Env:
+        # AtariPreprocessing skips frames itself and requires the ROM env not to.
+        env = gym.make(env_id, **{**kwargs, "frameskip": 1})
+        env = gym.wrappers.AtariPreprocessing(
+            env, noop_max=30, frame_skip=frame_skip, screen_size=84,
+            terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False,
+        )
+        return gym.wrappers.FrameStackObservation(env, frame_stack)
+
+    return thunk
+
+
+def _build(
+    s: _EnvSettings,
+    spec: gym.envs.registration.EnvSpec,
+    num_envs: int,
+    env_wrappers: Sequence[Callable[[gym.Env], gym.Env]] | None,
+    atari: bool,
+) -> VectorEnv:
+    kwargs = dict(s.kwargs or {})
+    mode = s.vectorization
+    if mode == "auto":
+        mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
+    if env_wrappers:
+        # per-env wrappers (video recording) only exist for sync/async vectorization
+        mode = "sync" if mode == "vector_entry_point" else mode
+    if mode == "vector_entry_point" and spec.vector_entry_point is None:
+        raise ValueError(
+            f"env.vectorization='vector_entry_point' but env.id={s.id!r} registers no vector entry "
+            "point; use 'auto', 'sync' or 'async'"
+        )
+    vector_kwargs = {"autoreset_mode": AutoresetMode.NEXT_STEP}
+    if atari:
+        frame_skip = int(kwargs.pop("frameskip", 4))
+        # clipping is applied after RecordEpisodeStatistics (see _wrap), never inside the env
+        kwargs.pop("reward_clipping", None)
+        if mode == "vector_entry_point":
+            # ale-py's AtariVectorEnv does the preprocessing itself (84x84 gray, maxpool,
+            # noop reset, fire reset); max_num_frames_per_episode counts emulator frames.
+            kwargs.update(
+                stack_num=s.frame_stack, frameskip=frame_skip, reward_clipping=False,
+                autoreset_mode=AutoresetMode.NEXT_STEP,
+            )
+            if s.max_episode_steps is not None:
+                kwargs["max_num_frames_per_episode"] = s.max_episode_steps * frame_skip
+            return gym.make_vec(s.id, num_envs, vectorization_mode=mode, **kwargs)
+        if s.max_episode_steps is not None:
+            kwargs["max_episode_steps"] = s.max_episode_steps
+        thunk = _atari_single(s.id, kwargs, s.frame_stack, frame_skip)
+        fns = [_wrapped(thunk, env_wrappers) for _ in range(num_envs)]
+        cls = gym.vector.SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
+        return cls(fns, **vector_kwargs)
+    if s.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = s.max_episode_steps
+    if mode == "vector_entry_point":
+        return gym.make_vec(s.id, num_envs, vectorization_mode=mode, **kwargs)
+    return gym.make_vec(
+        s.id, num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs,
+        wrappers=list(env_wrappers or ()), **kwargs,
+    )
+
+
+def _wrapped(thunk: Callable[[], gym.Env], wrappers: Sequence[Callable] | None) -> Callable[[], gym.Env]:
+    def make() -> gym.Env:
+        env = thunk()
+        for wrapper in wrappers or ():
+            env = wrapper(env)
+        return env
+
+    return make
+
+
+def _check_spaces(env_id: str, vec: VectorEnv) -> None:
+    space = vec.single_action_space
+    if not isinstance(space, gym.spaces.Discrete):
+        raise ValueError(
+            f"env.id={env_id!r} has action space {space}; only Discrete action spaces are supported "
+            "(the policy mappings act on a finite set of actions)"
+        )
+    if int(space.start) != 0:
+        raise ValueError(
+            f"env.id={env_id!r} has action space {space} starting at {int(space.start)}; only "
+            "Discrete spaces starting at 0 are supported"
+        )
+    obs_space = vec.single_observation_space
+    if isinstance(obs_space, gym.spaces.Dict):
+        keys = set(obs_space.spaces)
+        if keys != {"observation", "action_mask"}:
+            raise ValueError(
+                f"env.id={env_id!r} has a Dict observation space with keys {sorted(keys)}; the only "
+                "supported Dict observation is {'observation', 'action_mask'}"
+            )
+        mask_shape = obs_space["action_mask"].shape
+        if tuple(mask_shape) != (int(space.n),):
+            raise ValueError(
+                f"env.id={env_id!r}: observation['action_mask'] has shape {mask_shape}, expected "
+                f"({int(space.n)},) to match the action space {space}"
+            )
+        obs_space = obs_space["observation"]
+    if not isinstance(obs_space, (gym.spaces.Box, gym.spaces.Discrete)):
+        raise ValueError(
+            f"env.id={env_id!r} has observation space {obs_space}; supported: Box (vectors, images), "
+            "Discrete (one-hot encoded), or a Dict {'observation', 'action_mask'} of those"
+        )
+    mode = vec.metadata.get("autoreset_mode")
+    if mode != AutoresetMode.NEXT_STEP:
+        raise ValueError(
+            f"env.id={env_id!r} autoresets in mode {mode!r}; the trainer needs AutoresetMode.NEXT_STEP "
+            "(try env.vectorization=sync)"
+        )
+
+
+def make_envs(
+    env_cfg: Any,
+    num_envs: int,
+    seed: int,
+    *,
+    env_wrappers: Sequence[Callable[[gym.Env], gym.Env]] | None = None,
+) -> VectorEnv:
+    """Build the vectorized env the trainer steps.
+
+    Parameters
+    ----------
+    env_cfg:
+        The ``env`` config node (omegaconf node, dataclass or dict): ``id``, ``vectorization``,
+        ``kwargs``, ``normalize_obs``, ``normalize_reward``, ``gamma``, ``distractor_actions``,
+        ``atari``, ``frame_stack``, ``max_episode_steps`` (see docs/envs.md).
+    num_envs:
+        Number of sub-environments (>= 1).
+    seed:
+        Seeds the action space. The caller's first ``reset(seed=seed)`` seeds the
+        sub-environments (seed, seed + 1, ...).
+    env_wrappers:
+        Wrappers applied to every single env (e.g. ``RecordVideo`` for ``rl-eval video=``);
+        they force sync vectorization, since a vector entry point takes no per-env wrappers.
+
+    Raises
+    ------
+    ValueError
+        For a non-Discrete action space, an unknown id (with close matches), a missing optional
+        dependency (naming the extra to install), or an invalid config value.
+    """
+    s = _settings(env_cfg)
+    if not _is_int(num_envs) or num_envs < 1:
+        raise ValueError(f"num_envs must be an integer >= 1; got {num_envs!r}")
+    if not _is_int(seed):
+        raise ValueError(f"seed must be an integer; got {seed!r}")
+    atari = s.atari or s.id.startswith("ALE/")
+    spec = _find_spec(s.id, atari)
+    try:
+        vec = _build(s, spec, int(num_envs), env_wrappers, atari)
+    except (gym.error.DependencyNotInstalled, ImportError) as err:
+        raise _missing_dependency(s.id, err) from err
+    try:
+        _check_spaces(s.id, vec)
+        mask_in_info = False
+        if not isinstance(vec.single_observation_space, gym.spaces.Dict) and not atari:
+            # An info mask only shows after a reset; the caller's reset(seed=seed) re-seeds,
+            # so this probe leaves runs reproducible.
+            _, infos = vec.reset(seed=int(seed))
+            mask_in_info = "action_mask" in infos
+        vec.metadata = {**vec.metadata, MASK_IN_INFO_KEY: mask_in_info}
+        vec = _wrap(s, vec, atari, mask_in_info)
+    except BaseException:
+        vec.close()
+        raise
+    vec.action_space.seed(int(seed))
+    vec.single_action_space.seed(int(seed))
+    return vec
+
+
+def _wrap(s: _EnvSettings, vec: VectorEnv, atari: bool, mask_in_info: bool) -> VectorEnv:
+    from gymnasium.wrappers import vector as vw
+
+    has_mask = mask_in_info or isinstance(vec.single_observation_space, gym.spaces.Dict)
+    # Innermost, so episode returns are the game's own (before clipping and normalization).
+    vec = vw.RecordEpisodeStatistics(vec)
+    if atari and bool((s.kwargs or {}).get("reward_clipping", True)):
+        vec = vw.ClipReward(vec, -1.0, 1.0)
+    if s.normalize_obs:
+        space = vec.single_observation_space
+        if not isinstance(space, gym.spaces.Box) or _is_image(space):
+            raise ValueError(
+                f"env.normalize_obs=true needs a vector Box observation; env.id={s.id!r} has {space} "
+                "(image observations are scaled by 1/255 in the network)"
+            )
+        vec = vw.NormalizeObservation(vec)
+    if s.normalize_reward:
+        vec = vw.NormalizeReward(vec, gamma=float(s.gamma))
+    if s.distractor_actions > 0:
+        if has_mask:
+            raise ValueError(
+                f"env.distractor_actions={s.distractor_actions} cannot be combined with the action mask "
+                f"of env.id={s.id!r} (the mask would not cover the added actions)"
+            )
+        from rl.wrappers import DistractorActions
+
+        vec = DistractorActions(vec, int(s.distractor_actions))
+    return vec
+
+
+def _is_image(space: gym.Space) -> bool:
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+
+
+def env_info(vec_env: VectorEnv) -> EnvInfo:
+    """Shapes and flags of a ``make_envs`` env (see ``EnvInfo``)."""
+    obs_space = vec_env.single_observation_space
+    has_mask = bool(vec_env.metadata.get(MASK_IN_INFO_KEY, False))
+    if isinstance(obs_space, gym.spaces.Dict) and "action_mask" in obs_space.spaces:
+        has_mask = True
+        obs_space = obs_space["observation"]
+    action_space = vec_env.single_action_space
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise ValueError(f"vec_env must have a Discrete single_action_space; got {action_space}")
+    return EnvInfo(
+        obs_shape=tuple(obs_space.shape),
+        n_actions=int(action_space.n),
+        is_image=_is_image(obs_space),
+        has_action_mask=has_mask,
+        observation_space=obs_space,
+    )
+
+
+def policy_obs(obs: Any) -> Any:
+    """The observation the network sees: ``obs["observation"]`` for a masked Dict obs, else obs."""
+    if isinstance(obs, Mapping) and "action_mask" in obs:
+        return obs["observation"]
+    return obs
+
+
+def action_mask_from(obs: Any, infos: Mapping[str, Any] | None) -> np.ndarray | None:
+    """Bool ``(num_envs, n_actions)`` mask (True = allowed), or None when the env has none.
+
+    Read from ``obs["action_mask"]`` first, else ``infos["action_mask"]``. Sub-envs whose
+    info lacks the key this step (``infos["_action_mask"]`` False) get every action allowed.
+    """
+    if isinstance(obs, Mapping) and "action_mask" in obs:
+        return np.asarray(obs["action_mask"]).astype(bool, copy=False)
+    if not infos or "action_mask" not in infos:
+        return None
+    mask = np.asarray(infos["action_mask"]).astype(bool)
+    present = infos.get("_action_mask")
+    if present is not None:
+        present = np.asarray(present, dtype=bool)
+        if not present.all():
+            mask[~present] = True
+    return mask
