@@ -139,7 +139,9 @@ def _settings(env_cfg: Any) -> _EnvSettings:
     if not _is_int(s.frame_stack) or s.frame_stack < 1:
         raise ValueError(f"env.frame_stack must be an integer >= 1; got {s.frame_stack!r}")
     if s.max_episode_steps is not None and (not _is_int(s.max_episode_steps) or s.max_episode_steps < 1):
-        raise ValueError(f"env.max_episode_steps must be null or an integer >= 1; got {s.max_episode_steps!r}")
+        raise ValueError(
+            f"env.max_episode_steps must be null or an integer >= 1; got {s.max_episode_steps!r}"
+        )
     return s
 
 
@@ -164,14 +166,16 @@ def _register_optional(env_id: str, atari: bool, quiet: bool = False) -> None:
 
             gym.register_envs(ale_py)
         elif not quiet:
-            raise _missing_dependency(env_id, ModuleNotFoundError("No module named 'ale_py'", name="ale_py"))
+            missing = ModuleNotFoundError("No module named 'ale_py'", name="ale_py")
+            raise _missing_dependency(env_id, missing)
     if env_id.startswith("MinAtar/") or quiet:
         if importlib.util.find_spec("minatar") is not None:
             import minatar.gym
 
             minatar.gym.register_envs()
         elif not quiet:
-            raise _missing_dependency(env_id, ModuleNotFoundError("No module named 'minatar'", name="minatar"))
+            missing = ModuleNotFoundError("No module named 'minatar'", name="minatar")
+            raise _missing_dependency(env_id, missing)
 
 
 def _find_spec(env_id: str, atari: bool) -> gym.envs.registration.EnvSpec:

@@ -36,6 +36,10 @@ def layer_init(layer: nn.Module, gain: float) -> nn.Module:
     return layer
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
 def _is_image(space: gym.Space) -> bool:
     return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
 
@@ -124,10 +128,10 @@ class ActorCritic(nn.Module):
             raise ValueError(
                 f"observation_space must be a Box or Discrete space; got {observation_space}"
             )
-        if isinstance(n_actions, bool) or not isinstance(n_actions, (int, np.integer)) or n_actions < 1:
+        if not _positive_int(n_actions):
             raise ValueError(f"n_actions must be an integer >= 1; got {n_actions!r}")
         hidden_sizes = tuple(hidden_sizes)
-        if not all(isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 1 for h in hidden_sizes):
+        if not all(_positive_int(h) for h in hidden_sizes):
             raise ValueError(f"hidden_sizes must be positive integers; got {hidden_sizes!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
