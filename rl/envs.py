@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gymnasium as gym
@@ -317,6 +317,7 @@ def make_envs(
     seed: int,
     *,
     env_wrappers: Sequence[Callable[[gym.Env], gym.Env]] | None = None,
+    gamma: float | None = None,
 ) -> VectorEnv:
     """Build the vectorized env the trainer steps.
 
@@ -334,6 +335,9 @@ def make_envs(
     env_wrappers:
         Wrappers applied to every single env (e.g. ``RecordVideo`` for ``rl-eval video=``);
         they force sync vectorization, since a vector entry point takes no per-env wrappers.
+    gamma:
+        Discount of the return whose running std ``normalize_reward`` divides by; pass the
+        algorithm's gamma. Default: ``env_cfg.gamma`` if the node has it, else 0.99.
 
     Raises
     ------
@@ -342,6 +346,10 @@ def make_envs(
         dependency (naming the extra to install), or an invalid config value.
     """
     s = _settings(env_cfg)
+    if gamma is not None:
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma must be a float in (0, 1]; got {gamma!r}")
+        s = replace(s, gamma=float(gamma))
     if not _is_int(num_envs) or num_envs < 1:
         raise ValueError(f"num_envs must be an integer >= 1; got {num_envs!r}")
     if not _is_int(seed):
