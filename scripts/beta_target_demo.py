@@ -1,0 +1,226 @@
+"""Evidence for automatic beta tuning: CartPole runs whose entropy tracks a target.
+
+For softmax and sparsemax, runs ``rl-train`` twice on CartPole-v1 -- a fixed beta, and
+``beta_schedule.target_entropy=<f>`` starting from the same beta -- reads the TensorBoard
+scalars back, and checks that the target runs' entropy settles within 10% of the target.
+
+"Settles" is measured as the mean of ``entropy/mean`` over the updates in the last 20% of the
+env steps (``--window``), compared with the mean of ``policy/target_entropy`` over the same
+updates (the absolute target ``f * H_max``; CartPole has no masks, so it is constant):
+``|settled - target| / target <= 0.1``.
+
+Writes a JSON result (benchmarks/results/beta_target.json) and a figure
+(docs/figures/beta_target.png: return, entropy and beta vs env steps, fixed beta vs target).
+Runs are sequential and short (CartPole, 100k steps each by default)::
+
+    .venv/bin/python scripts/beta_target_demo.py
+    .venv/bin/python scripts/beta_target_demo.py --steps 50000 --target 0.3 --seed 1
+    .venv/bin/python scripts/beta_target_demo.py --reuse     # re-read finished runs only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TAGS = ("charts/episodic_return", "entropy/mean", "policy/target_entropy", "policy/beta")
+MAPPINGS = {"softmax": "policy=softmax", "sparsemax": "policy=sparsemax"}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=100_000, help="env steps per run")
+    ap.add_argument("--target", type=float, default=0.5,
+                    help="beta_schedule.target_entropy, a fraction of the maximum entropy")
+    ap.add_argument("--beta", type=float, default=0.01,
+                    help="the fixed beta, and the target runs' initial beta")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="beta_schedule.lr (dual step size); default: the config's")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--window", type=float, default=0.2,
+                    help="fraction of the env steps, at the end, over which 'settled' is measured")
+    ap.add_argument("--tolerance", type=float, default=0.1, help="allowed relative error")
+    ap.add_argument("--mappings", nargs="+", default=list(MAPPINGS), choices=list(MAPPINGS))
+    ap.add_argument("--run-root", type=Path, default=ROOT / "runs" / "beta_target")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "beta_target.json")
+    ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "beta_target.png")
+    ap.add_argument("--reuse", action="store_true",
+                    help="do not train; read the runs already under --run-root")
+    ap.add_argument("--extra", nargs="*", default=[], help="more rl-train overrides for every run")
+    return ap.parse_args(argv)
+
+
+def run_name(mapping: str, mode: str, args) -> str:
+    tag = f"target{args.target:g}" if mode == "target" else f"beta{args.beta:g}"
+    return f"{mapping}_{tag}_s{args.seed}_{args.steps // 1000}k"
+
+
+def train(run_dir: Path, overrides: list[str]) -> float:
+    """Runs rl-train into `run_dir` (a fresh Hydra run directory); returns wall seconds."""
+    cmd = [sys.executable, "-m", "rl.train", *overrides, "progress=false",
+           f"hydra.run.dir={run_dir}"]
+    print("+", " ".join(cmd[2:]), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return time.perf_counter() - t0
+
+
+def read_scalars(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """All events of `TAGS` under `run_dir`, as (steps, values) sorted by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = sorted(run_dir.rglob("events.out.tfevents.*"))
+    if not files:
+        raise FileNotFoundError(f"no TensorBoard event file under {run_dir}")
+    series: dict[str, dict[int, float]] = {tag: {} for tag in TAGS}
+    for f in files:
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in TAGS:
+            if tag in acc.Tags()["scalars"]:
+                for ev in acc.Scalars(tag):
+                    series[tag][ev.step] = ev.value
+    return {tag: (np.array(sorted(d), dtype=np.int64), np.array([d[k] for k in sorted(d)]))
+            for tag, d in series.items()}
+
+
+def window_mean(steps: np.ndarray, values: np.ndarray, start: float) -> float | None:
+    sel = steps >= start
+    return float(values[sel].mean()) if sel.any() else None
+
+
+def summarize(scalars, args, total_steps: int) -> dict:
+    start = (1.0 - args.window) * total_steps
+    ent_steps, ent = scalars["entropy/mean"]
+    ret_steps, ret = scalars["charts/episodic_return"]
+    beta_steps, beta = scalars["policy/beta"]
+    tgt_steps, tgt = scalars["policy/target_entropy"]
+    out = {
+        "updates_logged": int(len(ent_steps)),
+        "window_start_step": int(start),
+        "settled_entropy": window_mean(ent_steps, ent, start),
+        "settled_entropy_std": float(ent[ent_steps >= start].std()) if len(ent) else None,
+        "final_return_mean": window_mean(ret_steps, ret, start),
+        "beta_first": float(beta[0]) if len(beta) else None,
+        "beta_last": float(beta[-1]) if len(beta) else None,
+        "beta_min": float(beta.min()) if len(beta) else None,
+        "beta_max": float(beta.max()) if len(beta) else None,
+    }
+    if len(tgt):
+        target = window_mean(tgt_steps, tgt, start)
+        out["target_entropy"] = target
+        rel = abs(out["settled_entropy"] - target) / target
+        out["relative_error"] = rel
+        out["within_tolerance"] = bool(rel <= args.tolerance)
+    return out
+
+
+def plot(results: dict, runs: dict, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mappings = list(results)
+    fig, axes = plt.subplots(3, len(mappings), figsize=(5.2 * len(mappings), 9.5), sharex=True,
+                             squeeze=False)
+    colors = {"fixed": "tab:gray", "target": "tab:blue"}
+    for j, mapping in enumerate(mappings):
+        for mode in ("fixed", "target"):
+            sc = runs[mapping][mode]
+            label = (f"fixed beta={args.beta:g}" if mode == "fixed"
+                     else f"target_entropy={args.target:g}")
+            s, v = sc["charts/episodic_return"]
+            axes[0, j].plot(s, v, color=colors[mode], lw=1, label=label)
+            s, v = sc["entropy/mean"]
+            axes[1, j].plot(s, v, color=colors[mode], lw=1, label=label)
+            s, v = sc["policy/beta"]
+            axes[2, j].plot(s, v, color=colors[mode], lw=1, label=label)
+        s, v = runs[mapping]["target"]["policy/target_entropy"]
+        r = results[mapping]["target"]
+        axes[1, j].plot(s, v, "k--", lw=1, label="target (f * H_max)")
+        if r.get("target_entropy") is not None:
+            t = r["target_entropy"]
+            axes[1, j].axhspan(t * (1 - args.tolerance), t * (1 + args.tolerance), color="k",
+                               alpha=0.08, label=f"target +-{args.tolerance:.0%}")
+        axes[1, j].axvline(r["window_start_step"], color="k", lw=0.5, ls=":")
+        axes[0, j].set_title(f"CartPole-v1, {mapping} (seed {args.seed})")
+        axes[0, j].set_ylabel("episodic return")
+        axes[1, j].set_ylabel("entropy/mean" + (" (Shannon, nats)" if mapping == "softmax"
+                                                 else " (Gini = Tsallis-2)"))
+        axes[2, j].set_ylabel("policy/beta")
+        axes[2, j].set_yscale("log")
+        axes[2, j].set_xlabel("env steps")
+        for i in range(3):
+            axes[i, j].grid(alpha=0.3)
+        axes[1, j].legend(fontsize=8)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    args.figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.figure, dpi=110)
+    print(f"wrote {args.figure}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not 0.0 < args.target < 1.0:
+        raise ValueError(f"--target={args.target} is not allowed; allowed: a fraction in (0, 1)")
+    common = ["env=cartpole", f"total_steps={args.steps}", f"seed={args.seed}", *args.extra]
+    results: dict = {}
+    runs: dict = {}
+    wall: dict = {}
+    for mapping in args.mappings:
+        results[mapping], runs[mapping] = {}, {}
+        for mode in ("fixed", "target"):
+            overrides = [*common, MAPPINGS[mapping], f"beta={args.beta}"]
+            if mode == "target":
+                overrides.append(f"beta_schedule.target_entropy={args.target}")
+                if args.lr is not None:
+                    overrides.append(f"beta_schedule.lr={args.lr}")
+            run_dir = args.run_root / run_name(mapping, mode, args)
+            if not args.reuse:
+                wall[f"{mapping}/{mode}"] = train(run_dir, overrides)
+            runs[mapping][mode] = read_scalars(run_dir)
+            results[mapping][mode] = summarize(runs[mapping][mode], args, args.steps)
+            results[mapping][mode]["overrides"] = overrides
+            results[mapping][mode]["wall_s"] = wall.get(f"{mapping}/{mode}")
+            print(mapping, mode, json.dumps(results[mapping][mode]), flush=True)
+
+    ok = all(results[m]["target"].get("within_tolerance") for m in results)
+    doc = {
+        "what": "CartPole-v1 PPO; entropy/mean settled (mean over the last window of env steps) "
+                "vs policy/target_entropy, fixed beta vs beta_schedule.target_entropy",
+        "target_fraction": args.target,
+        "initial_beta": args.beta,
+        "dual_lr": args.lr,
+        "steps": args.steps,
+        "seed": args.seed,
+        "window_fraction": args.window,
+        "tolerance": args.tolerance,
+        "all_within_tolerance": ok,
+        "results": results,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "python": platform.python_version()},
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    plot(results, runs, args)
+    for m in results:
+        r = results[m]["target"]
+        print(f"{m}: target {r.get('target_entropy')}, settled {r['settled_entropy']} "
+              f"(rel. error {r.get('relative_error')}), beta {r['beta_first']} -> {r['beta_last']}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
