@@ -1,0 +1,262 @@
+"""Row-level Triton building blocks shared by the loss and entropy kernels.
+
+A program owns ``BLOCK_N`` rows and walks their ``V`` columns in tiles of ``BLOCK_V``
+(``SINGLE``: the whole row fits one tile, is loaded once and stays in registers for every pass).
+Everything is computed in float32 on ``x = z / T`` with masked actions at ``-inf``.
+
+The threshold ``tau`` of entmax-alpha (DESIGN.md section 1) lives on the shifted scale
+``y = (alpha - 1)(x - max x)``, whose maximum is 0, so ``tau`` lies in
+``[-1, -(1/n)^(alpha-1)]`` (``n`` allowed actions): at ``-1`` the largest entry alone has
+``p = 1``, at the upper end every ``p_i <= 1/n``. With ``d = y - tau`` and ``k = 1/(alpha-1)``::
+
+    p = d^k,   q = p^(2-alpha) = d^(k-1),   p^alpha = d^(k+1)   (on d > 0, else 0)
+
+so one pass gives ``S = sum p``, ``Tq = sum q`` and ``P = sum p^alpha`` with a single power per
+element. ``tau`` is found by Newton's method on ``h(tau) = S(tau)^(1/k) - 1`` (a k-norm of
+``[y - tau]_+`` minus 1): its step is ``(S - S^(2-alpha)) / Tq``. For alpha <= 2 (k >= 1) h is
+convex and decreasing, so Newton started at the lower end ``tau = -1`` increases monotonically to
+the root; for alpha = 2 the step is Michelot's closed form ``tau = (sum_S y - 1) / |S|`` on the
+current support, exact as soon as the support stops changing; h is exact in one step for any
+alpha when the supported entries are equal. For alpha > 2 (k < 1) h is not convex and the kernel
+bisects the bracket instead. Measured: 1-12 passes for alpha in [1.1, 2] at V up to 32768.
+"""
+
+import triton
+import triton.language as tl
+
+# MAPPING constexpr codes (the launcher maps alpha to one of them)
+SOFTMAX = 0
+SPARSEMAX = 1
+ENTMAX15 = 2
+ENTMAX = 3
+
+# Stop once a Newton step or the bracket is below this many units of |tau| (about fp32's
+# epsilon: further steps only move tau by rounding noise).
+_TAU_RTOL = tl.constexpr(2.0**-22)
+_SUM_ATOL = tl.constexpr(2.0**-23)
+_NEG_INF = tl.constexpr(float("-inf"))
+
+
+@triton.jit
+def _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols, V, temperature,
+            HAS_MASK: tl.constexpr):
+    """Tile ``x = z / T`` in float32, -inf where masked or out of bounds.
+
+    row_off: (BLOCK_N,) int64 element offsets of the rows; row_ok: (BLOCK_N,) rows < N;
+    cols: (BLOCK_V,) absolute column indices of the tile.
+    """
+    in_bounds = row_ok[:, None] & (cols[None, :] < V)
+    offs = row_off[:, None] + cols[None, :]
+    # fp32 accumulation whatever the input dtype (bf16/fp16 are cast here, once per element)
+    z = tl.load(logits_ptr + offs, mask=in_bounds, other=float("-inf")).to(tl.float32)
+    allowed = in_bounds
+    if HAS_MASK:
+        allowed = allowed & (tl.load(mask_ptr + offs, mask=in_bounds, other=0) != 0)
+    return tl.where(allowed, z / temperature, float("-inf"))
+
+
+@triton.jit
+def _entmax_tile(x, m, tau, alpha, MAPPING: tl.constexpr):
+    """For a tile: ``on = d > 0`` and ``p = d^k``, ``q = d^(k-1)``, ``p^alpha = d^(k+1)`` on it."""
+    d = (alpha - 1.0) * (x - m[:, None]) - tau[:, None]
+    on = d > 0
+    d = tl.where(on, d, 1.0)  # keeps log2 / division finite off the support
+    if MAPPING == 1:  # sparsemax, k = 1
+        pk = d
+        q = tl.full(d.shape, 1.0, tl.float32)
+        pa = d * d
+    elif MAPPING == 2:  # entmax-1.5, k = 2
+        pk = d * d
+        q = d
+        pa = pk * d
+    else:
+        pk = tl.exp2(tl.log2(d) / (alpha - 1.0))
+        q = pk / d
+        pa = pk * d
+    return on, tl.where(on, pk, 0.0), tl.where(on, q, 0.0), tl.where(on, pa, 0.0)
+
+
+@triton.jit
+def _row_statistics(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature, alpha,
+                    MAPPING: tl.constexpr, NEWTON: tl.constexpr, HAS_MASK: tl.constexpr,
+                    SINGLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                    MAX_ITERS: tl.constexpr):
+    """Per-row statistics of the mapping on ``x = z / T``.
+
+    Returns ``(row_max, m, t0, S, Tq, H, support)``: row_max is the max of x over allowed
+    actions (NaN if the row holds NaN, -inf if nothing is allowed) for validation; m the same
+    made finite; t0 = log-sum-exp (softmax) or tau (alpha > 1); S = sum p and Tq = sum q before
+    normalisation (1 for softmax); H the entropy; support = #{p > 0} (int32).
+    x_row: the row tile when SINGLE (else unused).
+    """
+    # 1. one pass: max, allowed count, NaN count; softmax also the online sums
+    #    s = sum exp(x - m) and t = sum exp(x - m)(x - m), rescaled when m grows,
+    #    so that log-sum-exp = m + log s and H = log s - t / s (DESIGN.md, Shannon).
+    m = tl.full([BLOCK_N], _NEG_INF, tl.float32)
+    s = tl.zeros([BLOCK_N], tl.float32)
+    t = tl.zeros([BLOCK_N], tl.float32)
+    n = tl.zeros([BLOCK_N], tl.int32)
+    n_nan = tl.zeros([BLOCK_N], tl.int32)
+    for start in range(0, V, BLOCK_V):
+        if SINGLE:
+            x = x_row
+        else:
+            x = _load_x(logits_ptr, mask_ptr, row_off, row_ok, start + tl.arange(0, BLOCK_V), V,
+                        temperature, HAS_MASK)
+        n += tl.sum((x > _NEG_INF).to(tl.int32), axis=1)
+        n_nan += tl.sum((x != x).to(tl.int32), axis=1)
+        x_max = tl.max(x, axis=1)
+        if MAPPING == 0:
+            m_new = tl.maximum(m, x_max)
+            # subtract the row max: exp never overflows; a row masked so far keeps ref 0
+            ref = tl.where(m_new == _NEG_INF, 0.0, m_new)
+            rescale = tl.exp(m - ref)
+            t = rescale * (t + tl.where(s > 0, m - ref, 0.0) * s)
+            s = rescale * s
+            xm = x - ref[:, None]
+            e = tl.exp(xm)
+            s += tl.sum(e, axis=1)
+            t += tl.sum(e * tl.where(x > _NEG_INF, xm, 0.0), axis=1)
+            m = m_new
+        else:
+            m = tl.maximum(m, x_max)
+    row_max = tl.where(n_nan > 0, float("nan"), tl.where(n > 0, m, _NEG_INF))
+    ok = row_ok & (n_nan == 0) & (n > 0) & (m < float("inf"))
+    m = tl.where(ok, m, 0.0)
+    one = tl.full([BLOCK_N], 1.0, tl.float32)
+    if MAPPING == 0:
+        s = tl.where(ok, s, 1.0)
+        log_s = tl.log(s)
+        t0 = m + log_s
+        S = one
+        Tq = one
+        H = log_s - t / s
+        c = n
+    else:
+        t0, S, Tq, H, c = _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V,
+                                            temperature, alpha, m, n, ok, MAPPING, NEWTON,
+                                            HAS_MASK, SINGLE, BLOCK_N, BLOCK_V, MAX_ITERS)
+    return row_max, m, t0, S, Tq, H, c
+
+
+@triton.jit
+def _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature, alpha, m, n,
+                      ok, MAPPING: tl.constexpr, NEWTON: tl.constexpr, HAS_MASK: tl.constexpr,
+                      SINGLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                      MAX_ITERS: tl.constexpr):
+    """tau of entmax-alpha (module docstring) and ``(S, Tq, H, support)`` at that tau."""
+    one = tl.full([BLOCK_N], 1.0, tl.float32)
+    # 2. alpha > 1: safeguarded Newton (or bisection) on tau; each iteration is one pass at the
+    #    current tau, whose sums are kept, so the final sums belong to the final tau.
+    am1 = alpha - 1.0
+    tau = tl.full([BLOCK_N], -1.0, tl.float32)
+    lo = tau
+    hi = -tl.exp2(-am1 * tl.log2(tl.maximum(n, 1).to(tl.float32)))
+    done = (n <= 1) | (~ok)  # n == 1: tau = -1 gives the single action p = 1 exactly
+    S = one
+    Tq = one
+    P = one
+    c = n
+    c_prev = tl.full([BLOCK_N], -1, tl.int32)
+    it = 0
+    todo = tl.sum(tl.full([BLOCK_N], 1, tl.int32), axis=0)  # always run one pass
+    while todo > 0:
+        S = tl.zeros([BLOCK_N], tl.float32)
+        Tq = tl.zeros([BLOCK_N], tl.float32)
+        P = tl.zeros([BLOCK_N], tl.float32)
+        c = tl.zeros([BLOCK_N], tl.int32)
+        for start in range(0, V, BLOCK_V):
+            if SINGLE:
+                x = x_row
+            else:
+                x = _load_x(logits_ptr, mask_ptr, row_off, row_ok, start + tl.arange(0, BLOCK_V),
+                            V, temperature, HAS_MASK)
+            on, pk, q, pa = _entmax_tile(x, m, tau, alpha, MAPPING)
+            S += tl.sum(pk, axis=1)
+            Tq += tl.sum(q, axis=1)
+            P += tl.sum(pa, axis=1)
+            c += tl.sum(on.to(tl.int32), axis=1)
+        S = tl.where(ok, S, 1.0)
+        Tq = tl.where(ok, Tq, 1.0)
+        f = S - 1.0
+        active = ~done
+        lo = tl.where(active & (f >= 0), tau, lo)
+        hi = tl.where(active & (f < 0), tau, hi)
+        # Newton step on h = S^(1/k) - 1: (S - S^(2-alpha)) / Tq
+        if MAPPING == 1:
+            delta = f / Tq
+        elif MAPPING == 2:
+            delta = (S - tl.sqrt(S)) / Tq
+        else:
+            delta = (S - tl.exp2((2.0 - alpha) * tl.log2(S))) / Tq
+        tol = _TAU_RTOL * tl.abs(tau)
+        conv = (hi - lo <= tol) | (tl.abs(f) <= _SUM_ATOL) | (it + 1 >= MAX_ITERS)
+        if MAPPING == 1:
+            conv = conv | (c == c_prev)  # support unchanged: Michelot's tau is exact
+        if NEWTON:
+            conv = conv | (tl.abs(delta) <= tol)
+            step = tau + delta
+            step = tl.where((step >= lo) & (step <= hi), step, 0.5 * (lo + hi))
+        else:
+            step = 0.5 * (lo + hi)
+        tau = tl.where(done | conv, tau, step)
+        done = done | conv
+        c_prev = c
+        it += 1
+        todo = tl.sum((~done).to(tl.int32), axis=0)
+    # 3. Tsallis entropy of the normalised p = d^k / S: (1 - P / S^alpha) / (alpha (alpha-1))
+    if MAPPING == 1:
+        S_alpha = S * S
+    elif MAPPING == 2:
+        S_alpha = S * tl.sqrt(S)
+    else:
+        S_alpha = tl.exp2(alpha * tl.log2(S))
+    H = (1.0 - P / S_alpha) / (alpha * am1)
+    return tau, S, Tq, H, c
+
+
+@triton.jit
+def _mapping_tile(x, m, t0, S, Tq, H, alpha, MAPPING: tl.constexpr):
+    """``(p, w, neg_dH)`` on a tile: p the probabilities; w = p (softmax) or q_hat (alpha > 1),
+    so that ``d log p_a / dz = p_a^(1-alpha) (e_a - w)``; ``neg_dH = -dH/dz`` before dividing by T:
+    Shannon ``p (log p + H)``, Tsallis ``(p - q_hat) / (alpha - 1)`` (DESIGN.md section 1)."""
+    if MAPPING == 0:
+        log_p = x - t0[:, None]
+        p = tl.exp(log_p)
+        # 0 log 0 = 0 for masked / underflowed actions
+        neg_dH = tl.where(p > 0, p * (log_p + H[:, None]), 0.0)
+        return p, p, neg_dH
+    else:
+        on, pk, q, pa = _entmax_tile(x, m, t0, alpha, MAPPING)
+        p = pk / S[:, None]
+        w = q / Tq[:, None]
+        return p, w, (p - w) / (alpha - 1.0)
+
+
+def launch_config(N, V, device, max_block_v=None):
+    """Block sizes and warps, chosen here (not autotuned: the interpreter allows one config).
+
+    A row of up to ``max_block_v`` entries is one register-resident tile (read from memory
+    once however many passes the threshold needs); longer rows loop over 4096-wide tiles.
+    Several short rows share a program so every program holds ~2-8k elements.
+    """
+    on_gpu = device.type == "cuda"
+    if max_block_v is None:
+        max_block_v = 8192 if on_gpu else 16384
+    np2 = triton.next_power_of_2(max(V, 1))
+    if np2 <= max_block_v:
+        block_v, single = max(np2, 8), True
+    else:
+        block_v, single = min(4096, max_block_v), False
+    if on_gpu:
+        # ~2048 elements per program for short rows, but keep >= ~1024 programs when N allows
+        block_n = max(1, min(2048 // block_v, 256))
+        while block_n > 1 and triton.cdiv(N, block_n) < 1024:
+            block_n //= 2
+        elems = block_n * block_v
+        num_warps = 16 if elems >= 8192 else 8 if elems >= 4096 else 4 if elems >= 1024 else 2
+    else:
+        # the interpreter's cost is per program: as many rows per program as fit ~16k elements
+        block_n = max(1, min(16384 // block_v, triton.next_power_of_2(max(N, 1))))
+        num_warps = 1
+    return dict(BLOCK_N=block_n, BLOCK_V=block_v, SINGLE=single, num_warps=num_warps)
