@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 FAILED_FILE = "failed.json"
-# A summary with one of these statuses describes a run that did not finish.
-_UNFINISHED = {"failed", "running", "interrupted", "diverged"}
+# A summary with one of these statuses describes a run that did not finish. "diverged" is
+# not among them: it is a result (re-running from the last good checkpoint, with the same
+# seed, would diverge again), reported by the summary and by failed.json.
+_UNFINISHED = {"failed", "running", "interrupted"}
 # Checkpoint files the trainer may write: torch files, newest wins. Temporary files of an
 # atomic write (``*.tmp``, dot-files) are never a checkpoint.
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -54,7 +56,8 @@ def summary_is_complete(path: str | os.PathLike) -> bool:
 
     Finished means: it parses (an atomic write never leaves half a file, but a crash of a
     non-atomic writer might) and its optional ``status`` field is not one of
-    ``failed/running/interrupted/diverged``.
+    ``failed/running/interrupted`` (rl.trainer writes completed, interrupted, diverged or
+    failed).
     """
     try:
         with open(path) as f:

@@ -28,7 +28,7 @@ def test_missing_and_empty_dirs_are_fresh(tmp_path):
     assert check_previous_run(tmp_path) == ("fresh", None)
 
 
-@pytest.mark.parametrize("status", [None, "completed", "done", "solved"])
+@pytest.mark.parametrize("status", [None, "completed", "diverged", "solved"])
 def test_complete_summary_is_done(tmp_path, status):
     extra = {} if status is None else {"status": status}
     _write(tmp_path / "summary.json", _summary(**extra))
