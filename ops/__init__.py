@@ -84,7 +84,7 @@ def _prepare(logits, alpha, temperature, mask):
 
 def _flat(logits, mask):
     n_act = logits.shape[-1]
-    flat = logits.reshape(-1, n_act)
+    flat = logits if logits.dim() == 2 else logits.reshape(-1, n_act)
     if not flat.is_contiguous():
         flat = flat.contiguous()
     return flat, (None if mask is None else mask.reshape(-1, n_act).contiguous())
@@ -130,8 +130,9 @@ def _row_scale(weights, logits, cdt):
 def _loss_inputs(logits, actions, advantages, alpha, temperature, mask, weights, grad_buffer):
     alpha, temperature, mask = _prepare(logits, alpha, temperature, mask)
     cdt = V.compute_dtype(logits.dtype)
-    actions = V.check_actions(actions, logits, mask).reshape(-1)
-    advantages = V.check_rows("advantages", advantages, logits, dtype=cdt).reshape(-1)
+    # masked actions and non-finite values are caught after the op by _verify
+    actions = V.check_actions(actions, logits, mask, check_masked=False).view(-1)
+    advantages = V.check_rows("advantages", advantages, logits, dtype=cdt, finite=False).view(-1)
     row_scale = _row_scale(weights, logits, cdt)
     flat, flat_mask = _flat(logits, mask)
     grad_out = None
@@ -146,8 +147,38 @@ def _loss_inputs(logits, actions, advantages, alpha, temperature, mask, weights,
     return alpha, temperature, flat, flat_mask, actions, advantages, row_scale, grad_out
 
 
+def _verify(loss, flat, flat_mask, actions, advantages, old_log_prob):
+    """Raises the precise error for bad inputs the op ran on, with one synchronisation.
+
+    NaN, +inf or all-masked logits rows and non-finite advantages make the loss NaN or inf; a
+    masked taken action shows as a -inf chosen logit or a False chosen mask entry; a
+    non-finite ``old_log_prob`` shows in its sum (it can hide in a clipped row of the loss).
+    Only when one of these is off are the detailed (slower) checks run.
+    """
+    if actions.numel() == 0:
+        return
+    idx = actions.view(-1, 1)
+    chosen_min = flat.detach().gather(-1, idx).amin()
+    probes = [loss.detach(), chosen_min if chosen_min.dtype == loss.dtype else chosen_min.to(loss.dtype)]
+    if old_log_prob is not None:
+        probes.append(old_log_prob.sum())
+    loss_value, chosen_value, *old_sum = torch.stack(probes).tolist()
+    ok = math.isfinite(loss_value + sum(old_sum)) and chosen_value != float("-inf")
+    if ok and flat_mask is not None:
+        ok = bool(flat_mask.gather(-1, idx).all())
+    if ok:
+        return
+    masked = flat if flat_mask is None else flat.detach().masked_fill(~flat_mask, float("-inf"))
+    V.check_row_max(masked.detach().amax(dim=-1))
+    V.check_allowed(actions, flat, flat_mask)
+    V.check_finite("advantages", advantages)
+    if old_log_prob is not None:
+        V.check_finite("old_log_prob", old_log_prob)
+    # none of the inputs is at fault: the loss overflowed; return it for the caller to see
+
+
 def pg_loss(logits, actions, advantages, beta=0.0, alpha=1.0, temperature=1.0, mask=None,
-            weights=None, grad_buffer=None) -> LossOutput:
+            weights=None, grad_buffer=None, grad_norms=True) -> LossOutput:
     """Entropy-regularized policy-gradient loss, ``mean_w(-A log pi(a) - beta H(pi))``.
 
     The gradient is DESIGN.md's closed form, fused with the forward pass:
@@ -167,19 +198,24 @@ def pg_loss(logits, actions, advantages, beta=0.0, alpha=1.0, temperature=1.0, m
     grad_buffer : optional contiguous tensor (the logits' shape and dtype) that receives the
         gradient during the forward; it may be the logits themselves (then they are overwritten,
         which saves a logits-sized buffer; only do so when nothing else needs their values).
+    grad_norms : compute ``grad_norm_policy`` / ``grad_norm_entropy`` (a few ops on the PyTorch
+        path; free in the kernels). When False they are reported as 0.
     """
     beta = V.check_positive("beta", beta, allow_zero=True)
     alpha, temperature, flat, flat_mask, actions, advantages, row_scale, grad_out = _loss_inputs(
         logits, actions, advantages, alpha, temperature, mask, weights, grad_buffer)
     loss, H, log_p, support, gn_pol, gn_ent = PGLossFunction.apply(
-        flat, flat_mask, actions, advantages, row_scale, beta, alpha, temperature, grad_out)
-    lead = logits.shape[:-1]
-    return LossOutput(loss, H.reshape(lead), log_p.reshape(lead), support.reshape(lead),
-                      gn_pol, gn_ent)
+        flat, flat_mask, actions, advantages, row_scale, beta, alpha, temperature, grad_out,
+        bool(grad_norms))
+    _verify(loss, flat, flat_mask, actions, advantages, None)
+    if logits.dim() != 2:
+        lead = logits.shape[:-1]
+        H, log_p, support = H.reshape(lead), log_p.reshape(lead), support.reshape(lead)
+    return LossOutput(loss, H, log_p, support, gn_pol, gn_ent)
 
 
 def ppo_loss(logits, actions, advantages, old_log_prob, beta=0.0, clip_eps=0.2, alpha=1.0,
-             temperature=1.0, mask=None, weights=None, grad_buffer=None) -> LossOutput:
+             temperature=1.0, mask=None, weights=None, grad_buffer=None, grad_norms=True) -> LossOutput:
     """PPO's clipped surrogate with entropy bonus, ``mean_w(-min(r A, clip(r) A) - beta H)``.
 
     ``r = pi(a) / pi_old(a) = exp(log pi(a) - old_log_prob)``. The gradient on rows whose
@@ -194,13 +230,17 @@ def ppo_loss(logits, actions, advantages, old_log_prob, beta=0.0, clip_eps=0.2, 
     alpha, temperature, flat, flat_mask, actions, advantages, row_scale, grad_out = _loss_inputs(
         logits, actions, advantages, alpha, temperature, mask, weights, grad_buffer)
     cdt = V.compute_dtype(logits.dtype)
-    old_log_prob = V.check_rows("old_log_prob", old_log_prob, logits, dtype=cdt).reshape(-1)
+    old_log_prob = V.check_rows("old_log_prob", old_log_prob, logits, dtype=cdt,
+                                finite=False).view(-1)
     loss, H, log_p, support, gn_pol, gn_ent, ratio, clipped = PPOLossFunction.apply(
         flat, flat_mask, actions, advantages, old_log_prob, row_scale, beta, clip_eps, alpha,
-        temperature, grad_out)
-    lead = logits.shape[:-1]
-    return LossOutput(loss, H.reshape(lead), log_p.reshape(lead), support.reshape(lead),
-                      gn_pol, gn_ent, ratio.reshape(lead), clipped.reshape(lead))
+        temperature, grad_out, bool(grad_norms))
+    _verify(loss, flat, flat_mask, actions, advantages, old_log_prob)
+    if logits.dim() != 2:
+        lead = logits.shape[:-1]
+        H, log_p, support = H.reshape(lead), log_p.reshape(lead), support.reshape(lead)
+        ratio, clipped = ratio.reshape(lead), clipped.reshape(lead)
+    return LossOutput(loss, H, log_p, support, gn_pol, gn_ent, ratio, clipped)
 
 
 @torch.no_grad()

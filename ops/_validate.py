@@ -71,8 +71,12 @@ def check_mask(mask, logits: torch.Tensor) -> torch.Tensor | None:
         ) from None
 
 
-def check_rows(name: str, value, logits: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
-    """A per-row tensor (advantages, old_log_prob, weights): leading shape of logits, finite."""
+def check_rows(name: str, value, logits: torch.Tensor, *, dtype: torch.dtype,
+               finite: bool = True) -> torch.Tensor:
+    """A per-row tensor (advantages, old_log_prob, weights): leading shape of logits, finite.
+
+    ``finite=False`` defers the finiteness check to a caller that detects it from its result.
+    """
     lead = tuple(logits.shape[:-1])
     if not isinstance(value, torch.Tensor):
         value = torch.as_tensor(value, dtype=dtype, device=logits.device)
@@ -85,15 +89,23 @@ def check_rows(name: str, value, logits: torch.Tensor, *, dtype: torch.dtype) ->
             f"{name}.shape={tuple(value.shape)} does not match the logits' leading shape {lead} "
             f"(logits.shape={tuple(logits.shape)})"
         )
-    value = value.to(device=logits.device, dtype=dtype)
+    if value.dtype != dtype or value.device != logits.device:
+        value = value.to(device=logits.device, dtype=dtype)
+    if finite:
+        check_finite(name, value)
+    return value
+
+
+def check_finite(name: str, value: torch.Tensor) -> None:
     finite = torch.isfinite(value)
     if not bool(finite.all()):
         i = int((~finite).reshape(-1).nonzero()[0])
         raise ValueError(f"{name} must be finite; {name}[{i}] (flat index) = {value.reshape(-1)[i].item()}")
-    return value
 
 
-def check_actions(actions, logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def check_actions(actions, logits: torch.Tensor, mask: torch.Tensor | None,
+                  check_masked: bool = True) -> torch.Tensor:
+    """Integer actions of the logits' leading shape, in range and (``check_masked``) allowed."""
     lead = tuple(logits.shape[:-1])
     V = logits.shape[-1]
     if not isinstance(actions, torch.Tensor):
@@ -105,16 +117,24 @@ def check_actions(actions, logits: torch.Tensor, mask: torch.Tensor | None) -> t
             f"actions.shape={tuple(actions.shape)} does not match the logits' leading shape {lead} "
             f"(logits.shape={tuple(logits.shape)})"
         )
-    actions = actions.to(device=logits.device, dtype=torch.int64)
+    if actions.dtype != torch.int64 or actions.device != logits.device:
+        actions = actions.to(device=logits.device, dtype=torch.int64)
     if actions.numel() == 0:
         return actions
-    out = (actions < 0) | (actions >= V)
-    if bool(out.any()):
-        i = int(out.reshape(-1).nonzero()[0])
+    lo, hi = torch.stack([actions.min(), actions.max()]).tolist()
+    if lo < 0 or hi >= V:
+        i = int(((actions < 0) | (actions >= V)).reshape(-1).nonzero()[0])
         raise ValueError(
             f"actions[{i}] (flat index) = {int(actions.reshape(-1)[i])} is out of range; "
             f"allowed: 0 <= action < V = {V}"
         )
+    if check_masked:
+        check_allowed(actions, logits, mask)
+    return actions
+
+
+def check_allowed(actions: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """Every taken action is allowed: its mask entry is True and its logit is not -inf."""
     idx = actions.unsqueeze(-1)
     invalid = logits.detach().gather(-1, idx).squeeze(-1) == float("-inf")
     if mask is not None:
@@ -125,7 +145,6 @@ def check_actions(actions, logits: torch.Tensor, mask: torch.Tensor | None) -> t
             f"actions[{i}] (flat index) = {int(actions.reshape(-1)[i])} is a masked action "
             "(mask False or logit -inf); its probability is 0 under every mapping"
         )
-    return actions
 
 
 def check_row_max(row_max: torch.Tensor) -> None:

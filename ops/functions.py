@@ -72,17 +72,20 @@ class PGLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, mask, actions, advantages, row_scale, beta, alpha, temperature,
-                grad_out):
-        out = backend_for(logits).pg(
+                grad_out, need_norms):
+        backend = backend_for(logits)
+        out = backend.pg(
             logits, mask, actions, advantages, row_scale, beta, alpha, temperature,
-            ctx.needs_input_grad[0], grad_out=grad_out,
+            ctx.needs_input_grad[0], grad_out=grad_out, **_norms_kwarg(backend, need_norms),
         )
         return _finish(ctx, out, row_scale, grad_out, ppo=False)
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
         (grad,) = ctx.saved_tensors
-        return (_scale_grad(grad, grad_loss, ctx.in_place),) + (None,) * 8
+        if grad_loss is None:
+            return (None,) * 10
+        return (_scale_grad(grad, grad_loss, ctx.in_place),) + (None,) * 9
 
 
 class PPOLossFunction(torch.autograd.Function):
@@ -90,22 +93,33 @@ class PPOLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, mask, actions, advantages, old_log_prob, row_scale, beta, clip_eps,
-                alpha, temperature, grad_out):
-        out = backend_for(logits).ppo(
+                alpha, temperature, grad_out, need_norms):
+        backend = backend_for(logits)
+        out = backend.ppo(
             logits, mask, actions, advantages, old_log_prob, row_scale, beta, clip_eps, alpha,
             temperature, ctx.needs_input_grad[0], grad_out=grad_out,
+            **_norms_kwarg(backend, need_norms),
         )
         return _finish(ctx, out, row_scale, grad_out, ppo=True)
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
         (grad,) = ctx.saved_tensors
-        return (_scale_grad(grad, grad_loss, ctx.in_place),) + (None,) * 10
+        if grad_loss is None:
+            return (None,) * 12
+        return (_scale_grad(grad, grad_loss, ctx.in_place),) + (None,) * 11
+
+
+def _norms_kwarg(backend, need_norms):
+    # The kernels get the two gradient norms for free in-register; the PyTorch path saves a few
+    # ops per call (which matter at RL batch sizes) when they are not asked for.
+    return {"need_norms": need_norms} if backend is reference else {}
 
 
 def _finish(ctx, out, row_scale, grad_out, *, ppo):
-    loss = torch.linalg.vecdot(out["loss_rows"], row_scale.to(out["loss_rows"].dtype))
+    loss = torch.dot(out["loss_rows"], row_scale)
     ctx.in_place = grad_out is not None
+    ctx.set_materialize_grads(False)  # no zero tensors for the statistics' (absent) gradients
     ctx.save_for_backward(out["grad"])
     stats = [out["entropy"], out["log_prob"], out["support"],
              out["grad_policy_sq"].sqrt(), out["grad_entropy_sq"].sqrt()]

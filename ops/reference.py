@@ -37,29 +37,30 @@ def _rowdot(a, b):
 # ---------------------------------------------------------------------------------------------
 
 
-def _shifted_logits(logits, mask, temperature):
+def _shifted_logits(logits, mask, temperature, check=True):
     """``x = z - max z`` with ``z = logits / T``, in the compute dtype, masked entries at -inf.
 
-    Returns ``x`` (a fresh tensor the caller may overwrite) and whether any entry is -inf.
-    The row max and min give the row max for the shift, the row checks and the -inf test.
+    Returns ``x`` (a fresh tensor the caller may overwrite) and whether any entry may be -inf
+    (always True with a mask; otherwise from the row minimum). ``check=False`` skips the row
+    checks for callers that detect bad rows from a NaN result instead.
     """
     cdt = compute_dtype(logits.dtype)
     src = logits.detach()
     if mask is not None:
         src = src.masked_fill(~mask, float("-inf"))
-    if src.shape[0]:
-        # two vectorised reductions; torch.aminmax is several times slower on the CPU
-        row_max, row_min = src.amax(dim=-1), src.amin(dim=-1)
-    else:
-        row_min = row_max = src.new_empty(0)
-    check_row_max(row_max)  # T > 0, so the raw row max tells NaN / +inf / all masked
+    row_max = src.amax(dim=-1) if src.shape[0] else src.new_empty(0)
+    if check:
+        check_row_max(row_max)  # T > 0, so the raw row max tells NaN / +inf / all masked
     if src.dtype == cdt:
         x = torch.sub(src, row_max.unsqueeze(-1))
     else:
         x = src.to(cdt).sub_(row_max.to(cdt).unsqueeze(-1))
     if temperature != 1.0:
         x.mul_(1.0 / temperature)
-    has_neg_inf = bool(row_min.numel()) and bool((row_min == float("-inf")).any())
+    if mask is not None:
+        return x, True
+    # amin is a vectorised reduction (torch.aminmax is several times slower on the CPU)
+    has_neg_inf = bool(src.shape[0]) and bool(src.amin() == float("-inf"))
     return x, has_neg_inf
 
 
@@ -77,6 +78,31 @@ def _softmax(x, has_neg_inf):
     log_s = s.log()
     H = log_s - _rowdot(p, x)
     return p, log_s, H
+
+
+# -inf (masked) log-probabilities are floored to a huge finite negative so that p log p is
+# 0 * finite = 0 rather than 0 * -inf = NaN; anything below half the floor was masked.
+_LOG_FLOOR = {torch.float32: torch.finfo(torch.float32).min / 4,
+              torch.float64: torch.finfo(torch.float64).min / 4}
+
+
+def _log_softmax(logits, mask, temperature):
+    """``log p``, ``p`` and Shannon ``H`` in the compute dtype, from one fused log_softmax.
+
+    ``torch.log_softmax`` does the max shift, exp, sum and log in one kernel: fewer passes than
+    writing them out, and far fewer ops for the small batches of RL. Rows that are NaN, hold
+    +inf or are fully masked come out NaN (the caller turns that into an error).
+    """
+    cdt = compute_dtype(logits.dtype)
+    src = logits.detach()
+    if mask is not None:
+        src = src.masked_fill(~mask, float("-inf"))
+    if temperature != 1.0:
+        src = src / temperature
+    log_p = torch.log_softmax(src, dim=-1, dtype=cdt).clamp_(min=_LOG_FLOOR[cdt])
+    p = torch.exp(log_p)
+    H = _rowdot(p, log_p).neg_()
+    return log_p, p, H
 
 
 def _sort_threshold(x, alpha):
@@ -238,7 +264,7 @@ def _allowed_count(logits, mask, has_neg_inf=True):
 
 
 def _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperature, need_grad,
-           grad_out, old_log_prob=None, clip_eps=None):
+           grad_out, old_log_prob=None, clip_eps=None, need_norms=True):
     """Shared body of ``pg`` and ``ppo``: one pass of the mapping, then the closed-form gradient.
 
     Per row (DESIGN.md, fused loss and PPO): ``l = -A log p_a - beta H`` for pg, and
@@ -247,21 +273,24 @@ def _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperatur
     ``w_a = p_a^{1-alpha}`` (alpha > 1), where ``c = A`` (pg) or ``c = A r`` on rows whose
     unclipped branch is active (ppo). Going through ``p_a`` makes a zero-probability action's
     gradient exactly 0 (``w_a = 0``).
+
+    Bad rows are not checked here: NaN, +inf and all-masked rows make the loss NaN, which the
+    public API turns into a precise error with one synchronisation per call. RL minibatches
+    are small, so the op count here is kept low: each op costs microseconds of dispatch.
     """
     cdt = compute_dtype(logits.dtype)
-    N = logits.shape[0]
     idx = actions.unsqueeze(-1)
-    x, has_neg_inf = _shifted_logits(logits, mask, temperature)
     if alpha == 1.0:
-        p, log_s, H = _softmax(x, has_neg_inf)
-        log_p_a = x.gather(-1, idx).squeeze(-1) - log_s
-        support = _allowed_count(logits, mask, has_neg_inf)
+        log_p, p, H = _log_softmax(logits, mask, temperature)
+        log_p_a = log_p.gather(-1, idx).view(-1)
+        support = (log_p > _LOG_FLOOR[cdt] / 2).sum(dim=-1, dtype=torch.int32)
         w_a = None
     else:
+        x, _ = _shifted_logits(logits, mask, temperature, check=False)
         p = _entmax(x, alpha)
         H, q_hat, n = _alpha_stats(p, alpha)
         support = n.to(torch.int32)
-        p_a = p.gather(-1, idx).squeeze(-1)
+        p_a = p.gather(-1, idx).view(-1)
         log_p_a = p_a.log()
         in_support = p_a > 0
         w_a = torch.where(in_support, p_a.clamp(min=torch.finfo(cdt).tiny).pow(1.0 - alpha), 0.0)
@@ -269,50 +298,48 @@ def _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperatur
     A = advantages
     out = {"entropy": H, "log_prob": log_p_a, "support": support}
     if old_log_prob is None:
-        if w_a is None:
-            policy_rows = -A * log_p_a
-        else:  # an action outside the support contributes no policy term (gradient through p_a)
-            policy_rows = torch.where(in_support, -A * log_p_a, 0.0)
+        policy_rows = log_p_a * A
+        if w_a is not None:  # an action outside the support contributes no policy term
+            policy_rows = torch.where(in_support, policy_rows, 0.0)
+        out["loss_rows"] = torch.add(policy_rows, H, alpha=beta).neg_()
         coef = A
     else:
         ratio = torch.exp(log_p_a - old_log_prob)
-        clipped_ratio = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-        policy_rows = -torch.minimum(ratio * A, clipped_ratio * A)
-        clipped = ((A > 0) & (ratio > 1.0 + clip_eps)) | ((A < 0) & (ratio < 1.0 - clip_eps))
+        surrogate = torch.minimum(ratio * A, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * A)
+        clipped = torch.where(A > 0, ratio > 1.0 + clip_eps, ratio < 1.0 - clip_eps)
         coef = torch.where(clipped, 0.0, A * ratio)
         out["ratio"] = ratio
         out["clipped"] = clipped
-    out["loss_rows"] = policy_rows - beta * H
+        out["loss_rows"] = torch.add(surrogate, H, alpha=beta).neg_()
 
     zero = torch.zeros((), dtype=cdt, device=logits.device)
+    out["grad_policy_sq"] = out["grad_entropy_sq"] = zero
     if not need_grad:
-        out.update(grad=None, grad_policy_sq=zero, grad_entropy_sq=zero)
+        out["grad"] = None
         return out
 
-    scale = row_scale / temperature  # d(sum_i c_i l_i)/d logits = c_i / T * dl_i/dz
+    scale = row_scale if temperature == 1.0 else row_scale / temperature
+    pol_c = coef * scale  # d(sum_i c_i l_i)/d logits = c_i / T * dl_i/dz
     if alpha == 1.0:
-        # entropy part  -beta dH/dz = beta p (log p + H),   log p = x - log_s
-        ent = x.sub_((log_s - H).unsqueeze(-1)).mul_(p)
-        pol_c = coef * scale
-        ent_c = beta * scale
-        # ||pol||^2 = c^2 ||p - e_a||^2 = c^2 (sum p^2 - 2 p_a + 1): no policy vector is built
-        p_a = p.gather(-1, idx).squeeze(-1)
-        pol_sq = (pol_c * pol_c) * (_rowdot(p, p) - 2.0 * p_a + 1.0)
-        ent_sq = (ent_c * ent_c) * _rowdot(ent, ent)
-        grad = ent.mul_(ent_c.unsqueeze(-1)).addcmul_(p, pol_c.unsqueeze(-1))
-        grad.scatter_add_(-1, idx, -pol_c.unsqueeze(-1))
+        # entropy part  -beta dH/dz = beta p (log p + H), built in log_p's buffer
+        ent = log_p.add_(H.unsqueeze(-1)).mul_(p).mul_((beta * scale).unsqueeze(-1))
+        if need_norms:
+            # ||c (p - e_a)||^2 = c^2 (sum p^2 - 2 p_a + 1): no policy vector is built
+            pol_sq = _rowdot(p, p).sub_(p.gather(-1, idx).view(-1), alpha=2.0).add_(1.0)
+            out["grad_policy_sq"] = torch.dot(pol_c * pol_c, pol_sq)
+            out["grad_entropy_sq"] = torch.dot(ent.view(-1), ent.view(-1))
+        grad = ent.addcmul_(p, pol_c.unsqueeze(-1))
     else:
         # entropy part  -beta dH/dz = beta (p - q_hat) / (alpha - 1)
-        pol_c = coef * w_a * scale
-        ent_c = beta * scale / (alpha - 1.0)
-        q_a = q_hat.gather(-1, idx).squeeze(-1)
-        pol_sq = (pol_c * pol_c) * (_rowdot(q_hat, q_hat) - 2.0 * q_a + 1.0)
-        diff = p.sub_(q_hat)
-        ent_sq = (ent_c * ent_c) * _rowdot(diff, diff)
-        grad = diff.mul_(ent_c.unsqueeze(-1)).addcmul_(q_hat, pol_c.unsqueeze(-1))
-        grad.scatter_add_(-1, idx, -pol_c.unsqueeze(-1))
-    out["grad_policy_sq"] = pol_sq.sum() if N else zero
-    out["grad_entropy_sq"] = ent_sq.sum() if N else zero
+        pol_c = pol_c * w_a
+        ent = p.sub_(q_hat).mul_((beta / (alpha - 1.0) * scale).unsqueeze(-1))
+        if need_norms:
+            q_a = q_hat.gather(-1, idx).view(-1)
+            pol_sq = _rowdot(q_hat, q_hat).sub_(q_a, alpha=2.0).add_(1.0)
+            out["grad_policy_sq"] = torch.dot(pol_c * pol_c, pol_sq)
+            out["grad_entropy_sq"] = torch.dot(ent.view(-1), ent.view(-1))
+        grad = ent.addcmul_(q_hat, pol_c.unsqueeze(-1))
+    grad.scatter_add_(-1, idx, pol_c.neg().unsqueeze(-1))
     if grad_out is not None:
         grad_out.copy_(grad)
         grad = grad_out
@@ -323,14 +350,15 @@ def _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperatur
 
 
 def pg(logits, mask, actions, advantages, row_scale, beta, alpha, temperature, need_grad,
-       grad_out=None):
+       grad_out=None, need_norms=True):
     """Policy-gradient loss rows ``-A log p_a - beta H`` and the gradient of ``sum c_i l_i``."""
     return _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperature,
-                  need_grad, grad_out)
+                  need_grad, grad_out, need_norms=need_norms)
 
 
 def ppo(logits, mask, actions, advantages, old_log_prob, row_scale, beta, clip_eps, alpha,
-        temperature, need_grad, grad_out=None):
+        temperature, need_grad, grad_out=None, need_norms=True):
     """PPO clipped-surrogate rows, ratio, clipped flags and the gradient of ``sum c_i l_i``."""
     return _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperature,
-                  need_grad, grad_out, old_log_prob=old_log_prob, clip_eps=clip_eps)
+                  need_grad, grad_out, old_log_prob=old_log_prob, clip_eps=clip_eps,
+                  need_norms=need_norms)
