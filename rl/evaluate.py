@@ -20,10 +20,11 @@ The checkpoint is a dict loaded with ``torch.load(weights_only=True)``; this mod
   is rebuilt from ``config["env"]`` and the network from ``config["policy"]`` (or
   ``config["network"]``) fields ``hidden_sizes``, ``activation``, ``shared``;
 - ``model``: the ``ActorCritic`` state dict;
-- ``obs_rms`` (needed when ``env.normalize_obs``): ``{"mean", "var", "count"}`` tensors of
-  the observation normalizer, which evaluation uses frozen;
-- ``temperature`` (optional): the temperature reached by a schedule; default
-  ``config["policy"]["temperature"]``.
+- ``obs_normalization["obs_rms"]`` (or a top-level ``obs_rms``; needed when
+  ``env.normalize_obs``): ``{"mean", "var", "count"}`` tensors of the observation normalizer,
+  which evaluation uses frozen;
+- ``temperature_schedule["value"]`` (or a top-level ``temperature``; optional): the
+  temperature a schedule had reached; default ``config["policy"]["temperature"]``.
 
 Episode returns are the env's own (``RecordEpisodeStatistics`` sits inside any reward
 clipping or normalization), so they compare with the training curves.
@@ -163,7 +164,7 @@ def _restore_obs_rms(vec_env, state: Mapping[str, Any]) -> None:
         env = getattr(env, "env", None)
     if env is None:
         return
-    rms = state.get("obs_rms")
+    rms = (state.get("obs_normalization") or {}).get("obs_rms", state.get("obs_rms"))
     if rms is None:
         print(
             "warning: env.normalize_obs is set but the checkpoint has no obs_rms; the observation "
@@ -176,6 +177,14 @@ def _restore_obs_rms(vec_env, state: Mapping[str, Any]) -> None:
         env.obs_rms.count = float(rms["count"])
     # evaluation must not move the statistics the policy was trained with
     env.update_running_mean = False
+
+
+def _temperature(state: Mapping[str, Any], policy_cfg: Mapping[str, Any]) -> float:
+    """The temperature the run ended with (a schedule's current value), else the config's."""
+    schedule = state.get("temperature_schedule")
+    if isinstance(schedule, Mapping) and schedule.get("value") is not None:
+        return float(schedule["value"])
+    return float(state.get("temperature", policy_cfg.get("temperature", 1.0)))
 
 
 def evaluate(
@@ -217,7 +226,7 @@ def evaluate(
         model = load_policy(state, vec_env, dev)
         policy_cfg = cfg.get("policy") or {}
         alpha = float(policy_cfg.get("alpha", 1.0))
-        temperature = float(state.get("temperature", policy_cfg.get("temperature", 1.0)))
+        temperature = _temperature(state, policy_cfg)
         generator = torch.Generator(device=dev).manual_seed(seed)
         returns: list[float] = []
         lengths: list[int] = []

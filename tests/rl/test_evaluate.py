@@ -1,0 +1,247 @@
+"""rl-eval end to end on checkpoints built in the test (no trainer involved)."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import rl.evaluate as evaluate_mod
+from rl.envs import make_envs
+from rl.evaluate import _restore_obs_rms, evaluate, main, parse_overrides
+from rl.networks import ActorCritic
+
+N_ACTIONS = 4
+MASKED_ID = "entropy-rl-test/EvalMasked-v0"
+
+
+class EvalMaskedEnv(gym.Env):
+    """Reward 1 per step; one allowed action per step (random); a forbidden action raises."""
+
+    observation_space = gym.spaces.Dict(
+        {
+            "observation": gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
+            "action_mask": gym.spaces.Box(0, 1, (N_ACTIONS,), np.int8),
+        }
+    )
+    action_space = gym.spaces.Discrete(N_ACTIONS)
+
+    def _obs(self):
+        self.mask = np.zeros(N_ACTIONS, np.int8)
+        self.mask[self.np_random.integers(N_ACTIONS)] = 1
+        return {"observation": self.np_random.normal(size=2).astype(np.float32), "action_mask": self.mask}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        if not self.mask[int(action)]:
+            raise RuntimeError(f"forbidden action {action}, mask {self.mask}")
+        self.t += 1
+        return self._obs(), 1.0, False, self.t >= 6, {}
+
+
+@pytest.fixture
+def masked_id():
+    gym.register(MASKED_ID, entry_point=EvalMaskedEnv)
+    yield MASKED_ID
+    del gym.registry[MASKED_ID]
+
+
+def _config(env, alpha=1.0, temperature=1.0, hidden_sizes=(16, 16), shared=False):
+    """A resolved config as rl-train stores it (plain dict), reduced to what rl-eval reads."""
+    return {
+        "env": {"id": "CartPole-v1", "vectorization": "auto", "kwargs": {}, "normalize_obs": False,
+                "normalize_reward": False, "distractor_actions": 0, "atari": False, "frame_stack": 1,
+                "max_episode_steps": None, "solved_return": 475.0, **env},
+        "policy": {"name": "p", "alpha": alpha, "temperature": temperature,
+                   "hidden_sizes": list(hidden_sizes), "activation": "tanh", "shared": shared},
+        "seed": 0,
+    }
+
+
+def _checkpoint(tmp_path, cfg, obs_space, n_actions, bias=None, extra=None, name="ckpt.pt"):
+    torch.manual_seed(0)
+    model = ActorCritic(obs_space, n_actions, hidden_sizes=cfg["policy"]["hidden_sizes"],
+                        shared=cfg["policy"]["shared"])
+    if bias is not None:  # steer the policy head: logits = bias (+ tiny features)
+        head = model.actor if cfg["policy"]["shared"] else model.actor[-1]
+        with torch.no_grad():
+            head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+    path = tmp_path / name
+    torch.save({"config": cfg, "model": model.state_dict(), "global_step": 123, **(extra or {})}, path)
+    return path
+
+
+CARTPOLE_OBS = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+
+
+def test_always_left_policy_drops_the_pole_quickly(tmp_path):
+    """A greedy policy that always pushes left falls within a few steps; returns = lengths."""
+    path = _checkpoint(tmp_path, _config({}), CARTPOLE_OBS, 2, bias=[5.0, -5.0])
+    out = evaluate(path, episodes=3, greedy=True, seed=1)
+    assert len(out["returns"]) == 3
+    assert all(5 <= r <= 15 for r in out["returns"])
+    np.testing.assert_array_equal(out["returns"], out["lengths"])
+    assert out["mean"] == pytest.approx(np.mean(out["returns"]))
+    assert out["std"] == pytest.approx(np.std(out["returns"]))
+
+
+def test_greedy_plays_the_network_policy(tmp_path):
+    """A linear network holding the controller 'push right iff 3 theta + theta_dot > 0'
+    balances the pole for the whole 100-step limit; the always-left policy above cannot."""
+    cfg = _config({"max_episode_steps": 100}, hidden_sizes=(), shared=True)
+    path = tmp_path / "controller.pt"
+    model = ActorCritic(CARTPOLE_OBS, 2, hidden_sizes=(), shared=True)
+    with torch.no_grad():
+        model.actor.weight.zero_()
+        model.actor.bias.zero_()
+        model.actor.weight[1] = torch.tensor([0.0, 0.0, 3.0, 1.0])
+    torch.save({"config": cfg, "model": model.state_dict()}, path)
+    out = evaluate(path, episodes=3, greedy=True, seed=4)
+    assert out["returns"] == [100.0, 100.0, 100.0]
+
+
+def test_sampling_is_seeded_and_uses_the_run_alpha(tmp_path):
+    cfg = _config({"max_episode_steps": 40}, alpha=2.0)
+    path = _checkpoint(tmp_path, cfg, CARTPOLE_OBS, 2, bias=[0.3, -0.1])
+    a = evaluate(path, episodes=4, greedy=False, seed=5)
+    b = evaluate(path, episodes=4, greedy=False, seed=5)
+    assert a["returns"] == b["returns"]
+    assert all(1 <= r <= 40 for r in a["returns"])
+
+
+def test_sampling_respects_the_temperature(tmp_path, monkeypatch):
+    import ops
+
+    seen = []
+    real = ops.sample
+    def spy(*a, **k):
+        seen.append((k["alpha"], k["temperature"]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(ops, "sample", spy)
+    cfg = _config({"max_episode_steps": 5}, alpha=1.5, temperature=0.7)
+    path = _checkpoint(tmp_path, cfg, CARTPOLE_OBS, 2, extra={"temperature": 0.25})
+    evaluate(path, episodes=1, greedy=False, seed=0)
+    # a scheduled temperature saved in the checkpoint wins over the config's start value
+    assert seen and set(seen) == {(1.5, 0.25)}
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_masked_actions_are_never_taken(tmp_path, masked_id, greedy):
+    obs_space = EvalMaskedEnv.observation_space
+    # the policy strongly prefers action 0, which is forbidden 3 steps in 4
+    path = _checkpoint(tmp_path, _config({"id": masked_id}), obs_space, N_ACTIONS, bias=[8.0, 0.0, 0.0, 0.0])
+    out = evaluate(path, episodes=3, greedy=greedy, seed=2)
+    assert out["returns"] == [6.0, 6.0, 6.0]
+
+
+def test_distractor_actions_are_rebuilt(tmp_path):
+    cfg = _config({"distractor_actions": 3, "max_episode_steps": 10})
+    path = _checkpoint(tmp_path, cfg, CARTPOLE_OBS, 5)
+    out = evaluate(path, episodes=2, greedy=False, seed=0)
+    assert len(out["returns"]) == 2
+
+
+def test_normalization_statistics_are_restored_and_frozen(tmp_path):
+    rng = np.random.default_rng(0)
+    mean, var = rng.normal(size=4), rng.uniform(0.5, 2.0, size=4)
+    state = {"obs_rms": {"mean": torch.tensor(mean), "var": torch.tensor(var), "count": 1000.0}}
+    vec = make_envs({"id": "CartPole-v1", "normalize_obs": True}, 1, seed=0)
+    _restore_obs_rms(vec, {"obs_normalization": state})
+    raw = make_envs({"id": "CartPole-v1"}, 1, seed=0)
+    obs, _ = vec.reset(seed=0)
+    raw_obs, _ = raw.reset(seed=0)
+    for _ in range(5):
+        a = np.array([rng.integers(2)])
+        obs, *_ = vec.step(a)
+        raw_obs, *_ = raw.step(a)
+    np.testing.assert_allclose(obs, (raw_obs - mean) / np.sqrt(var + 1e-8), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(vec.obs_rms.mean, mean)
+    vec.close()
+    raw.close()
+
+
+def test_reads_the_trainer_checkpoint_layout(tmp_path, monkeypatch):
+    """rl/checkpoint.py's file (format key, obs_normalization, temperature_schedule) loads."""
+    import ops
+    from rl.checkpoint import save_checkpoint
+
+    seen = []
+    real = ops.sample
+
+    def spy(*a, **k):
+        seen.append(k["temperature"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(ops, "sample", spy)
+    cfg = _config({"normalize_obs": True, "max_episode_steps": 8}, temperature=2.0)
+    torch.manual_seed(0)
+    model = ActorCritic(CARTPOLE_OBS, 2, hidden_sizes=(16, 16))
+    rms = {"mean": torch.randn(4, dtype=torch.float64), "var": torch.rand(4, dtype=torch.float64) + 0.5,
+           "count": torch.tensor(50.0, dtype=torch.float64)}
+    path = save_checkpoint(tmp_path / "run.pt", {
+        "config": cfg, "model": model.state_dict(),
+        "temperature_schedule": {"name": "temperature", "kind": "linear", "value": 0.5},
+        "obs_normalization": {"obs_rms": rms},
+    })
+    out = evaluate(path, episodes=2, greedy=False, seed=0)
+    assert len(out["returns"]) == 2 and all(r <= 8 for r in out["returns"])
+    assert set(seen) == {0.5}
+
+
+def test_checkpoint_with_the_wrong_network_is_refused(tmp_path):
+    path = _checkpoint(tmp_path, _config({}), CARTPOLE_OBS, 3)  # CartPole has 2 actions
+    with pytest.raises(ValueError, match="does not match"):
+        evaluate(path, episodes=1)
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"weights": torch.randn(3)}, path)
+    with pytest.raises(ValueError, match="lacks"):
+        evaluate(path, episodes=1)
+    with pytest.raises(ValueError, match="is not a file"):
+        evaluate(tmp_path / "missing.pt", episodes=1)
+
+
+def test_cli_prints_mean_and_std(tmp_path, capsys):
+    path = _checkpoint(tmp_path, _config({"max_episode_steps": 20}), CARTPOLE_OBS, 2)
+    assert main([f"checkpoint={path}", "episodes=2", "greedy=false", "seed=3", "device=cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "2 sampled episodes: return" in out and "+-" in out
+
+
+@pytest.mark.parametrize(
+    "args,culprit",
+    [
+        (["episodes=3"], "checkpoint=PATH is required"),
+        (["checkpoint=a", "episode=3"], "did you mean episodes"),
+        (["checkpoint=a", "episodes=0"], "episodes='0'"),
+        (["checkpoint=a", "greedy=maybe"], "greedy='maybe'"),
+        (["checkpoint=a", "seed=x"], "seed='x'"),
+        (["checkpoint=a", "nonsense"], "'nonsense'"),
+    ],
+)
+def test_bad_overrides(args, culprit):
+    with pytest.raises(ValueError, match=culprit):
+        parse_overrides(args)
+
+
+def test_cli_reports_errors_with_exit_code_2(tmp_path, capsys):
+    assert main([f"checkpoint={tmp_path / 'missing.pt'}"]) == 2
+    assert "is not a file" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="device='tpu'"):
+        evaluate_mod._device("tpu")
+
+
+def test_video_without_moviepy_names_the_extra(tmp_path, monkeypatch):
+    path = _checkpoint(tmp_path, _config({}), CARTPOLE_OBS, 2)
+    real = evaluate_mod.importlib.util.find_spec
+    monkeypatch.setattr(
+        evaluate_mod.importlib.util, "find_spec", lambda n, *a: None if n == "moviepy" else real(n, *a)
+    )
+    with pytest.raises(ValueError, match=r"entropy-rl\[video\]"):
+        evaluate(path, episodes=1, video=tmp_path / "videos")
