@@ -159,23 +159,28 @@ def _missing_dependency(env_id: str, err: BaseException) -> ValueError:
 
 
 def _register_optional(env_id: str, atari: bool, quiet: bool = False) -> None:
-    """Register ale-py / MinAtar ids when the id (or a suggestion lookup) needs them."""
+    """Register ale-py / MinAtar ids when the id (or, ``quiet``, a suggestion lookup) needs them."""
+    families = []
     if atari or env_id.startswith("ALE/") or quiet:
-        if importlib.util.find_spec("ale_py") is not None:
+        families.append(("ale_py", "ALE/"))
+    if env_id.startswith("MinAtar/") or quiet:
+        families.append(("minatar", "MinAtar/"))
+    for module, prefix in families:
+        if any(key.startswith(prefix) for key in gym.registry):
+            continue  # registered already; registering again only warns
+        if importlib.util.find_spec(module) is None:
+            if quiet:
+                continue
+            raise _missing_dependency(env_id, ModuleNotFoundError(f"No module named {module!r}", name=module))
+        if module == "ale_py":
             import ale_py
 
             gym.register_envs(ale_py)
-        elif not quiet:
-            missing = ModuleNotFoundError("No module named 'ale_py'", name="ale_py")
-            raise _missing_dependency(env_id, missing)
-    if env_id.startswith("MinAtar/") or quiet:
-        if importlib.util.find_spec("minatar") is not None:
+        else:
             import minatar.gym
 
-            minatar.gym.register_envs()
-        elif not quiet:
-            missing = ModuleNotFoundError("No module named 'minatar'", name="minatar")
-            raise _missing_dependency(env_id, missing)
+            if not any(key.startswith(prefix) for key in gym.registry):
+                minatar.gym.register_envs()
 
 
 def _find_spec(env_id: str, atari: bool) -> gym.envs.registration.EnvSpec:

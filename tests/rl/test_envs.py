@@ -206,6 +206,10 @@ def test_missing_ale_py_names_the_extra(monkeypatch):
     monkeypatch.setattr(
         envs.importlib.util, "find_spec", lambda name, *a: None if name == "ale_py" else real(name, *a)
     )
+    # An earlier test may have registered the ALE ids already: hide them, as in a fresh process.
+    registry = {k: v for k, v in envs.gym.registry.items() if not k.startswith("ALE/")}
+    monkeypatch.setattr(envs.gym.envs.registration, "registry", registry)
+    monkeypatch.setattr(envs.gym, "registry", registry)
     with pytest.raises(ValueError, match=r"entropy-rl\[envs\]"):
         make_envs({"id": "ALE/Pong-v5"}, 1, seed=0)
 
