@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -65,6 +66,8 @@ def run_name(mapping: str, mode: str, args) -> str:
 
 def train(run_dir: Path, overrides: list[str]) -> float:
     """Runs rl-train into `run_dir` (a fresh Hydra run directory); returns wall seconds."""
+    # rl-train would resume (or skip) a run it finds there; this script wants a fresh one.
+    shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "rl.train", *overrides, "progress=false",
            f"hydra.run.dir={run_dir}"]
     print("+", " ".join(cmd[2:]), flush=True)
