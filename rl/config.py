@@ -14,12 +14,14 @@ Each field carries a one-line comment; docs/training.md lists them all.
 # ruff: noqa: UP006, UP035, UP045
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 __all__ = [
     "base_schedule",
@@ -182,13 +184,40 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         _fail(name, value, " | ".join(choices))
 
 
+def _check_keys(node: Any, path: str = "") -> None:
+    """Refuses keys outside the schema that Hydra lets through.
+
+    The schema makes Hydra reject ``algo.learning_rte=1e-3``, but an append override
+    (``+algo.learning_rte=1e-3``) opens the struct flag and adds the key; nothing reads it, so
+    the typo would silently leave the default in place.
+    """
+    if not isinstance(node, DictConfig):
+        return
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return  # a free-form mapping such as env.kwargs
+    allowed = [f.name for f in dataclasses.fields(schema)]
+    for key in node.keys():
+        name = f"{path}{key}"
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {path}{close[0]}?)" if close else ""
+            raise ValueError(f"unknown config key {name!r}{hint}: schema {schema.__name__} has no such "
+                             f"field; allowed: {', '.join(allowed)}")
+        if not OmegaConf.is_missing(node, key):
+            _check_keys(node[key], f"{name}.")
+
+
 def validate(cfg: Any) -> None:
     """Checks the values of a composed config; raises ValueError naming the first bad field.
 
-    Types and unknown keys are already enforced by the schema; this checks ranges and choices
-    so that a bad alpha, beta or temperature fails before any env or network is built.
-    The schedules' own fields are checked by rl.schedules when the trainer builds them.
+    Types are already enforced by the schema when Hydra composes the config; this refuses
+    keys the schema lacks (an append override ``+key=value`` gets past Hydra) and checks
+    ranges and choices, so that a bad alpha, beta or temperature fails before any env or
+    network is built. The schedules' own fields are checked by rl.schedules when the trainer
+    builds them.
     """
+    _check_keys(cfg)
     _number("policy.alpha", cfg.policy.alpha, low=1.0,
             allowed="a finite float >= 1 (1 softmax, 1.5 entmax-1.5, 2 sparsemax)")
     _number("policy.temperature", cfg.policy.temperature, low=0.0, low_open=True,
