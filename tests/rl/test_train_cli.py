@@ -110,12 +110,13 @@ def test_bad_value_is_refused_before_anything_is_written(tmp_path):
 
 
 def test_console_scripts_point_at_the_entry_points():
-    """``rl-train`` / ``rl-eval`` (pyproject [project.scripts]) are the functions run above."""
-    import tomllib
+    """``rl-train`` / ``rl-eval`` (pyproject [project.scripts], installed) run the functions above."""
+    from importlib.metadata import entry_points
 
+    scripts = {e.name: e for e in entry_points(group="console_scripts") if e.name in ("rl-train", "rl-eval")}
+    assert {name: e.value for name, e in scripts.items()} == {
+        "rl-train": "rl.train:main", "rl-eval": "rl.evaluate:main"}
     import rl.evaluate
     import rl.train
 
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"rl-train": "rl.train:main", "rl-eval": "rl.evaluate:main"}
-    assert callable(rl.train.main) and callable(rl.evaluate.main)
+    assert scripts["rl-train"].load() is rl.train.main and scripts["rl-eval"].load() is rl.evaluate.main
