@@ -6,6 +6,7 @@ any env or network is built.
 """
 
 import copy
+import re
 import shutil
 from itertools import product
 from pathlib import Path
@@ -184,16 +185,27 @@ def test_validate_names_the_field_and_its_value(default_cfg, override, field):
     assert value.strip("[]").split(",")[-1] in message  # the offending value is quoted
 
 
-@pytest.mark.parametrize("override", ["policy.alpha=0.9", "beta=-1", "policy.temperature=0"])
-def test_trainer_refuses_bad_values_before_building_anything(tmp_path, override):
+@pytest.mark.parametrize("overrides, field", [
+    (["policy.alpha=0.9"], "policy.alpha"),
+    (["beta=-1"], "beta"),
+    (["policy.temperature=0"], "policy.temperature"),
+    (["+algo.learning_rte=0.1"], "algo.learning_rte"),
+    # schedules are checked by rl.schedules when the trainer builds them, still before the envs
+    (["policy.temperature_schedule.kind=linear", "policy.temperature_schedule.end=0"],
+     "policy.temperature_schedule.end"),
+    (["beta_schedule.target_entropy=1.5"], "beta_schedule.target_entropy"),
+    (["beta_schedule.kind=piecewise", "beta_schedule.boundaries=[64]", "beta_schedule.values=[0.1]"],
+     "beta_schedule.values"),
+])
+def test_trainer_refuses_bad_values_before_building_anything(tmp_path, overrides, field):
     built = []
 
     def make_envs(*args, **kwargs):  # must never be reached
         built.append("envs")
         raise AssertionError("envs built before the config was validated")
 
-    cfg = _compose(override, "device=cpu", "progress=false")
-    with pytest.raises(ValueError, match=override.split("=")[0]):
+    cfg = _compose(*overrides, "device=cpu", "progress=false")
+    with pytest.raises(ValueError, match=re.escape(field)):
         Trainer(cfg, tmp_path / "run", make_envs=make_envs, make_network=lambda *a, **k: None)
     assert built == []
     assert not (tmp_path / "run").exists()
