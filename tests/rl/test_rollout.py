@@ -232,3 +232,37 @@ def test_trainer_bootstraps_truncation_from_the_final_observation_only(tmp_path,
     batch_t = np.rint(batch.obs[:, 0].numpy() * 10).astype(int)
     assert batch_t.max() < EPISODE
     np.testing.assert_allclose(batch.returns.numpy(), returns[buf.valid], rtol=0, atol=1e-5)
+
+
+def test_trainer_same_step_autoreset_bootstraps_from_final_obs(tmp_path):
+    """A vector env in SAME_STEP mode (injected; make_envs builds NEXT_STEP ones): every entry is
+    a transition, and a truncated step bootstraps from V(infos["final_obs"])."""
+    env_id = "entropy-rl-test/ChainSameStep-v0"
+    gym.register(env_id, entry_point=ChainEnv, kwargs={"truncate": True}, max_episode_steps=EPISODE)
+
+    def make_envs(env_cfg, num_envs, seed, gamma=None):
+        return gym.make_vec(env_id, num_envs, vectorization_mode="sync",
+                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+
+    try:
+        cfg = _compose(f"env.id={env_id}", "env.solved_return=null", "num_envs=2", "algo.n_steps=7",
+                       f"algo.gamma={GAMMA}", "algo.gae_lambda=0.0", "total_steps=1000", "device=cpu",
+                       "progress=false")
+        trainer = Trainer(cfg, tmp_path, make_envs=make_envs, make_network=KnownValueNet)
+        try:
+            trainer._collect([])
+            buf = trainer.buffer
+            t_state = np.rint(buf.obs[:, :, 0].numpy() * 10).astype(int)
+            _, returns = buf.advantages_and_returns(GAMMA, 0.0)
+        finally:
+            trainer.close()
+    finally:
+        del gym.registry[env_id]
+    assert buf.valid.all() and buf.truncated.sum() == 2 * (7 // EPISODE)
+    assert np.all(t_state < EPISODE)  # the reset observation replaced the final one at once
+    np.testing.assert_allclose(buf.final_values[buf.truncated], EPISODE, atol=1e-6)
+    for t in range(7):
+        for n in range(2):
+            s = t_state[t, n]
+            bootstrap = EPISODE if buf.truncated[t, n] else s + 1
+            assert returns[t, n] == pytest.approx(1.0 + s + GAMMA * bootstrap, abs=1e-5)
