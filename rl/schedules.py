@@ -90,6 +90,7 @@ class Coefficient:
                  boundaries: Sequence[int], values: Sequence[float],
                  target_entropy: float | None, lr: float):
         self.name = name
+        self.field = "policy.temperature_schedule" if name == "temperature" else f"{name}_schedule"
         self.start = start
         self.kind = kind
         self.end = end
@@ -150,7 +151,7 @@ class Coefficient:
             return self._value
         if entropy_mean is None or max_entropy_mean is None:
             raise ValueError(
-                f"{self.name}_schedule.target_entropy is set, so step() needs entropy_mean and "
+                f"{self.field}.target_entropy is set, so step() needs entropy_mean and "
                 f"max_entropy_mean; got entropy_mean={entropy_mean!r}, "
                 f"max_entropy_mean={max_entropy_mean!r}"
             )
@@ -168,11 +169,36 @@ class Coefficient:
             self._value = math.exp(self.log_value)
         return self._value
 
+    def definition(self) -> dict[str, Any]:
+        """The fields that determine this coefficient's future values, by config field name.
+
+        Only the fields the mode uses: a constant is its ``start``; linear, cosine and
+        exponential add ``end`` and the resolved ``horizon``; piecewise is its ``boundaries``
+        and ``values``; a target is its fraction and dual ``lr`` (its start only sets the
+        initial dual variable, which the checkpoint carries).
+        """
+        start = "policy.temperature" if self.name == "temperature" else self.name
+        if self.adaptive:
+            return {f"{self.field}.target_entropy": float(self.target_fraction),
+                    f"{self.field}.lr": float(self.lr)}
+        if self.kind == "constant":
+            return {start: float(self.start)}
+        if self.kind == "piecewise":
+            return {f"{self.field}.boundaries": [int(b) for b in self.boundaries],
+                    f"{self.field}.values": [float(v) for v in self.values]}
+        return {start: float(self.start), f"{self.field}.end": float(self.end),
+                f"{self.field}.horizon": int(self.horizon)}
+
     def state_dict(self) -> dict[str, Any]:
-        """Plain python numbers only (readable by ``torch.load(weights_only=True)``)."""
+        """Plain python numbers, lists and dicts (readable by ``torch.load(weights_only=True)``).
+
+        ``schedule`` is the coefficient's definition (`definition`), so a checkpoint carries
+        the schedule as well as its position and the dual variable.
+        """
         return {
             "name": self.name,
             "kind": "target" if self.adaptive else self.kind,
+            "schedule": self.definition(),
             "env_step": int(self.env_step),
             "value": float(self._value),
             "log_value": None if self.log_value is None else float(self.log_value),
@@ -181,10 +207,15 @@ class Coefficient:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores the step counter and the dual variable saved by `state_dict`.
+        """Restores the step counter, the value and the dual variable saved by `state_dict`.
 
-        The schedule itself comes from the config; a state saved under another mode (a
-        schedule vs a target) is refused, since continuing it would not be the same run.
+        The schedule comes from the config and must be the one the checkpoint carries: a state
+        saved under another mode (a schedule vs a target) or with a different definition
+        (``end``, ``horizon``, piecewise values, the target's fraction or ``lr``...) is refused
+        with the field named, since continuing it would not be the same run. A resume that
+        extends ``total_steps`` therefore needs the old ``horizon`` set explicitly for linear,
+        cosine and exponential schedules. States written before ``schedule`` was saved are
+        accepted on their mode alone.
         """
         mode = "target" if self.adaptive else self.kind
         if state.get("kind") != mode:
@@ -192,13 +223,26 @@ class Coefficient:
                 f"checkpoint state of {self.name!r} was saved with kind={state.get('kind')!r} but "
                 f"the config gives kind={mode!r}; resume with the checkpoint's schedule config"
             )
+        saved = state.get("schedule")
+        if saved is not None:
+            mine = self.definition()
+            for key in sorted(set(saved) | set(mine)):
+                if saved.get(key) != mine.get(key):
+                    raise ValueError(
+                        f"{key}={mine.get(key)!r} is not allowed when resuming this checkpoint; "
+                        f"allowed: the checkpoint's {key}={saved.get(key)!r} (its {self.name} "
+                        "schedule continues exactly only under the same definition)"
+                    )
         self.env_step = int(state["env_step"])
         self.num_dual_updates = int(state.get("num_dual_updates", 0))
         target = state.get("target")
         self._target_abs = None if target is None else float(target)
         if self.adaptive:
             self.log_value = float(state["log_value"])
-            self._value = math.exp(self.log_value)
+            # The saved value itself: exp(log(start)) need not round back to start when no
+            # dual step was taken yet.
+            value = state.get("value")
+            self._value = math.exp(self.log_value) if value is None else float(value)
         else:
             self._value = self._scheduled(self.env_step)
 
@@ -219,14 +263,15 @@ def build_coefficient(start: float, cfg: Any, total_steps: int, name: str) -> Co
         ``kind``, ``end``, ``horizon``, ``boundaries``, ``values``, ``target_entropy``, ``lr``.
     total_steps : the run's env steps; the default ``horizon``.
     name : ``"beta"`` (values >= 0) or ``"temperature"`` (values > 0 everywhere). Error
-        messages name the fields ``<name>_schedule.*``.
+        messages name the config fields (``beta_schedule.*``, ``policy.temperature_schedule.*``).
 
     Raises
     ------
     ValueError naming the field, its value and what is allowed.
     """
-    field = f"{name}_schedule"
     positive = name == "temperature"
+    # Error messages name the config path the user typed (rl/config.py).
+    field = "policy.temperature_schedule" if positive else f"{name}_schedule"
     start_field = "policy.temperature" if positive else name
     bound = "> 0" if positive else ">= 0"
 
@@ -281,6 +326,12 @@ def build_coefficient(start: float, cfg: Any, total_steps: int, name: str) -> Co
         if not 0.0 < target < 1.0:
             _fail(f"{field}.target_entropy", target,
                   "a fraction of the maximum entropy in (0, 1), or null for no target")
+        if kind != "constant":
+            # The dual variable replaces the schedule; silently dropping a configured shape
+            # would run something other than what was asked for.
+            _fail(f"{field}.kind", kind,
+                  f"constant when {field}.target_entropy is set (the target replaces the "
+                  "schedule); drop one of the two")
         if start <= 0:
             _fail(start_field, start,
                   f"a number > 0 when {field}.target_entropy is set (the initial value of the "

@@ -127,6 +127,11 @@ def test_accepts_dict_and_none_and_omegaconf():
         (1.0, Sched(kind="piecewise", boundaries=[5], values=[0.0, 1.0]), "temperature",
          "temperature_schedule.values[0]=0.0"),
         (0.01, Sched(kind="linear", horizon=0), "beta", "beta_schedule.horizon=0"),
+        (0.01, Sched(kind="linear", end=0.0, target_entropy=0.5), "beta",
+         "beta_schedule.kind='linear'"),
+        (1.0, Sched(kind="cosine", end=-1.0), "temperature", "policy.temperature_schedule.end=-1.0"),
+        (1.0, Sched(target_entropy=1.2), "temperature",
+         "policy.temperature_schedule.target_entropy=1.2"),
     ],
 )
 def test_invalid_config_names_the_field(start, cfg, name, needle):
@@ -221,12 +226,60 @@ def test_state_dict_round_trip_continues_identically(cfg):
     torch.save({"beta": first.state_dict()}, buf)
     buf.seek(0)
     state = torch.load(buf, weights_only=True)["beta"]
-    assert all(v is None or isinstance(v, (int, float, str)) for v in state.values())
+    assert all(v is None or isinstance(v, (int, float, str, dict)) for v in state.values())
 
     resumed = build_coefficient(0.04, cfg, 1000, "beta")
     resumed.load_state_dict(state)
     assert resumed.value == first.value and resumed.target == first.target
     assert head + run(resumed, range(17, 40)) == reference
+
+
+@pytest.mark.parametrize("saved_cfg, resumed_cfg, needle", [
+    (Sched(kind="linear", end=0.0), Sched(kind="linear", end=0.01), "beta_schedule.end=0.01"),
+    # horizon defaults to total_steps: extending the run would stretch the schedule
+    (Sched(kind="cosine", end=0.0), Sched(kind="cosine", end=0.0, horizon=2000),
+     "beta_schedule.horizon=2000"),
+    (Sched(kind="piecewise", boundaries=[100], values=[0.04, 0.01]),
+     Sched(kind="piecewise", boundaries=[200], values=[0.04, 0.01]), "beta_schedule.boundaries=[200]"),
+    (Sched(target_entropy=0.5), Sched(target_entropy=0.4), "beta_schedule.target_entropy=0.4"),
+    (Sched(target_entropy=0.5, lr=0.1), Sched(target_entropy=0.5), "beta_schedule.lr=0.01"),
+])
+def test_load_refuses_a_different_schedule_naming_the_field(saved_cfg, resumed_cfg, needle):
+    saved = build_coefficient(0.04, saved_cfg, 1000, "beta")
+    saved.step(100, 0.3, 0.7)
+    state = saved.state_dict()
+    with pytest.raises(ValueError) as err:
+        build_coefficient(0.04, resumed_cfg, 1000, "beta").load_state_dict(state)
+    assert needle in str(err.value) and "checkpoint" in str(err.value)
+    build_coefficient(0.04, saved_cfg, 1000, "beta").load_state_dict(state)  # the same: accepted
+
+
+def test_load_accepts_what_does_not_change_the_values():
+    # A constant (and a target's start) do not depend on total_steps: a run can be extended.
+    const = build_coefficient(0.03, Sched(), 1000, "beta")
+    const.step(600)
+    longer = build_coefficient(0.03, Sched(), 5000, "beta")
+    longer.load_state_dict(const.state_dict())
+    assert longer.step(4000) == 0.03
+    with pytest.raises(ValueError, match="beta=0.05"):
+        build_coefficient(0.05, Sched(), 1000, "beta").load_state_dict(const.state_dict())
+    target = build_coefficient(0.03, Sched(target_entropy=0.5), 1000, "beta")
+    target.step(64, 0.1, 0.7)
+    other_start = build_coefficient(0.2, Sched(target_entropy=0.5), 5000, "beta")
+    other_start.load_state_dict(target.state_dict())
+    assert other_start.value == target.value and other_start.log_value == target.log_value
+    # a state from before `schedule` was saved: its mode alone is checked
+    old = {k: v for k, v in const.state_dict().items() if k != "schedule"}
+    build_coefficient(0.05, Sched(), 1000, "beta").load_state_dict(old)
+
+
+def test_target_resumed_before_any_dual_step_keeps_the_start_value_exactly():
+    # exp(log(0.01)) == 0.010000000000000002: the value must come from the state, not its log
+    for start in (0.01, random.uniform(0.001, 2.0)):
+        c = build_coefficient(start, Sched(target_entropy=0.5), 1000, "beta")
+        resumed = build_coefficient(start, Sched(target_entropy=0.5), 1000, "beta")
+        resumed.load_state_dict(c.state_dict())
+        assert resumed.value == start
 
 
 def test_load_refuses_other_mode():
