@@ -98,7 +98,8 @@ def _log_softmax(logits, mask, temperature):
     if mask is not None:
         src = src.masked_fill(~mask, float("-inf"))
     if temperature != 1.0:
-        src = src / temperature
+        # divide in the compute dtype: z / T rounded to bf16 / fp16 would move every p
+        src = torch.div(src.to(cdt), temperature)
     log_p = torch.log_softmax(src, dim=-1, dtype=cdt).clamp_(min=_LOG_FLOOR[cdt])
     p = torch.exp(log_p)
     H = _rowdot(p, log_p).neg_()
