@@ -500,15 +500,19 @@ class MaskedEnv(gym.Env):
         return obs, reward, False, self.t >= 8, info
 
 
-@pytest.fixture(params=["dict", "info"])
+@pytest.fixture
 def masked_env(request):
-    env_id = f"entropy-rl-test/Masked{request.param.capitalize()}-v0"
-    gym.register(env_id, entry_point=MaskedEnv, kwargs={"info_mask": request.param == "info"})
+    kind = request.param
+    env_id = f"entropy-rl-test/Masked{kind.capitalize()}-v0"
+    gym.register(env_id, entry_point=MaskedEnv, kwargs={"info_mask": kind == "info"})
     yield env_id
     del gym.registry[env_id]
 
 
-@pytest.mark.parametrize("algo, policy", [("ppo", "sparsemax"), ("a2c", "softmax"), ("ppo", "entmax15")])
+@pytest.mark.parametrize("masked_env, algo, policy", [
+    ("dict", "ppo", "sparsemax"), ("info", "a2c", "softmax"), ("info", "ppo", "entmax15"),
+    ("dict", "a2c", "entmax"),
+], indirect=["masked_env"])
 def test_masked_env_never_gets_an_invalid_action_and_the_mask_reaches_ops(
         tmp_path, monkeypatch, masked_env, algo, policy):
     seen = {"probs": 0, "loss": 0}
