@@ -588,3 +588,26 @@ def test_bad_env_fails_clearly_before_training(tmp_path, odd_envs, case):
     with pytest.raises(ValueError, match=pattern):
         Trainer(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # nothing written: no events, checkpoint or summary
+
+
+# ---------------------------------------------------------------- the TensorBoard logger
+
+
+def test_tb_logger_refuses_unknown_tags_and_skips_non_finite_values(tmp_path):
+    from rl.logging import TBLogger
+
+    logger = TBLogger(tmp_path / "tb")
+    try:
+        with pytest.raises(KeyError, match="losses/polcy"):
+            logger.scalars({"losses/polcy": 1.0}, 1)
+        with pytest.raises(KeyError, match="entropy/hist"):
+            logger.histogram("entropy/hist", np.ones(3), 1)
+        logger.scalars({"losses/value": 0.25, "value/explained_variance": math.nan,
+                        "losses/total": math.inf, "charts/SPS": None}, 7)
+        logger.histogram("entropy/histogram", np.random.default_rng(0).random(10), 7)
+    finally:
+        logger.close()
+    acc = _events(tmp_path)
+    assert acc.Tags()["scalars"] == ["losses/value"]
+    assert [(e.step, e.value) for e in acc.Scalars("losses/value")] == [(7, 0.25)]
+    assert acc.Tags()["histograms"] == ["entropy/histogram"]
