@@ -21,6 +21,7 @@ alpha when the supported entries are equal. For alpha > 2 (k < 1) h is not conve
 bisects the bracket instead. Measured: 1-12 passes for alpha in [1.1, 2] at V up to 32768.
 """
 
+import torch
 import triton
 import triton.language as tl
 
@@ -85,7 +86,7 @@ def _row_statistics(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature
 
     Returns ``(row_max, m, t0, S, Tq, H, support)``: row_max is the max of x over allowed
     actions (NaN if the row holds NaN, -inf if nothing is allowed) for validation; m the same
-    made finite; t0 = log-sum-exp (softmax) or tau (alpha > 1); S = sum p and Tq = sum q before
+    made finite; t0 = log s = log-sum-exp - m (softmax) or tau (alpha > 1); S = sum p and Tq = sum q before
     normalisation (1 for softmax); H the entropy; support = #{p > 0} (int32).
     x_row: the row tile when SINGLE (else unused).
     """
@@ -127,7 +128,8 @@ def _row_statistics(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature
     if MAPPING == 0:
         s = tl.where(ok, s, 1.0)
         log_s = tl.log(s)
-        t0 = m + log_s
+        # log p = (x - m) - log s: adding m first would round log s away at large logits
+        t0 = log_s
         S = one
         Tq = one
         H = log_s - t / s
@@ -221,16 +223,22 @@ def _mapping_tile(x, m, t0, S, Tq, H, alpha, MAPPING: tl.constexpr):
     so that ``d log p_a / dz = p_a^(1-alpha) (e_a - w)``; ``neg_dH = -dH/dz`` before dividing by T:
     Shannon ``p (log p + H)``, Tsallis ``(p - q_hat) / (alpha - 1)`` (DESIGN.md section 1)."""
     if MAPPING == 0:
-        log_p = x - t0[:, None]
+        log_p = (x - m[:, None]) - t0[:, None]
         p = tl.exp(log_p)
-        # 0 log 0 = 0 for masked / underflowed actions
-        neg_dH = tl.where(p > 0, p * (log_p + H[:, None]), 0.0)
+        # 0 log 0 = 0 for masked / underflowed actions (log p = -inf there: never multiply it)
+        neg_dH = p * (tl.where(p > 0, log_p, 0.0) + H[:, None])
         return p, p, neg_dH
     else:
         on, pk, q, pa = _entmax_tile(x, m, t0, alpha, MAPPING)
         p = pk / S[:, None]
         w = q / Tq[:, None]
         return p, w, (p - w) / (alpha - 1.0)
+
+
+def empty(shape, dtype, device):
+    """Every output buffer of the launchers; a seam so that tests and ``scripts/check_gpu.py``
+    can hand the kernels NaN-filled buffers and prove that every element gets written."""
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def launch_config(N, V, device, max_block_v=None):

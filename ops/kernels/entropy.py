@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ops.kernels import _rows
 from ops.kernels._rows import _load_x, _mapping_tile, _row_statistics, launch_config
 
 
@@ -90,10 +91,11 @@ def _entropy_forward(logits, mask, alpha, temperature, mapping, newton, max_bloc
     """Returns ``H, support, row_max, stats``."""
     N, V = logits.shape
     dev = logits.device
-    H = torch.empty(N, dtype=torch.float32, device=dev)
-    row_max = torch.empty(N, dtype=torch.float32, device=dev)
-    support = torch.empty(N, dtype=torch.int32, device=dev)
-    stats = torch.empty(N, 4, dtype=torch.float32, device=dev)
+    # uninitialised: the kernel writes every element (tests poison these buffers to check)
+    H = _rows.empty(N, dtype=torch.float32, device=dev)
+    row_max = _rows.empty(N, dtype=torch.float32, device=dev)
+    support = _rows.empty(N, dtype=torch.int32, device=dev)
+    stats = _rows.empty((N, 4), dtype=torch.float32, device=dev)
     cfg = launch_config(N, V, dev, max_block_v)
     _entropy_forward_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
         logits, mask.view(torch.uint8) if mask is not None else logits, H, support, row_max,
@@ -109,7 +111,7 @@ def _entropy_backward(logits, mask, stats, H, grad_H, alpha, temperature, mappin
                       max_block_v=None):
     """Returns ``grad_H * dH/dz`` (N, V) in the logits' dtype."""
     N, V = logits.shape
-    grad = torch.empty_like(logits)
+    grad = _rows.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     cfg = launch_config(N, V, logits.device, max_block_v)
     _entropy_backward_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
         logits, mask.view(torch.uint8) if mask is not None else logits, stats, H,

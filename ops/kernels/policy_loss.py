@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ops.kernels import _rows
 from ops.kernels._rows import _load_x, _mapping_tile, _row_statistics, launch_config
 
 
@@ -69,7 +70,7 @@ def _policy_loss_forward_kernel(
     x_a = tl.where(allowed_a, z_a / temperature, float("-inf"))
     A = tl.load(advantages_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
     if MAPPING == 0:
-        log_p_a = x_a - t0
+        log_p_a = (x_a - m) - t0
         in_support = x_a > float("-inf")
         w_a = tl.full([BLOCK_N], 1.0, tl.float32)
     else:
@@ -92,9 +93,9 @@ def _policy_loss_forward_kernel(
         tl.store(clipped_ptr + rows, clipped.to(tl.int8), mask=row_ok)
     else:
         if MAPPING == 0:
-            policy = -A * log_p_a
+            policy = -A * tl.where(row_ok, log_p_a, 0.0)
         else:
-            policy = tl.where(in_support, -A * log_p_a, 0.0)
+            policy = -A * tl.where(in_support, log_p_a, 0.0)
         coef = A * w_a
     tl.store(loss_ptr + rows, policy - beta * H, mask=row_ok)
     tl.store(entropy_ptr + rows, H, mask=row_ok)
@@ -138,18 +139,20 @@ def _policy_loss_forward(logits, mask, actions, advantages, old_log_prob, row_sc
     N, V = logits.shape
     dev = logits.device
     f32 = dict(dtype=torch.float32, device=dev)
-    loss = torch.empty(N, **f32)
-    H = torch.empty(N, **f32)
-    log_p = torch.empty(N, **f32)
-    row_max = torch.empty(N, **f32)
-    support = torch.empty(N, dtype=torch.int32, device=dev)
+    # uninitialised: the kernel writes every element (tests poison these buffers to check)
+    loss = _rows.empty(N, **f32)
+    H = _rows.empty(N, **f32)
+    log_p = _rows.empty(N, **f32)
+    row_max = _rows.empty(N, **f32)
+    support = _rows.empty(N, dtype=torch.int32, device=dev)
     is_ppo = old_log_prob is not None
-    ratio = torch.empty(N, **f32) if is_ppo else loss
-    clipped = torch.empty(N, dtype=torch.int8, device=dev) if is_ppo else support
-    grad_sq = torch.zeros(N, 2, **f32) if need_grad else loss
+    ratio = _rows.empty(N, **f32) if is_ppo else loss
+    clipped = _rows.empty(N, dtype=torch.int8, device=dev) if is_ppo else support
+    grad_sq = _rows.empty((N, 2), **f32) if need_grad else loss
     grad = None
     if need_grad:
-        grad = grad_out if grad_out is not None else torch.empty_like(logits)
+        grad = grad_out if grad_out is not None else _rows.empty(logits.shape, dtype=logits.dtype,
+                                                                 device=dev)
     cfg = launch_config(N, V, dev, max_block_v)
     grid = (triton.cdiv(N, cfg["BLOCK_N"]),)
     _policy_loss_forward_kernel[grid](

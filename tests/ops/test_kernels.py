@@ -1,0 +1,543 @@
+"""The Triton backend (``ops.kernels.backend``) against the PyTorch closed forms (``ops.reference``).
+
+Without a GPU the kernels run under Triton's interpreter on CPU tensors (``tests/conftest.py``
+sets ``TRITON_INTERPRET=1``), so shapes stay small; with CUDA the same tests run the compiled
+kernels (``scripts/check_gpu.py``). Oracle: the reference in float64 on the same (rounded)
+logits. A kernel value must be within its output dtype's rounding of that oracle, plus four
+times the error of the float32 reference where the float32 problem itself is ill-conditioned
+(``p_a^(1-alpha)`` of a tiny ``p_a``).
+
+Every output buffer the launchers allocate is handed to the kernels filled with NaN (integers:
+-77), so a value the kernel forgot to write fails the comparison. Seeds are fresh per run and
+printed on failure; ``ENTROPY_RL_TEST_SEED=<int>`` replays one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import ops  # noqa: E402
+from ops import reference  # noqa: E402
+from ops.kernels import _rows  # noqa: E402
+from ops.kernels import backend as kb  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+ALPHAS = [1.0, 1.5, 2.0, 1.3]
+VS = [1, 2, 7, 128, 1000, 5000]
+N_ROWS = 6  # not a power of two: the last program has padding rows
+INTERPRETED = DEVICE.type == "cpu"
+# per output dtype: relative rounding of a value stored in it. Triton's interpreter (3.9) casts
+# fp32 to bf16 by truncation, one bf16 ulp (2^-7 relative), where GPUs round to nearest (2^-8).
+OUT_RTOL = {torch.float32: 1e-5, torch.bfloat16: 2.0**-7 if INTERPRETED else 2.0**-8,
+            torch.float16: 2.0**-10}
+# ... and absolute spacing of its smallest (subnormal) values
+OUT_ATOL = {torch.float32: 0.0, torch.bfloat16: 0.0, torch.float16: 2.0**-24}
+# (dtype, mask kind, temperature, weights, several tiles per row)
+CONFIGS = {
+    "fp32": (torch.float32, None, 1.0, False, False),
+    "fp32-mask-T0.7-w-tiles": (torch.float32, "bool", 0.7, True, True),
+    "bf16-neginf-T1.9-w-tiles": (torch.bfloat16, "neginf", 1.9, True, True),
+}
+ENTROPY_CONFIGS = {
+    "fp32": (torch.float32, None, 1.0, False, False),
+    "bf16-mask-T0.7-tiles": (torch.bfloat16, "bool", 0.7, False, True),
+    "fp16-neginf-T1.9-tiles": (torch.float16, "neginf", 1.9, False, True),
+}
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Every launcher buffer starts as NaN (floats) or -77 (integers)."""
+
+    def empty(shape, dtype, device):
+        fill = float("nan") if dtype.is_floating_point else -77
+        return torch.full(shape if isinstance(shape, tuple) else (shape,), fill, dtype=dtype,
+                          device=device)
+
+    monkeypatch.setattr(_rows, "empty", empty)
+
+
+@pytest.fixture
+def seed():
+    value = os.environ.get("ENTROPY_RL_TEST_SEED")
+    return int(value) if value else int.from_bytes(os.urandom(4), "little")
+
+
+def _small_blocks(V):
+    """A tile cap giving several tiles per row (the last one partial for V = 5000)."""
+    return max(8, triton_next_pow2(V) // 4)
+
+
+def triton_next_pow2(n):
+    return 1 << max(0, (n - 1).bit_length())
+
+
+# ------------------------------------------------------------------------------------------
+# Inputs and oracle
+# ------------------------------------------------------------------------------------------
+
+
+def make_case(seed, N, V, dtype, mask_kind, alpha, temperature, weighted):
+    """Random logits (row scales 0.3-4, so supports range from one action to most of V), a mask,
+    actions (half sampled from the policy, half uniform over allowed actions: for alpha > 1
+    many lie outside the support), advantages, old log-probabilities around the current ones
+    (both PPO branches occur) and row_scale."""
+    g = torch.Generator().manual_seed(seed)
+    scale = 0.3 + 3.7 * torch.rand(N, 1, generator=g)
+    z = (torch.randn(N, V, generator=g) * scale).to(dtype)
+    mask = None
+    allowed = torch.ones(N, V, dtype=torch.bool)
+    if mask_kind is not None and V > 1:
+        allowed = torch.rand(N, V, generator=g) < 0.7
+        allowed[torch.arange(N), torch.randint(0, V, (N,), generator=g)] = True
+        allowed[0] = True  # one unmasked row
+        if mask_kind == "bool":
+            mask = allowed
+            # masked entries hold garbage, NaN included: a mask must hide them all
+            z = z.masked_fill(~allowed & (torch.rand(N, V, generator=g) < 0.3), float("nan"))
+        else:
+            z = z.masked_fill(~allowed, float("-inf"))
+    p = reference.probs_forward(z.double(), mask, alpha, temperature)
+    sampled = torch.multinomial(p, 1, generator=g).squeeze(-1)
+    uniform = torch.multinomial(allowed.double(), 1, generator=g).squeeze(-1)
+    actions = torch.where(torch.arange(N) % 2 == 0, sampled, uniform)
+    advantages = torch.randn(N, generator=g)
+    p_a = p.gather(-1, actions[:, None]).squeeze(-1)
+    old = torch.where(p_a > 0, p_a.clamp(min=1e-30).log(), -3.0 + torch.randn(N, generator=g))
+    old_log_prob = (old + 0.3 * torch.randn(N, generator=g)).float()
+    if weighted:
+        w = torch.rand(N, generator=g)
+        w[N // 2] = 0.0  # a row with weight zero contributes nothing
+        row_scale = w / w.sum()
+    else:
+        row_scale = torch.full((N,), 1.0 / N)
+    t = dict(logits=z, mask=mask, actions=actions, advantages=advantages,
+             old_log_prob=old_log_prob, row_scale=row_scale)
+    return {k: (v.to(DEVICE) if v is not None else None) for k, v in t.items()}
+
+
+def loss_oracles(case, loss, beta, alpha, temperature, clip_eps=0.2):
+    """The reference on float64 and on float32 copies of the same logits."""
+    out = []
+    for dt in (torch.float64, torch.float32):
+        args = [case["logits"].to(dt), case["mask"], case["actions"], case["advantages"].to(dt)]
+        if loss == "ppo":
+            args += [case["old_log_prob"].to(dt), case["row_scale"].to(dt), beta, clip_eps]
+        else:
+            args += [case["row_scale"].to(dt), beta]
+        out.append(getattr(reference, loss)(*args, alpha, temperature, True))
+    return out
+
+
+EPS32 = 2.0**-23
+
+
+def grad_terms(out64, advantages, row_scale, temperature, beta, alpha):
+    """Per-row magnitudes (N, 1) of the policy and entropy terms of the gradient, before they
+    combine: fp32 rounds each term, and a row's terms may cancel (``p_a - 1`` when ``p_a`` is
+    near 1), so the rounding allowed scales with them, not with the result."""
+    c = advantages.double()
+    if "ratio" in out64:
+        c = torch.where(out64["clipped"], 0.0, c * out64["ratio"])
+    log_p_a = out64["log_prob"]
+    if alpha != 1.0:  # p_a^(1-alpha), 0 off the support
+        c = c * torch.where(torch.isfinite(log_p_a), ((1 - alpha) * log_p_a).exp(), 0.0)
+    scale = row_scale.double() / temperature
+    ent = 1.0 + out64["entropy"] if alpha == 1.0 else torch.full_like(c, 1.0 / (alpha - 1.0))
+    return ((2 * c * scale).abs()[:, None].cpu(), (beta * scale * ent).abs()[:, None].cpu())
+
+
+def sq_norm_atol(terms, V):
+    """The rounding allowed on a squared norm sum_i ||g_i||^2 when each element of g_i may be off
+    by 8 eps32 terms_i: ``2 ||g|| ||d|| + ||d||^2`` (Cauchy-Schwarz) with ``||d||`` from ``terms``."""
+    d2 = float((V * (8 * EPS32 * terms) ** 2).sum())
+    return lambda ref: 2 * math.sqrt(abs(float(ref)) * d2) + d2
+
+
+def assert_close(name, got, ref64, ref32, out_dtype, seed, row_wise=False, atol=0.0):
+    """|got - ref64| <= rtol(out_dtype) |ref64| + atol(out_dtype) + 2e-6 scale + 4 |ref32 - ref64|.
+
+    ``scale``/the last term are per row for (N, V) tensors (``row_wise``; the scale at least a
+    tenth of the tensor's, as a row whose terms cancel to 0 keeps their rounding), over
+    the tensor for per-row statistics. ``atol``: extra allowance (a tensor broadcasting to the
+    values, or a function of the oracle). Non-finite oracle entries (-inf log-probabilities)
+    must match exactly.
+    """
+    msg = f"{name} (seed={seed})"
+    got, ref64, ref32 = got.double().cpu(), ref64.double().cpu(), ref32.double().cpu()
+    assert got.shape == ref64.shape, msg
+    finite = torch.isfinite(ref64)
+    assert torch.equal(torch.isfinite(got), finite), f"{msg}: finiteness differs\n{got}\n{ref64}"
+    assert torch.equal(got[~finite], ref64[~finite]), msg
+    got, ref64, ref32 = (torch.where(finite, t, 0.0) for t in (got, ref64, ref32))
+    ref_err = (ref32 - ref64).abs().nan_to_num(0.0)
+    if row_wise and got.dim() == 2:
+        scale = ref64.abs().amax(-1, keepdim=True).clamp(min=0.1 * float(ref64.abs().max()))
+        ref_err = ref_err.amax(-1, keepdim=True)
+    else:
+        scale = ref64.abs().max() if ref64.numel() else ref64.new_zeros(())
+        ref_err = ref_err.max() if ref_err.numel() else ref_err.new_zeros(())
+    if callable(atol):
+        atol = atol(ref64)
+    tol = OUT_RTOL[out_dtype] * ref64.abs() + OUT_ATOL[out_dtype] + 2e-6 * scale + 4 * ref_err
+    tol = tol + atol + 1e-12
+    err = (got - ref64).abs()
+    worst = (err - tol).argmax() if err.numel() else None
+    assert bool((err <= tol).all()), (
+        f"{msg}: max excess at flat index {int(worst)}: got {got.reshape(-1)[worst].item()}, "
+        f"oracle {ref64.reshape(-1)[worst].item()}, tol {tol.expand_as(err).reshape(-1)[worst].item()}")
+
+
+def assert_support(got, ref64, ref32, seed):
+    """Support sizes are integers: equal to the float64 or (an element on the threshold, within
+    rounding) the float32 reference's, row by row."""
+    got, s64, s32 = got.cpu().long(), ref64.cpu().long(), ref32.cpu().long()
+    ok = (got == s64) | (got == s32)
+    assert bool(ok.all()), f"support (seed={seed}): {got.tolist()} vs {s64.tolist()}"
+
+
+# ------------------------------------------------------------------------------------------
+# Fused losses: every alpha, V, dtype, mask kind, temperature, weights, tiling
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("V", VS)
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("loss", ["pg", "ppo"])
+def test_loss_matches_reference(loss, alpha, V, config, seed):
+    dtype, mask_kind, temperature, weighted, tiles = CONFIGS[config]
+    beta, clip_eps = 0.37, 0.2
+    case = make_case(seed, N_ROWS, V, dtype, mask_kind, alpha, temperature, weighted)
+    ref64, ref32 = loss_oracles(case, loss, beta, alpha, temperature, clip_eps)
+    kw = dict(max_block_v=_small_blocks(V) if tiles else None)
+    c = case
+    if loss == "pg":
+        out = kb.pg(c["logits"], c["mask"], c["actions"], c["advantages"], c["row_scale"], beta,
+                    alpha, temperature, True, **kw)
+    else:
+        out = kb.ppo(c["logits"], c["mask"], c["actions"], c["advantages"], c["old_log_prob"],
+                     c["row_scale"], beta, clip_eps, alpha, temperature, True, **kw)
+
+    f32 = torch.float32
+    for key in ("loss_rows", "entropy", "log_prob"):
+        assert out[key].dtype == f32
+        assert_close(key, out[key], ref64[key], ref32[key], f32, seed)
+    assert out["support"].dtype == torch.int32
+    assert_support(out["support"], ref64["support"], ref32["support"], seed)
+    assert out["grad"].dtype == dtype and out["grad"].shape == c["logits"].shape
+    pol, ent = grad_terms(ref64, c["advantages"], c["row_scale"], temperature, beta, alpha)
+    assert_close("grad", out["grad"], ref64["grad"], ref32["grad"], dtype, seed, row_wise=True,
+                 atol=8 * EPS32 * (pol + ent))
+    if mask_kind is not None:  # a masked action's gradient is exactly 0
+        allowed = c["logits"] > float("-inf") if c["mask"] is None else c["mask"]
+        assert bool((out["grad"][~allowed] == 0).all())
+    for key, terms in (("grad_policy_sq", pol), ("grad_entropy_sq", ent)):
+        assert out[key].dim() == 0
+        assert_close(key, out[key], ref64[key], ref32[key], f32, seed, atol=sq_norm_atol(terms, V))
+    if loss == "ppo":
+        assert_close("ratio", out["ratio"], ref64["ratio"], ref32["ratio"], f32, seed)
+        assert out["clipped"].dtype == torch.bool
+        # a ratio within rounding of a clip boundary may fall either way
+        r = ref64["ratio"].cpu()
+        near = ((r - (1 + clip_eps)).abs() < 1e-5) | ((r - (1 - clip_eps)).abs() < 1e-5)
+        differ = out["clipped"].cpu() != ref64["clipped"].cpu()
+        assert not bool((differ & ~near).any()), f"clipped (seed={seed})"
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.3])
+@pytest.mark.parametrize("loss", ["pg", "ppo"])
+def test_zero_probability_actions_get_zero_policy_gradient(loss, alpha, seed):
+    """A sparse policy may give the taken action p = 0 (DESIGN.md, PPO): with beta = 0 that row's
+    gradient is exactly 0, its log-probability -inf, its ratio 0, its loss row 0 (pg) or
+    -min(0, (1 - eps) A) (ppo); every other row is still right."""
+    case = make_case(seed, 8, 300, torch.float32, None, alpha, 1.0, False)
+    c = case
+    c["logits"] = c["logits"] * 4  # (alpha-1) x spans more than 1: the smallest is off the support
+    p = reference.probs_forward(c["logits"].double(), None, alpha, 1.0)
+    out_of_support = p.argmin(-1)  # p = 0 there: row scales >= 0.3 over 300 actions
+    assert bool((p.gather(-1, out_of_support[:, None]) == 0).all())
+    c["actions"] = torch.where(torch.arange(8, device=DEVICE) < 5, out_of_support, p.argmax(-1))
+    ref64, ref32 = loss_oracles(c, loss, 0.0, alpha, 1.0)
+    if loss == "pg":
+        out = kb.pg(c["logits"], None, c["actions"], c["advantages"], c["row_scale"], 0.0, alpha,
+                    1.0, True, max_block_v=128)
+    else:
+        out = kb.ppo(c["logits"], None, c["actions"], c["advantages"], c["old_log_prob"],
+                     c["row_scale"], 0.0, 0.2, alpha, 1.0, True, max_block_v=128)
+        assert bool((out["ratio"][:5] == 0).all())
+        A = c["advantages"][:5]
+        assert torch.equal(out["loss_rows"][:5], -torch.minimum(0.0 * A, 0.8 * A))
+    assert bool((out["grad"][:5] == 0).all())
+    assert bool(torch.isfinite(out["grad"]).all())
+    assert bool((out["log_prob"][:5] == float("-inf")).all())
+    if loss == "pg":
+        assert bool((out["loss_rows"][:5] == 0).all())
+    pol, ent = grad_terms(ref64, c["advantages"], c["row_scale"], 1.0, 0.0, alpha)
+    assert_close("grad", out["grad"], ref64["grad"], ref32["grad"], torch.float32, seed,
+                 row_wise=True, atol=8 * EPS32 * (pol + ent))
+    assert_close("loss_rows", out["loss_rows"], ref64["loss_rows"], ref32["loss_rows"],
+                 torch.float32, seed)
+
+
+@pytest.mark.parametrize("loss", ["pg", "ppo"])
+def test_without_grad_only_statistics(loss, seed):
+    case = make_case(seed, 5, 40, torch.float32, "bool", 1.5, 1.0, False)
+    c = case
+    ref64, ref32 = loss_oracles(c, loss, 0.1, 1.5, 1.0)
+    if loss == "pg":
+        out = kb.pg(c["logits"], c["mask"], c["actions"], c["advantages"], c["row_scale"], 0.1,
+                    1.5, 1.0, False)
+    else:
+        out = kb.ppo(c["logits"], c["mask"], c["actions"], c["advantages"], c["old_log_prob"],
+                     c["row_scale"], 0.1, 0.2, 1.5, 1.0, False)
+    assert out["grad"] is None
+    assert float(out["grad_policy_sq"]) == 0.0 and float(out["grad_entropy_sq"]) == 0.0
+    assert_close("loss_rows", out["loss_rows"], ref64["loss_rows"], ref32["loss_rows"],
+                 torch.float32, seed)
+
+
+# ------------------------------------------------------------------------------------------
+# The memory-saving mode: the gradient written over the logits during the forward
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tiles", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("alpha", [1.0, 1.5, 1.3])
+def test_grad_out_may_alias_logits(alpha, dtype, tiles, seed):
+    V = 1000
+    case = make_case(seed, N_ROWS, V, dtype, "bool", alpha, 0.8, True)
+    c = case
+    kw = dict(max_block_v=_small_blocks(V) if tiles else None)
+    args = (c["mask"], c["actions"], c["advantages"], c["old_log_prob"], c["row_scale"], 0.2,
+            0.2, alpha, 0.8, True)
+    expected = kb.ppo(c["logits"], *args, **kw)
+    z = c["logits"].clone()
+    out = kb.ppo(z, *args, grad_out=z, **kw)
+    assert out["grad"].data_ptr() == z.data_ptr()
+    assert torch.equal(out["grad"], expected["grad"])  # bit-identical: same arithmetic
+    for key in ("loss_rows", "entropy", "log_prob", "support", "ratio", "clipped"):
+        assert torch.equal(out[key], expected[key]), key
+
+
+def test_grad_buffer_through_public_api(monkeypatch, seed):
+    """``grad_buffer=logits``: the public API hands the logits to the kernel as its output."""
+    monkeypatch.setenv("ENTROPY_RL_OPS_BACKEND", "triton")
+    case = make_case(seed, N_ROWS, 300, torch.float32, "bool", 2.0, 1.0, False)
+    c = case
+    z = c["logits"].clone().requires_grad_()
+    ops.pg_loss(z, c["actions"], c["advantages"], beta=0.1, alpha=2.0, mask=c["mask"]).loss.backward()
+    expected = z.grad.clone()
+    buffer = c["logits"].clone()
+    z2 = buffer.clone().requires_grad_()
+    out = ops.pg_loss(z2, c["actions"], c["advantages"], beta=0.1, alpha=2.0, mask=c["mask"],
+                      grad_buffer=buffer)
+    assert torch.equal(buffer, expected)  # written during the forward
+    out.loss.backward()
+    assert torch.equal(z2.grad, expected)
+
+
+# ------------------------------------------------------------------------------------------
+# Entropy forward / backward
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", list(ENTROPY_CONFIGS))
+@pytest.mark.parametrize("V", VS)
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_entropy_matches_reference(alpha, V, config, seed):
+    dtype, mask_kind, temperature, _, tiles = ENTROPY_CONFIGS[config]
+    case = make_case(seed, N_ROWS, V, dtype, mask_kind, alpha, temperature, False)
+    z, mask = case["logits"], case["mask"]
+    kw = dict(max_block_v=_small_blocks(V) if tiles else None)
+    H, support, saved = kb.entropy_forward(z, mask, alpha, temperature, **kw)
+    grad_H = torch.randn(N_ROWS, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+    grad = kb.entropy_backward(saved, grad_H, alpha, temperature, **kw)
+    refs = []
+    for dt in (torch.float64, torch.float32):
+        H_r, s_r, saved_r = reference.entropy_forward(z.to(dt), mask, alpha, temperature)
+        refs.append((H_r, s_r, reference.entropy_backward(saved_r, grad_H.to(dt), alpha,
+                                                          temperature)))
+    (H64, s64, g64), (H32, s32, g32) = refs
+    assert H.dtype == torch.float32 and support.dtype == torch.int32
+    assert_close("entropy", H, H64, H32, torch.float32, seed)
+    assert_support(support, s64, s32, seed)
+    assert grad.dtype == dtype and grad.shape == z.shape
+    terms = grad_H.double().abs().cpu()[:, None] / temperature * (
+        1.0 + H64.cpu()[:, None] if alpha == 1.0 else 1.0 / (alpha - 1.0))
+    assert_close("entropy grad", grad, g64, g32, dtype, seed, row_wise=True,
+                 atol=8 * EPS32 * terms)
+
+
+# ------------------------------------------------------------------------------------------
+# Extremes, fallbacks and errors
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", ALPHAS + [3.0])
+def test_extreme_rows(alpha, seed):
+    """Huge logits, exact ties (uniform policies), a single allowed action, V = 2, and alpha = 3
+    (bisection instead of Newton)."""
+    g = torch.Generator().manual_seed(seed)
+    V = 40
+    z = torch.randn(6, V, generator=g)
+    z[0] = z[0].sign() * 1e4  # two tied groups at +-1e4
+    z[1] = 0.25  # all tied
+    z[2, :20] = 3.0  # half tied at the top
+    z[3] = float("-inf")
+    z[3, 7] = -5.0  # a single allowed action
+    z[4] *= 1e3
+    actions = torch.tensor([int(z[0].argmax()), 5, 11, 7, 3, 9])
+    case = dict(logits=z.to(DEVICE), mask=None, actions=actions.to(DEVICE),
+                advantages=torch.randn(6, generator=g).to(DEVICE),
+                row_scale=torch.full((6,), 1 / 6).to(DEVICE),
+                old_log_prob=(-torch.rand(6, generator=g)).to(DEVICE))
+    ref64, ref32 = loss_oracles(case, "ppo", 0.5, alpha, 1.0)
+    out = kb.ppo(case["logits"], None, case["actions"], case["advantages"],
+                 case["old_log_prob"], case["row_scale"], 0.5, 0.2, alpha, 1.0, True,
+                 max_block_v=16)
+    for key in ("loss_rows", "entropy", "log_prob", "ratio"):
+        assert_close(key, out[key], ref64[key], ref32[key], torch.float32, seed)
+    pol, ent = grad_terms(ref64, case["advantages"], case["row_scale"], 1.0, 0.5, alpha)
+    assert_close("grad", out["grad"], ref64["grad"], ref32["grad"], torch.float32, seed,
+                 row_wise=True, atol=8 * EPS32 * (pol + ent))
+    assert out["support"].tolist()[1] == V and out["support"].tolist()[3] == 1
+    assert_support(out["support"], ref64["support"], ref32["support"], seed)
+    # V = 2
+    z2 = case["logits"][:, :2].contiguous()
+    c2 = dict(case, logits=z2, actions=case["actions"] % 2)
+    ref64, ref32 = loss_oracles(dict(c2, logits=z2.nan_to_num(neginf=-1.0)), "pg", 0.5, alpha, 1.0)
+    out = kb.pg(z2.nan_to_num(neginf=-1.0), None, c2["actions"], c2["advantages"],
+                c2["row_scale"], 0.5, alpha, 1.0, True)
+    pol, ent = grad_terms(ref64, c2["advantages"], c2["row_scale"], 1.0, 0.5, alpha)
+    assert_close("grad V=2", out["grad"], ref64["grad"], ref32["grad"], torch.float32, seed,
+                 row_wise=True, atol=8 * EPS32 * (pol + ent))
+
+
+def test_float64_and_empty_batches_use_the_reference(seed):
+    """float64 logits keep float64 (the kernels accumulate in float32); N = 0 launches nothing."""
+    case = make_case(seed, 4, 9, torch.float64, None, 1.5, 1.0, False)
+    c = case
+    args = (c["mask"], c["actions"], c["advantages"].double(), c["row_scale"].double(), 0.1, 1.5,
+            1.0, True)
+    out = kb.pg(c["logits"], *args)
+    ref = reference.pg(c["logits"], *args)
+    assert out["grad"].dtype == torch.float64 and torch.equal(out["grad"], ref["grad"])
+    H, support, saved = kb.entropy_forward(c["logits"], None, 1.5, 1.0)
+    assert H.dtype == torch.float64
+    assert kb.entropy_backward(saved, torch.ones_like(H), 1.5, 1.0).dtype == torch.float64
+    empty = torch.empty(0, 9, device=DEVICE)
+    e = torch.empty(0, device=DEVICE)
+    out = kb.ppo(empty, None, e.long(), e, e, e, 0.1, 0.2, 1.0, 1.0, True)
+    assert out["grad"].shape == (0, 9) and out["loss_rows"].shape == (0,)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0, 1.3])
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the +inf row itself
+@pytest.mark.parametrize("bad", ["nan", "+inf", "all masked"])
+def test_bad_rows_raise(alpha, bad):
+    z = torch.randn(5, 33)
+    mask = torch.ones(5, 33, dtype=torch.bool)
+    if bad == "nan":
+        z[3, 4] = float("nan")
+    elif bad == "+inf":
+        z[3, 30] = float("inf")
+    else:
+        mask[3] = False
+    z, mask = z.to(DEVICE), mask.to(DEVICE)
+    why = {"nan": "holds NaN", "+inf": "holds \\+inf", "all masked": "every action masked"}[bad]
+    a = torch.zeros(5, dtype=torch.long, device=DEVICE)
+    A = torch.ones(5, device=DEVICE)
+    with pytest.raises(ValueError, match=f"row 3 .*{why}"):
+        kb.pg(z, mask, a, A, A / 5, 0.1, alpha, 1.0, True, max_block_v=16)
+    with pytest.raises(ValueError, match=f"row 3 .*{why}"):
+        kb.entropy_forward(z, mask, alpha, 1.0)
+
+
+# ------------------------------------------------------------------------------------------
+# The public API dispatching to the kernels (ENTROPY_RL_OPS_BACKEND=triton)
+# ------------------------------------------------------------------------------------------
+
+
+def _public_run(z, alpha, mask, actions, advantages, old, weights):
+    """pg_loss, ppo_loss and entropy with their logits gradients (each from a fresh leaf)."""
+    res = {}
+    for name in ("pg", "ppo", "entropy"):
+        leaf = z.detach().clone().requires_grad_()
+        if name == "pg":
+            out = ops.pg_loss(leaf, actions, advantages, beta=0.3, alpha=alpha, temperature=1.4,
+                              mask=mask, weights=weights)
+            loss = out.loss
+        elif name == "ppo":
+            out = ops.ppo_loss(leaf, actions, advantages, old, beta=0.3, clip_eps=0.15,
+                               alpha=alpha, temperature=1.4, mask=mask, weights=weights)
+            loss = out.loss
+        else:
+            out = ops.entropy(leaf, alpha=alpha, temperature=1.4, mask=mask)
+            loss = (out * torch.linspace(-1, 2, out.numel(), device=z.device).view_as(out)).sum()
+        loss.backward()
+        res[name] = (out, loss.detach(), leaf.grad)
+    return res
+
+
+@pytest.mark.parametrize("V", [7, 1000])
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_public_api_dispatches_to_kernels(monkeypatch, alpha, V, seed):
+    g = torch.Generator().manual_seed(seed)
+    z = (torch.randn(2, 3, V, generator=g) * 2).to(DEVICE)
+    mask = (torch.rand(2, 3, V, generator=g) < 0.8).to(DEVICE)
+    mask[..., 0] = True
+    with torch.no_grad():
+        actions = ops.sample(z, alpha=alpha, temperature=1.4, mask=mask)
+        old = ops.pg_loss(z, actions, 1.0, alpha=alpha, temperature=1.4, mask=mask).log_prob
+    old = old + 0.2 * torch.randn(2, 3, generator=g).to(DEVICE)
+    advantages = torch.randn(2, 3, generator=g).to(DEVICE)
+    weights = torch.rand(2, 3, generator=g).to(DEVICE)
+
+    monkeypatch.setenv("ENTROPY_RL_OPS_BACKEND", "triton")
+    assert ops.backend_for(z) is kb
+    got = _public_run(z, alpha, mask, actions, advantages, old, weights)
+    monkeypatch.setenv("ENTROPY_RL_OPS_BACKEND", "torch")
+    assert ops.backend_for(z) is reference
+    want = _public_run(z.double(), alpha, mask, actions, advantages.double(), old.double(),
+                       weights.double())
+    want32 = _public_run(z, alpha, mask, actions, advantages, old, weights)
+    f32 = torch.float32
+    for name in ("pg", "ppo"):
+        out, loss, grad = got[name]
+        ref, ref_loss, ref_grad = want[name]
+        ref32, ref32_loss, ref32_grad = want32[name]
+        assert_close(f"{name} loss", loss, ref_loss, ref32_loss, f32, seed)
+        stats64 = {k: getattr(ref, k).reshape(-1) for k in ("log_prob", "entropy")}
+        if name == "ppo":
+            stats64.update(ratio=ref.ratio.reshape(-1), clipped=ref.clipped.reshape(-1))
+        w = weights.double().reshape(-1)
+        pol, ent = grad_terms(stats64, advantages.reshape(-1), w / w.sum(), 1.4, 0.3, alpha)
+        assert_close(f"{name} grad", grad.view(-1, V), ref_grad.view(-1, V),
+                     ref32_grad.view(-1, V), f32, seed, row_wise=True, atol=8 * EPS32 * (pol + ent))
+        for field in ["entropy", "log_prob"] + (["ratio"] if name == "ppo" else []):
+            assert_close(f"{name} {field}", getattr(out, field), getattr(ref, field),
+                         getattr(ref32, field), f32, seed)
+        for field, terms in (("grad_norm_policy", pol), ("grad_norm_entropy", ent)):
+            # compared squared, as the kernels sum them
+            assert_close(f"{name} {field}^2", getattr(out, field) ** 2, getattr(ref, field) ** 2,
+                         getattr(ref32, field) ** 2, f32, seed, atol=sq_norm_atol(terms, V))
+        assert out.support_size.shape == (2, 3)
+        assert_support(out.support_size, ref.support_size, ref32.support_size, seed)
+    H, _, grad = got["entropy"]
+    H64, _, g64 = want["entropy"]
+    H32, _, g32 = want32["entropy"]
+    assert_close("entropy", H, H64, H32, f32, seed)
+    grad_H = torch.linspace(-1, 2, 6, dtype=torch.float64)[:, None]
+    terms = grad_H.abs() / 1.4 * (1.0 + H64.reshape(-1, 1).cpu() if alpha == 1.0
+                                  else 1.0 / (alpha - 1.0))
+    assert_close("entropy grad", grad.view(-1, V), g64.view(-1, V), g32.view(-1, V), f32, seed,
+                 row_wise=True, atol=8 * EPS32 * terms)
+    assert math.isfinite(float(got["ppo"][1]))
