@@ -9,9 +9,14 @@ env steps (``--window``), compared with the mean of ``policy/target_entropy`` ov
 updates (the absolute target ``f * H_max``; CartPole has no masks, so it is constant):
 ``|settled - target| / target <= 0.1``.
 
-Writes a JSON result (benchmarks/results/beta_target.json) and a figure
-(docs/figures/beta_target.png: return, entropy and beta vs env steps, fixed beta vs target).
-Runs are sequential and short (CartPole, 100k steps each by default)::
+Every run, fixed or target, uses a constant PPO learning rate and clip range
+(``algo.anneal_lr=false algo.anneal_clip=false``; ``--anneal`` keeps the config's decay to 0):
+a policy whose learning rate has decayed to nearly 0 no longer responds to beta, so no
+controller can steer its entropy over the last part of the run.
+
+Writes a JSON result (docs/beta_target.json) and a figure (docs/figures/beta_target.png:
+return, entropy and beta vs env steps, fixed beta vs target). Runs are sequential and short
+(CartPole, 100k steps each by default)::
 
     .venv/bin/python scripts/beta_target_demo.py
     .venv/bin/python scripts/beta_target_demo.py --steps 50000 --target 0.3 --seed 1
@@ -43,25 +48,31 @@ def parse_args(argv=None):
                     help="beta_schedule.target_entropy, a fraction of the maximum entropy")
     ap.add_argument("--beta", type=float, default=0.01,
                     help="the fixed beta, and the target runs' initial beta")
-    ap.add_argument("--lr", type=float, default=None,
-                    help="beta_schedule.lr (dual step size); default: the config's")
+    ap.add_argument("--lr", type=float, default=0.3,
+                    help="beta_schedule.lr (dual step size per update); the config's default 0.01 "
+                         "is too slow for ~400 updates")
+    ap.add_argument("--anneal", action="store_true",
+                    help="keep the config's learning-rate and clip decay to 0 (off by default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--window", type=float, default=0.2,
                     help="fraction of the env steps, at the end, over which 'settled' is measured")
     ap.add_argument("--tolerance", type=float, default=0.1, help="allowed relative error")
     ap.add_argument("--mappings", nargs="+", default=list(MAPPINGS), choices=list(MAPPINGS))
     ap.add_argument("--run-root", type=Path, default=ROOT / "runs" / "beta_target")
-    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "beta_target.json")
+    ap.add_argument("--json", type=Path, default=ROOT / "docs" / "beta_target.json")
     ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "beta_target.png")
     ap.add_argument("--reuse", action="store_true",
                     help="do not train; read the runs already under --run-root")
+    ap.add_argument("--skip-existing", action="store_true",
+                    help="train only the runs whose directory holds no completed summary.json")
     ap.add_argument("--extra", nargs="*", default=[], help="more rl-train overrides for every run")
     return ap.parse_args(argv)
 
 
 def run_name(mapping: str, mode: str, args) -> str:
-    tag = f"target{args.target:g}" if mode == "target" else f"beta{args.beta:g}"
-    return f"{mapping}_{tag}_s{args.seed}_{args.steps // 1000}k"
+    tag = f"beta{args.beta:g}" + (f"_target{args.target:g}_lr{args.lr:g}" if mode == "target" else "")
+    anneal = "_anneal" if args.anneal else ""
+    return f"{mapping}_{tag}{anneal}_s{args.seed}_{args.steps // 1000}k"
 
 
 def train(run_dir: Path, overrides: list[str]) -> float:
@@ -74,6 +85,20 @@ def train(run_dir: Path, overrides: list[str]) -> float:
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
     return time.perf_counter() - t0
+
+
+def completed(run_dir: Path, overrides: list[str], steps: int) -> bool:
+    """True when `run_dir` holds a finished run of at least `steps` env steps, made with exactly
+    `overrides` (Hydra's record of the command line, .hydra/overrides.yaml)."""
+    import yaml
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        made_with = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return (summary.get("status") == "completed" and summary.get("steps", 0) >= steps
+            and sorted(made_with) == sorted([*overrides, "progress=false"]))
 
 
 def read_scalars(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -123,6 +148,11 @@ def summarize(scalars, args, total_steps: int) -> dict:
         rel = abs(out["settled_entropy"] - target) / target
         out["relative_error"] = rel
         out["within_tolerance"] = bool(rel <= args.tolerance)
+        # how noisy the per-update measurements are around the target, in the same window
+        window = ent[ent_steps >= start]
+        out["updates_in_window"] = int(len(window))
+        out["fraction_of_updates_within_tolerance"] = float(
+            np.mean(np.abs(window - target) <= args.tolerance * target))
     return out
 
 
@@ -168,7 +198,7 @@ def plot(results: dict, runs: dict, args) -> None:
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     args.figure.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.figure, dpi=110)
+    fig.savefig(args.figure, dpi=80)
     print(f"wrote {args.figure}")
 
 
@@ -176,7 +206,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not 0.0 < args.target < 1.0:
         raise ValueError(f"--target={args.target} is not allowed; allowed: a fraction in (0, 1)")
-    common = ["env=cartpole", f"total_steps={args.steps}", f"seed={args.seed}", *args.extra]
+    common = ["env=cartpole", f"total_steps={args.steps}", f"seed={args.seed}"]
+    if not args.anneal:
+        common += ["algo.anneal_lr=false", "algo.anneal_clip=false"]
+    common += args.extra
     results: dict = {}
     runs: dict = {}
     wall: dict = {}
@@ -189,14 +222,22 @@ def main(argv=None) -> int:
                 if args.lr is not None:
                     overrides.append(f"beta_schedule.lr={args.lr}")
             run_dir = args.run_root / run_name(mapping, mode, args)
-            if not args.reuse:
+            if not (args.reuse or (args.skip_existing and completed(run_dir, overrides, args.steps))):
                 wall[f"{mapping}/{mode}"] = train(run_dir, overrides)
+            summary = json.loads((run_dir / "summary.json").read_text())
             runs[mapping][mode] = read_scalars(run_dir)
             results[mapping][mode] = summarize(runs[mapping][mode], args, args.steps)
             results[mapping][mode]["overrides"] = overrides
             results[mapping][mode]["wall_s"] = wall.get(f"{mapping}/{mode}")
+            for key in ("final_mean_return", "solved_at_step", "wall_time_s"):
+                results[mapping][mode][key] = summary.get(key)
             print(mapping, mode, json.dumps(results[mapping][mode]), flush=True)
 
+    for m in results:  # the fixed-beta baseline against the same target, for comparison
+        target = results[m]["target"].get("target_entropy")
+        fixed = results[m]["fixed"]
+        if target and fixed["settled_entropy"] is not None:
+            fixed["relative_error_vs_target"] = abs(fixed["settled_entropy"] - target) / target
     ok = all(results[m]["target"].get("within_tolerance") for m in results)
     doc = {
         "what": "CartPole-v1 PPO; entropy/mean settled (mean over the last window of env steps) "
@@ -204,6 +245,7 @@ def main(argv=None) -> int:
         "target_fraction": args.target,
         "initial_beta": args.beta,
         "dual_lr": args.lr,
+        "anneal_lr_and_clip": args.anneal,
         "steps": args.steps,
         "seed": args.seed,
         "window_fraction": args.window,
