@@ -515,17 +515,26 @@ def masked_env(request):
 ], indirect=["masked_env"])
 def test_masked_env_never_gets_an_invalid_action_and_the_mask_reaches_ops(
         tmp_path, monkeypatch, masked_env, algo, policy):
-    seen = {"probs": 0, "loss": 0}
-    probs, loss_name = ops.probs, "ppo_loss" if algo == "ppo" else "pg_loss"
+    seen = {"sampling": 0, "loss": 0}
+    loss_name = "ppo_loss" if algo == "ppo" else "pg_loss"
     loss_fn = getattr(ops, loss_name)
 
-    def spy_probs(logits, *args, **kwargs):
-        mask = kwargs.get("mask", args[2] if len(args) > 2 else None)
-        assert mask is not None and mask.shape == logits.shape and mask.dtype == torch.bool
-        seen["probs"] += 1
-        p = probs(logits, *args, **kwargs)
+    def sampling_spy(fn, check):
+        """The rollout samples through ops.probs or ops.sample: either must get the mask."""
+        def spy(logits, *args, **kwargs):
+            mask = kwargs.get("mask", args[2] if len(args) > 2 else None)
+            assert mask is not None and mask.shape == logits.shape and mask.dtype == torch.bool
+            seen["sampling"] += 1
+            out = fn(logits, *args, **kwargs)
+            check(out, mask)
+            return out
+        return spy
+
+    def no_mass_off_mask(p, mask):
         assert torch.all(p[~mask] == 0)
-        return p
+
+    def allowed(actions, mask):
+        assert bool(mask.gather(-1, actions.reshape(-1, 1)).all())
 
     def spy_loss(logits, actions, *args, **kwargs):
         mask = kwargs["mask"]
@@ -535,13 +544,14 @@ def test_masked_env_never_gets_an_invalid_action_and_the_mask_reaches_ops(
         seen["loss"] += 1
         return loss_fn(logits, actions, *args, **kwargs)
 
-    monkeypatch.setattr(ops, "probs", spy_probs)
+    monkeypatch.setattr(ops, "probs", sampling_spy(ops.probs, no_mass_off_mask))
+    monkeypatch.setattr(ops, "sample", sampling_spy(ops.sample, allowed))
     monkeypatch.setattr(ops, loss_name, spy_loss)
     cfg = _tiny(f"env.id={masked_env}", "env.solved_return=null", f"policy={policy}", "total_steps=320",
                 "beta=0.01", algo=algo)
     trainer, summary, returns = _run(cfg, tmp_path)  # MaskedEnv raises on an invalid action
     assert summary["status"] == "completed" and len(returns) > 10
-    assert seen["probs"] >= 320 // 2 and seen["loss"] > 0
+    assert seen["sampling"] >= 320 // 2 and seen["loss"] > 0  # one masked call per rollout step at least
     assert trainer.buffer.masks is not None and not bool(trainer.buffer.masks.all())
 
 
