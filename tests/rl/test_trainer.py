@@ -315,7 +315,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temp file left
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_finishes_the_update_and_writes_a_checkpoint(tmp_path, sig):
     caught = []
     # A guard in case the trainer installs no handler: the signal must not kill pytest.
