@@ -26,9 +26,21 @@ from ops._validate import check_row_max, compute_dtype
 # (masked) and huge negative logits into small finite numbers the sort-based sums handle exactly.
 _ENTMAX_FLOOR = -2.0
 
+# Rows per block on the CPU: about this many elements, so a block's temporaries (log p, p, the
+# gradient before its copy out) stay in cache and are reused by the allocator. Fresh
+# logits-sized buffers are what a whole-batch pass pays for most on the CPU (every page of a
+# large allocation faults on first touch, several times the cost of the arithmetic).
+_CPU_BLOCK_ELEMS = 1 << 18
+
 
 def _rowdot(a, b):
-    """Per-row dot product; a batched GEMV runs about twice as fast as ``vecdot`` on the CPU."""
+    """Per-row dot product.
+
+    On large CPU batches a batched GEMV, which allocates nothing logits-sized, runs about twice
+    as fast as ``vecdot``; on cache-sized blocks (``_fused``) the product-and-sum is ~5x faster.
+    """
+    if a.numel() <= _CPU_BLOCK_ELEMS:
+        return torch.linalg.vecdot(a, b)
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(a.shape[0])
 
 
@@ -264,8 +276,42 @@ def _allowed_count(logits, mask, has_neg_inf=True):
 # ---------------------------------------------------------------------------------------------
 
 
+_ROW_KEYS = ("loss_rows", "entropy", "log_prob", "support", "ratio", "clipped")
+
+
 def _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperature, need_grad,
            grad_out, old_log_prob=None, clip_eps=None, need_norms=True):
+    """``_fused_rows`` over blocks of rows on the CPU, writing one logits-sized gradient.
+
+    Every per-row quantity depends on its own row only, so blocking changes no value; the batch
+    sums (the two squared gradient norms) add the blocks' partial sums.
+    """
+    n, n_act = logits.shape
+    rows = max(1, _CPU_BLOCK_ELEMS // max(n_act, 1))
+    if logits.device.type != "cpu" or n <= rows:
+        return _fused_rows(logits, mask, actions, advantages, row_scale, beta, alpha, temperature,
+                           need_grad, grad_out, old_log_prob, clip_eps, need_norms)
+    grad = None
+    if need_grad:
+        grad = grad_out if grad_out is not None else torch.empty_like(
+            logits, memory_format=torch.contiguous_format)
+    parts = []
+    for r0 in range(0, n, rows):
+        b = slice(r0, r0 + rows)
+        parts.append(_fused_rows(
+            logits[b], None if mask is None else mask[b], actions[b], advantages[b],
+            row_scale[b], beta, alpha, temperature, need_grad,
+            None if grad is None else grad[b],
+            None if old_log_prob is None else old_log_prob[b], clip_eps, need_norms))
+    out = {k: torch.cat([part[k] for part in parts]) for k in _ROW_KEYS if k in parts[0]}
+    for k in ("grad_policy_sq", "grad_entropy_sq"):
+        out[k] = torch.stack([part[k] for part in parts]).sum()
+    out["grad"] = grad
+    return out
+
+
+def _fused_rows(logits, mask, actions, advantages, row_scale, beta, alpha, temperature,
+                need_grad, grad_out, old_log_prob=None, clip_eps=None, need_norms=True):
     """Shared body of ``pg`` and ``ppo``: one pass of the mapping, then the closed-form gradient.
 
     Per row (DESIGN.md, fused loss and PPO): ``l = -A log p_a - beta H`` for pg, and
@@ -284,7 +330,13 @@ def _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperatur
     if alpha == 1.0:
         log_p, p, H = _log_softmax(logits, mask, temperature)
         log_p_a = log_p.gather(-1, idx).view(-1)
-        support = (log_p > _LOG_FLOOR[cdt] / 2).sum(dim=-1, dtype=torch.int32)
+        # softmax's support is every allowed action: only floored (masked) entries drop out.
+        # On the CPU (no sync cost) a row-min check skips the count when nothing is masked.
+        floored = _LOG_FLOOR[cdt] / 2
+        if logits.device.type == "cpu" and bool(log_p.amin(dim=-1).gt(floored).all()):
+            support = torch.full_like(log_p_a, log_p.shape[-1], dtype=torch.int32)
+        else:
+            support = (log_p > floored).sum(dim=-1, dtype=torch.int32)
         w_a = None
     else:
         x, _ = _shifted_logits(logits, mask, temperature, check=False)
