@@ -88,7 +88,8 @@ class Coefficient:
 
     def __init__(self, name: str, start: float, kind: str, end: float, horizon: int,
                  boundaries: Sequence[int], values: Sequence[float],
-                 target_entropy: float | None, lr: float):
+                 target_entropy: float | None, lr: float,
+                 bounds: tuple[float | None, float | None] = (None, None)):
         self.name = name
         self.field = "policy.temperature_schedule" if name == "temperature" else f"{name}_schedule"
         self.start = start
@@ -99,6 +100,8 @@ class Coefficient:
         self.values = list(values)
         self.target_fraction = target_entropy
         self.lr = lr
+        # Optional box for the dual variable (projected dual ascent); None = unbounded.
+        self.min_value, self.max_value = bounds
         self.env_step = 0
         self.num_dual_updates = 0
         # The dual variable of the target-entropy constraint (only used with a target).
@@ -165,6 +168,13 @@ class Coefficient:
         if max_entropy_mean > 0:
             # Dual step on log(value); see the module docstring for the derivation.
             self.log_value += self.lr * (self.target_fraction - entropy_mean / max_entropy_mean)
+            # Projection onto [min, max]: the anti-windup of the integrator. Without a floor, a
+            # long slack phase (entropy above the target) drives log beta down without limit,
+            # and climbing back takes as many updates as the descent, whatever lr is.
+            if self.min_value is not None:
+                self.log_value = max(self.log_value, math.log(self.min_value))
+            if self.max_value is not None:
+                self.log_value = min(self.log_value, math.log(self.max_value))
             self.num_dual_updates += 1
             self._value = math.exp(self.log_value)
         return self._value
@@ -179,8 +189,12 @@ class Coefficient:
         """
         start = "policy.temperature" if self.name == "temperature" else self.name
         if self.adaptive:
-            return {f"{self.field}.target_entropy": float(self.target_fraction),
-                    f"{self.field}.lr": float(self.lr)}
+            out = {f"{self.field}.target_entropy": float(self.target_fraction),
+                   f"{self.field}.lr": float(self.lr)}
+            for key, bound in (("min", self.min_value), ("max", self.max_value)):
+                if bound is not None:
+                    out[f"{self.field}.{key}"] = float(bound)
+            return out
         if self.kind == "constant":
             return {start: float(self.start)}
         if self.kind == "piecewise":
@@ -260,7 +274,9 @@ def build_coefficient(start: float, cfg: Any, total_steps: int, name: str) -> Co
     start : the value at env step 0 (top-level ``beta``, or ``policy.temperature``); with a
         target entropy, the initial value of the dual variable.
     cfg : a ``base_schedule`` node (dataclass, omegaconf node, dict, or None for constant) with
-        ``kind``, ``end``, ``horizon``, ``boundaries``, ``values``, ``target_entropy``, ``lr``.
+        ``kind``, ``end``, ``horizon``, ``boundaries``, ``values``, ``target_entropy``, ``lr``,
+        and optionally ``min`` / ``max``: bounds of the dual variable with a target (read when
+        the node has them; ``rl/config.py``'s schema does not have them yet).
     total_steps : the run's env steps; the default ``horizon``.
     name : ``"beta"`` (values >= 0) or ``"temperature"`` (values > 0 everywhere). Error
         messages name the config fields (``beta_schedule.*``, ``policy.temperature_schedule.*``).
@@ -339,5 +355,21 @@ def build_coefficient(start: float, cfg: Any, total_steps: int, name: str) -> Co
     lr = _number(f"{field}.lr", _field(cfg, "lr", 0.01))
     if lr <= 0:
         _fail(f"{field}.lr", lr, "a number > 0 (the dual step size)")
+    bounds = []
+    for key in ("min", "max"):
+        bound = _field(cfg, key, None)
+        if bound is not None:
+            if target is None:
+                _fail(f"{field}.{key}", bound,
+                      f"null unless {field}.target_entropy is set (it bounds the dual variable)")
+            bound = _number(f"{field}.{key}", bound)
+            if bound <= 0:
+                _fail(f"{field}.{key}", bound, "a number > 0 (the dual variable is a log), or null")
+        bounds.append(bound)
+    lo, hi = bounds
+    if lo is not None and hi is not None and not lo < hi:
+        _fail(f"{field}.max", hi, f"a number > {field}.min={lo}")
+    if (lo is not None and start < lo) or (hi is not None and start > hi):
+        _fail(start_field, start, f"a start within [{field}.min, {field}.max] = [{lo}, {hi}]")
 
-    return Coefficient(name, start, kind, end, horizon, boundaries, values, target, lr)
+    return Coefficient(name, start, kind, end, horizon, boundaries, values, target, lr, (lo, hi))

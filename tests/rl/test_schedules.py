@@ -201,6 +201,46 @@ def test_zero_max_entropy_leaves_value():
     assert c.target == 0.0
 
 
+@pytest.mark.parametrize("name", ["beta", "temperature"])
+def test_bounds_project_the_dual_variable_and_stop_windup(name):
+    f, lr, h_max = 0.5, random.uniform(0.2, 0.5), math.log(2)
+    lo, hi = 0.004, 0.4
+    cfg = {"target_entropy": f, "lr": lr, "min": lo, "max": hi}
+    free = build_coefficient(0.02, {"target_entropy": f, "lr": lr}, 10**6, name)
+    boxed = build_coefficient(0.02, cfg, 10**6, name)
+    # A slack phase: the entropy sits at its maximum for 150 updates ...
+    for k in range(150):
+        free.step(k, h_max, h_max)
+        boxed.step(k, h_max, h_max)
+    assert boxed.value == pytest.approx(lo, rel=1e-12) and free.value < lo * 1e-3
+    # ... then 0.2 H_max below the target: the bounded one is back at the start value long before.
+    def updates_to_reach(coef, value):
+        for k in range(10_000):
+            if coef.value >= value:
+                return k
+            coef.step(150 + k, (f - 0.2) * h_max, h_max)
+    boxed_k, free_k = updates_to_reach(boxed, 0.02), updates_to_reach(free, 0.02)
+    assert boxed_k < 0.3 * free_k, (boxed_k, free_k)
+    for k in range(1000):  # and never above the ceiling
+        boxed.step(10**4 + k, 0.0, h_max)
+    assert boxed.value == pytest.approx(hi, rel=1e-12)
+    assert boxed.state_dict()["schedule"][f"{boxed.field}.min"] == lo
+
+
+@pytest.mark.parametrize("cfg, start, needle", [
+    ({"min": 0.001}, 0.01, "beta_schedule.min=0.001"),  # without a target
+    ({"kind": "linear", "max": 1.0}, 0.01, "beta_schedule.max=1.0"),
+    ({"target_entropy": 0.5, "min": 0.0}, 0.01, "beta_schedule.min=0.0"),
+    ({"target_entropy": 0.5, "min": 0.1, "max": 0.05}, 0.07, "beta_schedule.max=0.05"),
+    ({"target_entropy": 0.5, "min": 0.1}, 0.01, "beta=0.01"),
+    ({"target_entropy": 0.5, "max": 0.005}, 0.01, "beta=0.01"),
+])
+def test_invalid_bounds_name_the_field(cfg, start, needle):
+    with pytest.raises(ValueError) as err:
+        build_coefficient(start, cfg, 1000, "beta")
+    assert needle in str(err.value)
+
+
 # ---------------------------------------------------------------- state dict
 
 
@@ -243,6 +283,7 @@ def test_state_dict_round_trip_continues_identically(cfg):
      Sched(kind="piecewise", boundaries=[200], values=[0.04, 0.01]), "beta_schedule.boundaries=[200]"),
     (Sched(target_entropy=0.5), Sched(target_entropy=0.4), "beta_schedule.target_entropy=0.4"),
     (Sched(target_entropy=0.5, lr=0.1), Sched(target_entropy=0.5), "beta_schedule.lr=0.01"),
+    ({"target_entropy": 0.5, "min": 0.001}, {"target_entropy": 0.5}, "beta_schedule.min=None"),
 ])
 def test_load_refuses_a_different_schedule_naming_the_field(saved_cfg, resumed_cfg, needle):
     saved = build_coefficient(0.04, saved_cfg, 1000, "beta")
