@@ -53,7 +53,9 @@ def parse_args(argv=None):
                          "is too slow for ~400 updates")
     ap.add_argument("--anneal", action="store_true",
                     help="keep the config's learning-rate and clip decay to 0 (off by default)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the seed of the four runs in the figure")
+    ap.add_argument("--more-seeds", type=int, nargs="*", default=[],
+                    help="further seeds of the target runs only (numbers in the JSON, not plotted)")
     ap.add_argument("--window", type=float, default=0.2,
                     help="fraction of the env steps, at the end, over which 'settled' is measured")
     ap.add_argument("--tolerance", type=float, default=0.1, help="allowed relative error")
@@ -69,10 +71,10 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def run_name(mapping: str, mode: str, args) -> str:
+def run_name(mapping: str, mode: str, seed: int, args) -> str:
     tag = f"beta{args.beta:g}" + (f"_target{args.target:g}_lr{args.lr:g}" if mode == "target" else "")
     anneal = "_anneal" if args.anneal else ""
-    return f"{mapping}_{tag}{anneal}_s{args.seed}_{args.steps // 1000}k"
+    return f"{mapping}_{tag}{anneal}_s{seed}_{args.steps // 1000}k"
 
 
 def train(run_dir: Path, overrides: list[str]) -> float:
@@ -206,32 +208,36 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not 0.0 < args.target < 1.0:
         raise ValueError(f"--target={args.target} is not allowed; allowed: a fraction in (0, 1)")
-    common = ["env=cartpole", f"total_steps={args.steps}", f"seed={args.seed}"]
-    if not args.anneal:
-        common += ["algo.anneal_lr=false", "algo.anneal_clip=false"]
-    common += args.extra
+    def one_run(mapping: str, mode: str, seed: int) -> tuple[dict, dict]:
+        """Trains (unless reused) and reads one run: (scalars, result)."""
+        overrides = ["env=cartpole", f"total_steps={args.steps}", f"seed={seed}"]
+        if not args.anneal:
+            overrides += ["algo.anneal_lr=false", "algo.anneal_clip=false"]
+        overrides += [*args.extra, MAPPINGS[mapping], f"beta={args.beta}"]
+        if mode == "target":
+            overrides += [f"beta_schedule.target_entropy={args.target}", f"beta_schedule.lr={args.lr}"]
+        run_dir = args.run_root / run_name(mapping, mode, seed, args)
+        wall = None
+        if not (args.reuse or (args.skip_existing and completed(run_dir, overrides, args.steps))):
+            wall = train(run_dir, overrides)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        scalars = read_scalars(run_dir)
+        result = summarize(scalars, args, args.steps)
+        result.update(overrides=overrides, wall_s=wall)
+        for key in ("final_mean_return", "solved_at_step", "wall_time_s"):
+            result[key] = summary.get(key)
+        print(mapping, mode, f"seed {seed}", json.dumps(result), flush=True)
+        return scalars, result
+
     results: dict = {}
     runs: dict = {}
-    wall: dict = {}
+    more_seeds: dict = {}
     for mapping in args.mappings:
-        results[mapping], runs[mapping] = {}, {}
+        results[mapping], runs[mapping], more_seeds[mapping] = {}, {}, {}
         for mode in ("fixed", "target"):
-            overrides = [*common, MAPPINGS[mapping], f"beta={args.beta}"]
-            if mode == "target":
-                overrides.append(f"beta_schedule.target_entropy={args.target}")
-                if args.lr is not None:
-                    overrides.append(f"beta_schedule.lr={args.lr}")
-            run_dir = args.run_root / run_name(mapping, mode, args)
-            if not (args.reuse or (args.skip_existing and completed(run_dir, overrides, args.steps))):
-                wall[f"{mapping}/{mode}"] = train(run_dir, overrides)
-            summary = json.loads((run_dir / "summary.json").read_text())
-            runs[mapping][mode] = read_scalars(run_dir)
-            results[mapping][mode] = summarize(runs[mapping][mode], args, args.steps)
-            results[mapping][mode]["overrides"] = overrides
-            results[mapping][mode]["wall_s"] = wall.get(f"{mapping}/{mode}")
-            for key in ("final_mean_return", "solved_at_step", "wall_time_s"):
-                results[mapping][mode][key] = summary.get(key)
-            print(mapping, mode, json.dumps(results[mapping][mode]), flush=True)
+            runs[mapping][mode], results[mapping][mode] = one_run(mapping, mode, args.seed)
+        for seed in args.more_seeds:
+            more_seeds[mapping][str(seed)] = one_run(mapping, "target", seed)[1]
 
     for m in results:  # the fixed-beta baseline against the same target, for comparison
         target = results[m]["target"].get("target_entropy")
@@ -251,7 +257,10 @@ def main(argv=None) -> int:
         "window_fraction": args.window,
         "tolerance": args.tolerance,
         "all_within_tolerance": ok,
+        "more_seeds_within_tolerance": {m: {seed: r.get("within_tolerance") for seed, r in d.items()}
+                                        for m, d in more_seeds.items()},
         "results": results,
+        "more_seeds_target_runs": more_seeds,
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "python": platform.python_version()},
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -264,6 +273,8 @@ def main(argv=None) -> int:
         r = results[m]["target"]
         print(f"{m}: target {r.get('target_entropy')}, settled {r['settled_entropy']} "
               f"(rel. error {r.get('relative_error')}), beta {r['beta_first']} -> {r['beta_last']}")
+        for seed, r in more_seeds[m].items():
+            print(f"{m} seed {seed}: settled {r['settled_entropy']} (rel. error {r.get('relative_error')})")
     return 0 if ok else 1
 
 
