@@ -206,7 +206,26 @@ def _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperatu
         c_prev = c
         it += 1
         todo = tl.sum((~done).to(tl.int32), axis=0)
-    # 3. Tsallis entropy of the normalised p = d^k / S: (1 - P / S^alpha) / (alpha (alpha-1))
+    # 3. sparsemax and entmax-1.5: on the support found, tau has a closed form (Martins &
+    #    Astudillo 2016; Peters et al. 2019), the one the sort-based reference uses: the last
+    #    correction delta solves sum_S (d - delta)^k = 1 exactly (k = 1, 2), and the sums follow
+    #    it in O(1) per row (delta is at rounding level here: no element changes side).
+    if MAPPING == 1:
+        cf = tl.maximum(c, 1).to(tl.float32)
+        delta = tl.where(ok, (S - 1.0) / cf, 0.0)
+        tau += delta
+        P = P - 2.0 * delta * S + cf * delta * delta
+        S = S - cf * delta
+    elif MAPPING == 2:
+        cf = tl.maximum(c, 1).to(tl.float32)
+        # smaller root of c delta^2 - 2 Tq delta + S - 1 = 0, in the form without cancellation
+        delta = (S - 1.0) / (Tq + tl.sqrt(tl.maximum(Tq * Tq - cf * (S - 1.0), 0.0)))
+        delta = tl.where(ok, delta, 0.0)
+        tau += delta
+        P = P - delta * (3.0 * S - delta * (3.0 * Tq - cf * delta))
+        S = S - delta * (2.0 * Tq - cf * delta)
+        Tq = Tq - cf * delta
+    # 4. Tsallis entropy of the normalised p = d^k / S: (1 - P / S^alpha) / (alpha (alpha-1))
     if MAPPING == 1:
         S_alpha = S * S
     elif MAPPING == 2:
