@@ -190,10 +190,10 @@ def _write_tables(out: Path, rows, learned):
         piv = sub.pivot(index="num_actions", columns="mapping", values="error")
         lines.append(f"\nDistractor bandit, beta = {beta}: regularization error max r - <p*, r>\n")
         cols = [MAPPINGS[a] for a in MAPPINGS]
-        lines.append("| shape | " + " | ".join(cols) + " | bound softmax (beta log n) |")
+        lines.append("| actions n | " + " | ".join(cols) + " | bound softmax (beta log n) |")
         lines.append("|---" * (len(cols) + 2) + "|")
         for n, row in piv.iterrows():
-            lines.append(f"| n={n} | " + " | ".join(f"{row[c]:.4f}" for c in cols)
+            lines.append(f"| {n} | " + " | ".join(f"{row[c]:.4f}" for c in cols)
                          + f" | {beta * math.log(n):.3f} |")
     lines.append("\nLearned (exact policy gradient on ops.pg_loss) vs closed form, distractor bandit\n")
     lines.append("| start | mapping | n | error closed form | error learned | TV(p, p*) | "

@@ -129,3 +129,15 @@ def test_out_of_range_actions_are_refused():
     single.reset(seed=0)
     with pytest.raises(ValueError, match="action must"):
         single.step(5)
+
+
+def test_make_envs_applies_distractors_from_the_config():
+    from rl.envs import make_envs
+
+    k = int(np.random.default_rng().integers(1, 50))
+    vec = make_envs({"id": "CartPole-v1", "distractor_actions": k}, num_envs=2, seed=0)
+    try:
+        assert vec.single_action_space == gym.spaces.Discrete(2 + k)
+        assert isinstance(vec, DistractorActions) and vec.k == k
+    finally:
+        vec.close()
