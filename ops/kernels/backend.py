@@ -21,7 +21,7 @@ from ops import reference
 from ops._validate import check_row_max
 from ops.kernels._rows import ENTMAX, ENTMAX15, SOFTMAX, SPARSEMAX
 from ops.kernels.entropy import _entropy_backward, _entropy_forward
-from ops.kernels.policy_loss import _policy_loss_forward
+from ops.kernels.policy_loss import _policy_loss_forward, _policy_loss_forward_kernel
 
 
 def _mapping(alpha):
@@ -36,8 +36,25 @@ def _mapping(alpha):
     return ENTMAX, alpha < 2.0
 
 
+def _interpreted():
+    """Whether triton decorated the kernels for its interpreter (TRITON_INTERPRET=1 at import)."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover - layout of other triton versions
+        return False
+    return isinstance(_policy_loss_forward_kernel, InterpretedFunction)
+
+
 def _use_reference(logits):
-    return logits.dtype == torch.float64 or logits.shape[0] == 0
+    if logits.dtype == torch.float64 or logits.shape[0] == 0:
+        return True
+    if logits.device.type != "cuda" and not _interpreted():
+        # without this, the launch fails with triton's "0 active drivers"
+        raise RuntimeError(
+            f"the Triton backend got logits on {logits.device}: it needs CUDA tensors, or "
+            "TRITON_INTERPRET=1 set before triton is imported to run its kernels on CPU tensors "
+            "(ENTROPY_RL_OPS_BACKEND=torch or auto picks the PyTorch path instead)")
+    return False
 
 
 def _loss(logits, mask, actions, advantages, old_log_prob, row_scale, beta, clip_eps, alpha,

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -541,3 +544,23 @@ def test_public_api_dispatches_to_kernels(monkeypatch, alpha, V, seed):
     assert_close("entropy grad", grad.view(-1, V), g64.view(-1, V), g32.view(-1, V), f32, seed,
                  row_wise=True, atol=8 * EPS32 * terms)
     assert math.isfinite(float(got["ppo"][1]))
+
+
+def test_cpu_tensors_without_interpreter_get_a_clear_error(tmp_path):
+    """Forcing the kernels on CPU tensors without TRITON_INTERPRET: an error that says what to
+    do, not triton's '0 active drivers'. A fresh interpreter, as the variable is read at import."""
+    code = (
+        "import os, torch, ops\n"
+        "os.environ['ENTROPY_RL_OPS_BACKEND'] = 'triton'\n"
+        "z = torch.randn(3, 5)\n"
+        "try:\n"
+        "    ops.pg_loss(z, torch.zeros(3, dtype=torch.long), torch.ones(3))\n"
+        "except RuntimeError as err:\n"
+        "    print('ERR', err)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET",)}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU path, even on a GPU machine
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parents[2], timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "ERR" in res.stdout and "TRITON_INTERPRET=1" in res.stdout, res.stdout + res.stderr
