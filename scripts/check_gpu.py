@@ -46,24 +46,30 @@ sys.path.insert(0, str(ROOT / "tests" / "ops"))
 
 def _compile_cases():
     """(kernel, signature, constexprs, num_warps, label): each mapping, tiled and single-tile."""
-    from ops.kernels._rows import ENTMAX, ENTMAX15, SOFTMAX, SPARSEMAX
+    import torch
+
+    from ops.kernels._rows import ENTMAX, ENTMAX15, SOFTMAX, SPARSEMAX, launch_config
     from ops.kernels.entropy import _entropy_backward_kernel, _entropy_forward_kernel
     from ops.kernels.policy_loss import _policy_loss_forward_kernel
 
     mappings = [(SOFTMAX, False, "softmax"), (SPARSEMAX, True, "sparsemax"),
                 (ENTMAX15, True, "entmax15"), (ENTMAX, True, "entmax-newton"),
                 (ENTMAX, False, "entmax-bisect")]
-    # (SINGLE, BLOCK_N, BLOCK_V, num_warps) as launch_config picks them on a GPU
-    tilings = [(True, 1, 8192, 16, "single 8192"), (False, 1, 4096, 16, "tiled 4096"),
-               (True, 256, 8, 4, "256 rows x 8")]
+    # (SINGLE, BLOCK_N, BLOCK_V, num_warps) as launch_config picks them on a GPU; the tiled
+    # configuration (long rows) first
+    tilings = []
+    for N, V in [(8192, 32768), (4096, 8192), (16384, 1024), (65536, 6), (256, 64)]:
+        cfg = launch_config(N, V, torch.device("cuda"))
+        tilings.append((cfg["SINGLE"], cfg["BLOCK_N"], cfg["BLOCK_V"], cfg["num_warps"],
+                        f"{N}x{V}"))
     cases = []
     for dtype in ("fp32", "bf16"):
         for mapping, newton, mname in mappings:
             for single, block_n, block_v, warps, tname in tilings:
-                if dtype == "bf16" and tname != "tiled 4096":
+                if dtype == "bf16" and single:
                     continue
                 for is_ppo in (True, False):
-                    if not is_ppo and (dtype == "bf16" or tname != "tiled 4096"):
+                    if not is_ppo and (dtype == "bf16" or single):
                         continue
                     sig = dict(logits_ptr=f"*{dtype}", mask_ptr="*u8", actions_ptr="*i64",
                                advantages_ptr="*fp32", old_log_prob_ptr="*fp32",
@@ -78,7 +84,7 @@ def _compile_cases():
                     label = f"loss {'ppo' if is_ppo else 'pg'} {mname} {tname} {dtype}"
                     cases.append((_policy_loss_forward_kernel, sig, cx, warps, label))
             if dtype == "fp32":
-                for single, block_n, block_v, warps, tname in tilings[:2]:
+                for single, block_n, block_v, warps, tname in tilings[:3:2]:
                     sig = dict(logits_ptr="*fp32", mask_ptr="*u8", entropy_ptr="*fp32",
                                support_ptr="*i32", row_max_ptr="*fp32", stats_ptr="*fp32",
                                N="i32", V="i32", stride_row="i32", alpha="fp32",
@@ -92,8 +98,10 @@ def _compile_cases():
                                entropy_ptr="*fp32", grad_H_ptr="*fp32", grad_ptr="*fp32",
                                N="i32", V="i32", stride_row="i32", alpha="fp32",
                                temperature="fp32")
-                    cx = dict(MAPPING=mapping, HAS_MASK=True, BLOCK_N=1, BLOCK_V=4096)
-                    cases.append((_entropy_backward_kernel, sig, cx, 16, f"entropy bwd {mname}"))
+                    _, block_n, block_v, warps, tname = tilings[0]
+                    cx = dict(MAPPING=mapping, HAS_MASK=True, BLOCK_N=block_n, BLOCK_V=block_v)
+                    cases.append((_entropy_backward_kernel, sig, cx, warps,
+                                  f"entropy bwd {mname} {tname}"))
     return cases
 
 

@@ -282,6 +282,10 @@ def launch_config(N, V, device, max_block_v=None):
             block_n //= 2
         elems = block_n * block_v
         num_warps = 16 if elems >= 8192 else 8 if elems >= 4096 else 4 if elems >= 1024 else 2
+        if block_n > 1:
+            # each row carries a dozen per-row vectors through the tau search: at most 8
+            # elements per thread (ptxas -v, sm_90: 16 per thread spilled registers)
+            num_warps = max(num_warps, min(16, elems // 256))
     else:
         # the interpreter's cost is per program: as many rows per program as fit ~16k elements
         block_n = max(1, min(16384 // block_v, triton.next_power_of_2(max(N, 1))))
