@@ -13,7 +13,7 @@ For each (loss, mapping, shape, dtype) it times ``loss.backward()`` of
 Peak memory is the extra memory one fwd+bwd needs beyond its inputs: on CUDA from
 ``torch.cuda.max_memory_allocated``, on the CPU from the process's resident high-water mark
 (reset before the step) in a fresh subprocess per case. Both exclude the returned gradient.
-Results go to ``benchmarks/results/bench_ops_<device>_<date>.json`` with the machine and
+Results go to ``benchmarks/results/ops_<device>_<date>.json`` with the machine and
 device names.
 
     python scripts/bench_ops.py                       # CPU, every shape and dtype
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import os
 import platform
@@ -185,13 +186,27 @@ def memory_case(impl, kind, mapping, shape, dtype_name, device):
     return int(out.stdout.strip().splitlines()[-1])
 
 
+def _release_freed_heap():
+    # glibc keeps freed small blocks resident; trimming returns them to the OS so that the
+    # measured step cannot silently reuse the warm-up's memory (it would look free).
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _memory_child(impl, kind, mapping, shape, dtype_name):
     torch.set_num_threads(1)
     alpha = MAPPINGS[mapping]
     inputs = make_inputs(parse_shape(shape), DTYPES[dtype_name], "cpu", alpha)
     fn = build(impl, kind, alpha)
-    if impl == "compile":
-        _step(fn, [t[:2] for t in inputs])  # compile on a tiny slice; it does not count
+    # one warm-up step on the full inputs for every implementation: it compiles (a compile on
+    # another shape would recompile inside the measured step) and loads lazy kernels
+    _step(fn, inputs)
+    gc.collect()
+    _release_freed_heap()
     logits = inputs[0].detach().requires_grad_()
     _reset_peak_rss()
     base = _status_bytes("VmRSS")
@@ -272,7 +287,7 @@ def main(argv=None):
               "device": device, **machine_info(device), "beta": BETA, "clip_eps": CLIP,
               "rows": rows}
     out = Path(args.out) if args.out else (
-        ROOT / "benchmarks" / "results" / f"bench_ops_{device}_{dt.date.today().isoformat()}.json")
+        ROOT / "benchmarks" / "results" / f"ops_{device}_{dt.date.today().isoformat()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
