@@ -86,7 +86,8 @@ def ppo_losses(logits: torch.Tensor, values: torch.Tensor, batch: Batch, *, beta
     v_loss = value_loss(values, batch.returns, batch.values, clip_value)
     # loss = pg_loss - beta * entropy + vf_coef * v_loss   (ops fuses the first two terms)
     pg = ops.ppo_loss(logits, batch.actions, advantages, batch.log_probs, beta=beta,
-                      clip_eps=clip_eps, alpha=alpha, temperature=temperature, mask=batch.masks)
+                      clip_eps=clip_eps, alpha=alpha, temperature=temperature, mask=batch.masks,
+                      grad_norms=metrics)
     loss = pg.loss + vf_coef * v_loss
     losses = Losses(loss, v_loss, pg)
     if metrics:
@@ -113,7 +114,7 @@ def a2c_losses(logits: torch.Tensor, values: torch.Tensor, batch: Batch, *, beta
     v_loss = value_loss(values, batch.returns, batch.values, None)
     # loss = pg_loss - beta * entropy + vf_coef * v_loss   (ops fuses the first two terms)
     pg = ops.pg_loss(logits, batch.actions, advantages, beta=beta, alpha=alpha,
-                     temperature=temperature, mask=batch.masks)
+                     temperature=temperature, mask=batch.masks, grad_norms=metrics)
     loss = pg.loss + vf_coef * v_loss
     losses = Losses(loss, v_loss, pg)
     if metrics:

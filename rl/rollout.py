@@ -81,6 +81,9 @@ class RolloutBuffer:
         self.masks = (torch.ones((T + 1, N, n_actions), dtype=torch.bool, device=device)
                       if with_mask else None)
         self.actions = torch.zeros((T, N), dtype=torch.int64, device=device)
+        # the policy's probabilities at each step; log_probs (of the taken actions) are
+        # gathered from them once per rollout
+        self.probs = torch.zeros((T, N, n_actions), dtype=torch.float32, device=device)
         self.log_probs = torch.zeros((T, N), dtype=torch.float32, device=device)
         self.values = torch.zeros((T + 1, N), dtype=torch.float32, device=device)
         # Env-side arrays stay in numpy: they arrive as numpy and GAE runs there.

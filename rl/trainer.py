@@ -151,6 +151,12 @@ class Trainer:
                                 activation=cfg.policy.activation, shared=cfg.policy.shared).to(self.device)
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.critic_params = self._critic_parameters()
+        # Actor-only logits per rollout step, values batched after it: worth it when the critic
+        # is a network of its own (a shared trunk would run twice).
+        self._split_forward = (callable(getattr(self.net, "logits", None))
+                               and callable(getattr(self.net, "values", None))
+                               and not getattr(self.net, "shared", True))
+        self.flat_params = _flatten_parameters(self.params)
         self.optimizer = self._make_optimizer()
         mode = self.envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
         if mode not in (gym.vector.AutoresetMode.NEXT_STEP, gym.vector.AutoresetMode.SAME_STEP):
@@ -203,10 +209,12 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         a = self.algo
-        # Fused Adam / foreach RMSprop: a handful of kernels per step instead of ~10 per tensor.
+        # One flat tensor (see _flatten_parameters) and fused Adam / foreach RMSprop: one kernel
+        # per step; the per-tensor bookkeeping of torch.optim is most of a small network's step.
+        params = self.params if self.flat_params is None else [self.flat_params]
         if a.optimizer == "adam":
-            return torch.optim.Adam(self.params, lr=a.learning_rate, eps=a.adam_eps, fused=True)
-        return torch.optim.RMSprop(self.params, lr=a.learning_rate, alpha=a.rmsprop_alpha,
+            return torch.optim.Adam(params, lr=a.learning_rate, eps=a.adam_eps, fused=True)
+        return torch.optim.RMSprop(params, lr=a.learning_rate, alpha=a.rmsprop_alpha,
                                    eps=a.rmsprop_eps, foreach=True)
 
     # ------------------------------------------------------------------ checkpoints
@@ -309,20 +317,26 @@ class Trainer:
     def _collect(self, episodes: list[tuple[float, int]]) -> None:
         buf, net, N = self.buffer, self.net, self.cfg.num_envs
         temperature = self.temperature_coef.value
+        # Separate actor and critic: each step runs only the actor, and the critic runs once
+        # over all T + 1 observations after the rollout (one batched call instead of T small ones).
+        split = self._split_forward
         with torch.inference_mode():
             for t in range(buf.n_steps):
                 mask = None if buf.masks is None else buf.masks[t]
-                logits, values = net(buf.obs[t])
-                # One pass of the mapping gives both the sample and its log-probability;
-                # masked and (alpha > 1) out-of-support actions have p = 0 exactly, and
-                # multinomial never draws a zero-probability category.
+                if split:
+                    logits = net.logits(buf.obs[t])
+                else:
+                    logits, values = net(buf.obs[t])
+                    buf.values[t].copy_(values.reshape(N))
+                # One pass of the mapping gives both the sample and (after the rollout, from the
+                # stored probabilities) its log-probability; masked and (alpha > 1)
+                # out-of-support actions have p = 0 exactly, and multinomial never draws a
+                # zero-probability category.
                 p = ops.probs(logits, self.alpha, temperature, mask)
-                actions = torch.multinomial(p, 1, generator=self.sample_gen)
-                buf.log_probs[t] = p.gather(1, actions).squeeze(1).log_()
-                actions = actions.squeeze(1)
-                buf.actions[t] = actions
-                buf.values[t] = values.reshape(N)
-                obs, rewards, terminated, truncated, infos = self.envs.step(actions.cpu().numpy())
+                torch.multinomial(p, 1, generator=self.sample_gen, out=buf.actions[t].unsqueeze(1))
+                buf.probs[t].copy_(p)
+                actions = buf.actions[t].cpu().numpy()
+                obs, rewards, terminated, truncated, infos = self.envs.step(actions)
                 done = terminated | truncated
                 buf.rewards[t] = rewards
                 buf.terminated[t] = terminated
@@ -341,7 +355,11 @@ class Trainer:
                 buf.obs[t + 1].copy_(torch.from_numpy(np.asarray(self._policy_obs(obs))))
                 if buf.masks is not None:
                     buf.masks[t + 1].copy_(torch.from_numpy(np.asarray(mask, dtype=bool)))
-            buf.values[-1] = net.values(buf.obs[-1]).reshape(N)
+            if split:
+                buf.values.copy_(net.values(buf.obs.flatten(0, 1)).view(buf.n_steps + 1, N))
+            else:
+                buf.values[-1] = net.values(buf.obs[-1]).reshape(N)
+            torch.log(buf.probs.gather(2, buf.actions.unsqueeze(2)).squeeze(2), out=buf.log_probs)
         self.global_step += buf.n_steps * N
 
     def _final_values(self, t: int, truncated: np.ndarray, infos: dict) -> None:
@@ -416,8 +434,8 @@ class Trainer:
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
     def _step(self, mb: algos.Batch, beta: float, clip: float | None, temperature: float,
-              norm_adv: bool, want_stats: bool, where: str) -> tuple[torch.Tensor | None, bool]:
-        """One gradient step on a minibatch.
+              norm_adv: bool, want_stats: bool, where: Callable[[], str]) -> tuple[torch.Tensor | None, bool]:
+        """One gradient step on a minibatch; ``where()`` names it in error messages.
 
         Returns ``(stats, applied)``: the metrics of `_STAT_NAMES` stacked in one tensor when
         `want_stats` (else None), and False when PPO's target-KL rule skipped the step.
@@ -437,25 +455,36 @@ class Trainer:
             if not bool(torch.isfinite(logits).all()):
                 self._diverged_flag = True
                 raise TrainingDiverged(
-                    f"non-finite logits at env step {self.global_step} ({where})") from None
+                    f"non-finite logits at env step {self.global_step} ({where()})") from None
             raise
         if a.name == "ppo" and a.target_kl is not None:
             kl = losses.approx_kl if losses.approx_kl is not None else algos.approx_kl(
                 losses.out.log_prob, mb.log_probs)
             if float(kl) > 1.5 * a.target_kl:  # SB3's rule: stop the epochs before this step
                 return None, False
-        self.optimizer.zero_grad(set_to_none=True)
+        flat = self.flat_params
+        if flat is None:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            flat.grad.zero_()  # the parameters' .grad are views of it: backward accumulates there
         losses.loss.backward()
         max_norm = a.max_grad_norm if a.max_grad_norm > 0 else math.inf
-        grad_total = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
+        if flat is None:
+            grad_total = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
+        else:
+            grad_total = torch.linalg.vector_norm(flat.grad)
+        total = grad_total.item()
         # A non-finite loss makes a non-finite gradient: one check per step, before applying it.
-        if not math.isfinite(grad_total.item()):
+        if not math.isfinite(total):
             self._diverged_flag = True
-            raise self._diverged(losses, grad_total, where)
+            raise self._diverged(losses, grad_total, where())
+        # clip_grad_norm_'s rule: scale by max_norm / (norm + 1e-6) when that is below 1.
+        clip_coef = min(1.0, max_norm / (total + 1e-6))
+        if flat is not None and clip_coef < 1.0:
+            flat.grad.mul_(clip_coef)
         stats = None
         if want_stats:
             # grad_norm/value after clipping would be scaled: measure it from the clip factor.
-            clip_coef = (max_norm / (grad_total + 1e-6)).clamp(max=1.0)
             out, H = losses.out, losses.out.entropy
             self._entropy_rows = H
             zero = grad_total.new_zeros(())
@@ -495,8 +524,9 @@ class Trainer:
             order = torch.randperm(n, generator=self.perm_gen).to(self.device) if num_mb > 1 else None
             for m, idx in enumerate(order.tensor_split(num_mb) if order is not None else [None]):
                 mb = batch if idx is None else batch.select(idx)
-                s, applied = self._step(mb, beta, clip, temperature, norm_adv, want_stats,
-                                        f"update {self.update + 1}, epoch {epoch + 1}, minibatch {m + 1}")
+                s, applied = self._step(
+                    mb, beta, clip, temperature, norm_adv, want_stats,
+                    lambda e=epoch, m=m: f"update {self.update + 1}, epoch {e + 1}, minibatch {m + 1}")
                 if not applied:
                     stopped = True
                     break
@@ -670,6 +700,32 @@ class Trainer:
 
     def close(self) -> None:
         self.envs.close()
+
+
+def _flatten_parameters(params: list[torch.nn.Parameter]) -> torch.Tensor | None:
+    """Moves the parameters into one contiguous tensor and their gradients into another.
+
+    Each parameter's data and ``.grad`` become views of the two buffers (``.grad`` of the
+    returned tensor is the gradient buffer), so the optimizer step and the gradient norm run as
+    one op on one tensor instead of a dozen small ones -- most of a small network's step on the
+    CPU. Backward accumulates into the existing ``.grad`` views in place; ``load_state_dict``
+    copies into the views. Returns None (nothing flattened) when the parameters differ in
+    dtype or device.
+    """
+    if not params or len({(p.dtype, p.device) for p in params}) != 1:
+        return None
+    n = sum(p.numel() for p in params)
+    flat = params[0].new_empty(n)
+    grad = params[0].new_zeros(n)
+    offset = 0
+    for p in params:
+        k = p.numel()
+        flat[offset:offset + k].copy_(p.detach().reshape(-1))
+        p.data = flat[offset:offset + k].view_as(p)
+        p.grad = grad[offset:offset + k].view_as(p)
+        offset += k
+    flat.grad = grad
+    return flat
 
 
 def _finite(obj: Any) -> Any:
