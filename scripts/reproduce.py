@@ -171,7 +171,7 @@ def parse_args(argv=None):
     ap.add_argument("--no-train", action="store_true",
                     help="only aggregate and plot what OUT/runs already holds")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every rl-train call")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come before or after options
     if not args.scale > 0:
         raise ValueError(f"--scale must be > 0; got {args.scale}")
     if args.seeds is not None and args.seeds < 1:
