@@ -32,13 +32,13 @@ def check_alpha(alpha) -> float:
 
 
 def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
+    allowed = "a finite float >= 0" if allow_zero else "a finite float > 0"
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} is not a number") from None
+        raise ValueError(f"{name}={value!r} is not a number; allowed: {allowed}") from None
     bad = not math.isfinite(v) or (v < 0 if allow_zero else v <= 0)
     if bad:
-        allowed = "a finite float >= 0" if allow_zero else "a finite float > 0"
         raise ValueError(f"{name}={value!r} is not allowed; allowed: {allowed}")
     return v
 
