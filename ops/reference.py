@@ -161,9 +161,12 @@ def _bisect_threshold(x, alpha):
     hi = torch.zeros_like(lo)
     # Halving [-1, 0] this many times reaches the dtype's resolution near |tau| <= 1.
     n_iter = 60 if x.dtype == torch.float64 else 30
+    # one scratch buffer for every step: a fresh x-sized tensor per step costs more than the
+    # arithmetic on the CPU (page faults on first touch)
+    buf = torch.empty_like(x)
     for _ in range(n_iter):
         mid = 0.5 * (lo + hi)
-        f = (x - mid.unsqueeze(-1)).clamp_(min=0).pow_(inv).sum(dim=-1)
+        f = torch.sub(x, mid.unsqueeze(-1), out=buf).clamp_(min=0).pow_(inv).sum(dim=-1)
         above = f >= 1.0
         lo = torch.where(above, mid, lo)
         hi = torch.where(above, hi, mid)
