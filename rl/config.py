@@ -47,6 +47,8 @@ class base_schedule:
     values: List[float] = field(default_factory=list)  # piecewise: len(boundaries) + 1 values
     target_entropy: Optional[float] = None  # fraction of max entropy in (0, 1): adapt by dual ascent
     lr: float = 0.01  # dual-ascent step size for target_entropy
+    min: Optional[float] = None  # with a target: floor of the adapted value (anti-windup); null = none
+    max: Optional[float] = None  # with a target: ceiling of the adapted value; null = none
 
 
 @dataclass
@@ -226,6 +228,11 @@ def validate(cfg: Any) -> None:
     for name, sched in (("beta_schedule", cfg.beta_schedule),
                         ("policy.temperature_schedule", cfg.policy.temperature_schedule)):
         _choice(f"{name}.kind", sched.kind, _SCHEDULE_KINDS)
+    if cfg.beta_schedule.target_entropy is not None and \
+            cfg.policy.temperature_schedule.target_entropy is not None:
+        # Two controllers on one measured entropy would fight each other.
+        _fail("policy.temperature_schedule.target_entropy", cfg.policy.temperature_schedule.target_entropy,
+              "null while beta_schedule.target_entropy is set (one entropy target per run)")
     _choice("policy.activation", cfg.policy.activation, _ACTIVATIONS)
     for i, h in enumerate(cfg.policy.hidden_sizes):
         _integer(f"policy.hidden_sizes[{i}]", h, 1)

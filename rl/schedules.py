@@ -275,8 +275,7 @@ def build_coefficient(start: float, cfg: Any, total_steps: int, name: str) -> Co
         target entropy, the initial value of the dual variable.
     cfg : a ``base_schedule`` node (dataclass, omegaconf node, dict, or None for constant) with
         ``kind``, ``end``, ``horizon``, ``boundaries``, ``values``, ``target_entropy``, ``lr``,
-        and optionally ``min`` / ``max``: bounds of the dual variable with a target (read when
-        the node has them; ``rl/config.py``'s schema does not have them yet).
+        and optionally ``min`` / ``max``: bounds of the dual variable with a target.
     total_steps : the run's env steps; the default ``horizon``.
     name : ``"beta"`` (values >= 0) or ``"temperature"`` (values > 0 everywhere). Error
         messages name the config fields (``beta_schedule.*``, ``policy.temperature_schedule.*``).

@@ -248,3 +248,22 @@ def test_env_id_may_be_any_registered_gymnasium_id(tmp_path, custom_id):
     finally:
         trainer.close()
     assert summary["env"] == custom_id and summary["steps"] == 64 and summary["episodes"] > 0
+
+
+def test_two_entropy_targets_are_refused():
+    cfg = _compose("beta=0.01", "beta_schedule.target_entropy=0.5",
+                   "policy.temperature_schedule.target_entropy=0.3")
+    with pytest.raises(ValueError, match=r"policy\.temperature_schedule\.target_entropy=0\.3"):
+        validate(cfg)
+
+
+def test_dual_bounds_reach_the_schedule():
+    from rl.schedules import build_coefficient
+
+    cfg = _compose("beta=0.01", "beta_schedule.target_entropy=0.5", "beta_schedule.min=0.002")
+    validate(cfg)
+    coef = build_coefficient(cfg.beta, cfg.beta_schedule, cfg.total_steps, "beta")
+    assert coef.state_dict()["schedule"]["beta_schedule.min"] == 0.002
+    with pytest.raises(ValueError, match=r"beta_schedule\.min"):
+        no_target = _compose("beta_schedule.min=0.002").beta_schedule
+        build_coefficient(cfg.beta, no_target, cfg.total_steps, "beta")
