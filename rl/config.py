@@ -6,7 +6,7 @@ rejects an unknown key or a value of the wrong type when it composes the config,
 anything is built. `validate` then checks the values (ranges, choices) and raises
 ``ValueError`` naming the field, its value and what is allowed.
 
-Each field carries a one-line comment; docs/training.md lists them all.
+Each field carries a one-line comment; the README (section Training) explains the groups.
 """
 
 # OmegaConf 2.3 reads the schema's annotations and understands typing's Optional/List/Dict

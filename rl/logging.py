@@ -1,4 +1,4 @@
-"""TensorBoard logging with stable, prefix-grouped tags (listed in docs/training.md).
+"""TensorBoard logging with stable, prefix-grouped tags (listed in the README, section Training).
 
 `TAGS` is the one list of scalar tags the trainer writes; `TBLogger` refuses any other, so a
 typo cannot silently start a new curve.

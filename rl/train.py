@@ -4,7 +4,7 @@
     rl-train env=acrobot policy=sparsemax beta=0.03 seed=2
     rl-train resume=outputs/2026-11-23/01-00-00/checkpoints/last.pt
 
-Everything a run writes lands in Hydra's run directory (see docs/training.md).
+Everything a run writes lands in Hydra's run directory (README, section Training).
 """
 
 from __future__ import annotations
