@@ -10,13 +10,14 @@ batches go to ``ops.reference``).
 Design (formulas: DESIGN.md section 1):
 
 * Blocks. A program owns ``BLOCK_N`` rows and walks ``V`` in ``BLOCK_V`` tiles, all in float32
-  on ``x = z / T`` with masked actions at ``-inf``. On a GPU a row of up to 8192 entries is one
+  on the raw logits with masked actions at ``-inf``. On a GPU a row of up to 8192 entries is one
   register-resident tile (``SINGLE``), loaded once however many passes follow; short rows share
   a program (~2048 elements each, while >= ~1024 programs remain); longer rows loop over
   4096-wide tiles. Offsets are int64 (``N * V`` overflows int32 at LLM sizes).
-* Softmax: one online pass (running max, rescaled ``sum exp`` and ``sum exp * (x - m)``) gives
-  log-sum-exp and Shannon H for any V; ``log p = (x - m) - log s``.
-* Sparsemax / entmax-alpha: no sort. After the max pass, tau (on ``y = (alpha-1)(x - max)``,
+* Softmax: one online pass (running max m, rescaled ``s = sum exp(u)`` and ``sum exp(u) u``,
+  ``u = (z - m) / T``) gives log-sum-exp and Shannon H for any V; ``log p = u - log s``. The
+  temperature divides ``z - m``, never ``z`` (precision near the entmax threshold).
+* Sparsemax / entmax-alpha: no sort. After the max pass, tau (on ``y = (alpha-1)(z - m) / T``,
   in ``[-1, -(1/n)^(alpha-1)]``) is found by Newton's method on ``(sum [y - tau]_+^k)^(1/k) - 1``
   from ``tau = -1`` (monotone for alpha <= 2; bisection of the bracket for alpha > 2); each
   iteration is one pass. Sparsemax and entmax-1.5 end with their closed form on the support

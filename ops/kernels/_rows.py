@@ -2,10 +2,13 @@
 
 A program owns ``BLOCK_N`` rows and walks their ``V`` columns in tiles of ``BLOCK_V``
 (``SINGLE``: the whole row fits one tile, is loaded once and stays in registers for every pass).
-Everything is computed in float32 on ``x = z / T`` with masked actions at ``-inf``.
+Everything is computed in float32 on the raw logits ``z`` with masked actions at ``-inf``;
+the temperature enters as ``(z - max z) / T``, as in the reference: dividing first would round
+``z / T`` at the scale of ``z``, not of ``z - max z``, and entries near the entmax threshold
+(``d = y - tau`` small) would lose their relative precision.
 
 The threshold ``tau`` of entmax-alpha (DESIGN.md section 1) lives on the shifted scale
-``y = (alpha - 1)(x - max x)``, whose maximum is 0, so ``tau`` lies in
+``y = (alpha - 1)(z - max z) / T``, whose maximum is 0, so ``tau`` lies in
 ``[-1, -(1/n)^(alpha-1)]`` (``n`` allowed actions): at ``-1`` the largest entry alone has
 ``p = 1``, at the upper end every ``p_i <= 1/n``. With ``d = y - tau`` and ``k = 1/(alpha-1)``::
 
@@ -39,9 +42,8 @@ _NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit
-def _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols, V, temperature,
-            HAS_MASK: tl.constexpr):
-    """Tile ``x = z / T`` in float32, -inf where masked or out of bounds.
+def _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols, V, HAS_MASK: tl.constexpr):
+    """Tile of raw logits ``x = z`` in float32, -inf where masked or out of bounds.
 
     row_off: (BLOCK_N,) int64 element offsets of the rows; row_ok: (BLOCK_N,) rows < N;
     cols: (BLOCK_V,) absolute column indices of the tile.
@@ -53,13 +55,14 @@ def _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols, V, temperature,
     allowed = in_bounds
     if HAS_MASK:
         allowed = allowed & (tl.load(mask_ptr + offs, mask=in_bounds, other=0) != 0)
-    return tl.where(allowed, z / temperature, float("-inf"))
+    return tl.where(allowed, z, float("-inf"))
 
 
 @triton.jit
-def _entmax_tile(x, m, tau, alpha, MAPPING: tl.constexpr):
-    """For a tile: ``on = d > 0`` and ``p = d^k``, ``q = d^(k-1)``, ``p^alpha = d^(k+1)`` on it."""
-    d = (alpha - 1.0) * (x - m[:, None]) - tau[:, None]
+def _entmax_tile(x, m, tau, alpha, y_scale, MAPPING: tl.constexpr):
+    """For a tile: ``on = d > 0`` and ``p = d^k``, ``q = d^(k-1)``, ``p^alpha = d^(k+1)`` on it,
+    with ``d = y - tau``, ``y = y_scale (x - m)``, ``y_scale = (alpha - 1) / T``."""
+    d = y_scale * (x - m[:, None]) - tau[:, None]
     on = d > 0
     d = tl.where(on, d, 1.0)  # keeps log2 / division finite off the support
     if MAPPING == 1:  # sparsemax, k = 1
@@ -82,17 +85,18 @@ def _row_statistics(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature
                     MAPPING: tl.constexpr, NEWTON: tl.constexpr, HAS_MASK: tl.constexpr,
                     SINGLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
                     MAX_ITERS: tl.constexpr):
-    """Per-row statistics of the mapping on ``x = z / T``.
+    """Per-row statistics of the mapping of ``z / T`` (x: raw logit tiles).
 
-    Returns ``(row_max, m, t0, S, Tq, H, support)``: row_max is the max of x over allowed
+    Returns ``(row_max, m, t0, S, Tq, H, support)``: row_max is the max of z over allowed
     actions (NaN if the row holds NaN, -inf if nothing is allowed) for validation; m the same
     made finite; t0 = log s = log-sum-exp - m (softmax) or tau (alpha > 1); S = sum p and Tq = sum q before
     normalisation (1 for softmax); H the entropy; support = #{p > 0} (int32).
     x_row: the row tile when SINGLE (else unused).
     """
     # 1. one pass: max, allowed count, NaN count; softmax also the online sums
-    #    s = sum exp(x - m) and t = sum exp(x - m)(x - m), rescaled when m grows,
-    #    so that log-sum-exp = m + log s and H = log s - t / s (DESIGN.md, Shannon).
+    #    s = sum exp(u) and t = sum exp(u) u with u = (x - m) / T, rescaled when m grows, so
+    #    that log-sum-exp(x / T) = m / T + log s and H = log s - t / s (DESIGN.md, Shannon).
+    inv_t = 1.0 / temperature
     m = tl.full([BLOCK_N], _NEG_INF, tl.float32)
     s = tl.zeros([BLOCK_N], tl.float32)
     t = tl.zeros([BLOCK_N], tl.float32)
@@ -103,7 +107,7 @@ def _row_statistics(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature
             x = x_row
         else:
             x = _load_x(logits_ptr, mask_ptr, row_off, row_ok, start + tl.arange(0, BLOCK_V), V,
-                        temperature, HAS_MASK)
+                        HAS_MASK)
         n += tl.sum((x > _NEG_INF).to(tl.int32), axis=1)
         n_nan += tl.sum((x != x).to(tl.int32), axis=1)
         x_max = tl.max(x, axis=1)
@@ -111,10 +115,11 @@ def _row_statistics(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature
             m_new = tl.maximum(m, x_max)
             # subtract the row max: exp never overflows; a row masked so far keeps ref 0
             ref = tl.where(m_new == _NEG_INF, 0.0, m_new)
-            rescale = tl.exp(m - ref)
-            t = rescale * (t + tl.where(s > 0, m - ref, 0.0) * s)
+            shift = (m - ref) * inv_t
+            rescale = tl.exp(shift)
+            t = rescale * (t + tl.where(s > 0, shift, 0.0) * s)
             s = rescale * s
-            xm = x - ref[:, None]
+            xm = (x - ref[:, None]) * inv_t
             e = tl.exp(xm)
             s += tl.sum(e, axis=1)
             t += tl.sum(e * tl.where(x > _NEG_INF, xm, 0.0), axis=1)
@@ -128,7 +133,7 @@ def _row_statistics(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature
     if MAPPING == 0:
         s = tl.where(ok, s, 1.0)
         log_s = tl.log(s)
-        # log p = (x - m) - log s: adding m first would round log s away at large logits
+        # log p = (x - m) / T - log s: adding m first would round log s away at large logits
         t0 = log_s
         S = one
         Tq = one
@@ -172,8 +177,8 @@ def _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperatu
                 x = x_row
             else:
                 x = _load_x(logits_ptr, mask_ptr, row_off, row_ok, start + tl.arange(0, BLOCK_V),
-                            V, temperature, HAS_MASK)
-            on, pk, q, pa = _entmax_tile(x, m, tau, alpha, MAPPING)
+                            V, HAS_MASK)
+            on, pk, q, pa = _entmax_tile(x, m, tau, alpha, am1 / temperature, MAPPING)
             S += tl.sum(pk, axis=1)
             Tq += tl.sum(q, axis=1)
             P += tl.sum(pa, axis=1)
@@ -237,18 +242,18 @@ def _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperatu
 
 
 @triton.jit
-def _mapping_tile(x, m, t0, S, Tq, H, alpha, MAPPING: tl.constexpr):
+def _mapping_tile(x, m, t0, S, Tq, H, alpha, temperature, MAPPING: tl.constexpr):
     """``(p, w, neg_dH)`` on a tile: p the probabilities; w = p (softmax) or q_hat (alpha > 1),
     so that ``d log p_a / dz = p_a^(1-alpha) (e_a - w)``; ``neg_dH = -dH/dz`` before dividing by T:
     Shannon ``p (log p + H)``, Tsallis ``(p - q_hat) / (alpha - 1)`` (DESIGN.md section 1)."""
     if MAPPING == 0:
-        log_p = (x - m[:, None]) - t0[:, None]
+        log_p = (x - m[:, None]) * (1.0 / temperature) - t0[:, None]
         p = tl.exp(log_p)
         # 0 log 0 = 0 for masked / underflowed actions (log p = -inf there: never multiply it)
         neg_dH = p * (tl.where(p > 0, log_p, 0.0) + H[:, None])
         return p, p, neg_dH
     else:
-        on, pk, q, pa = _entmax_tile(x, m, t0, alpha, MAPPING)
+        on, pk, q, pa = _entmax_tile(x, m, t0, alpha, (alpha - 1.0) / temperature, MAPPING)
         p = pk / S[:, None]
         w = q / Tq[:, None]
         return p, w, (p - w) / (alpha - 1.0)

@@ -36,7 +36,7 @@ def _entropy_forward_kernel(
     row_off = rows.to(tl.int64) * stride_row
     if SINGLE:
         x_row = _load_x(logits_ptr, mask_ptr, row_off, row_ok, tl.arange(0, BLOCK_V), V,
-                        temperature, HAS_MASK)
+                        HAS_MASK)
     else:
         x_row = 0.0
     # 2. statistics (the only pass over the logits, or the passes of the tau search)
@@ -79,8 +79,8 @@ def _entropy_backward_kernel(
     # 2. one pass: rebuild p (and q_hat) per tile, write -g * neg_dH in the logits' dtype
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
-        x = _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols, V, temperature, HAS_MASK)
-        p, w, neg_dH = _mapping_tile(x, m, t0, S, Tq, H, alpha, MAPPING)
+        x = _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols, V, HAS_MASK)
+        p, w, neg_dH = _mapping_tile(x, m, t0, S, Tq, H, alpha, temperature, MAPPING)
         in_bounds = row_ok[:, None] & (cols[None, :] < V)
         tl.store(grad_ptr + row_off[:, None] + cols[None, :],
                  (-g[:, None] * neg_dH).to(grad_ptr.dtype.element_ty), mask=in_bounds)

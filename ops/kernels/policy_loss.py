@@ -52,7 +52,7 @@ def _policy_loss_forward_kernel(
     row_off = rows.to(tl.int64) * stride_row
     cols = tl.arange(0, BLOCK_V)
     if SINGLE:
-        x_row = _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols, V, temperature, HAS_MASK)
+        x_row = _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols, V, HAS_MASK)
     else:
         x_row = 0.0
 
@@ -67,14 +67,14 @@ def _policy_loss_forward_kernel(
     allowed_a = row_ok
     if HAS_MASK:
         allowed_a = allowed_a & (tl.load(mask_ptr + row_off + a, mask=row_ok, other=0) != 0)
-    x_a = tl.where(allowed_a, z_a / temperature, float("-inf"))
+    x_a = tl.where(allowed_a, z_a, float("-inf"))
     A = tl.load(advantages_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
     if MAPPING == 0:
-        log_p_a = (x_a - m) - t0
+        log_p_a = (x_a - m) * (1.0 / temperature) - t0
         in_support = x_a > float("-inf")
         w_a = tl.full([BLOCK_N], 1.0, tl.float32)
     else:
-        d_a = (alpha - 1.0) * (x_a - m) - t0
+        d_a = (alpha - 1.0) / temperature * (x_a - m) - t0
         in_support = d_a > 0
         d_a = tl.where(in_support, d_a, 1.0)
         log_p_a = tl.where(in_support, tl.log(d_a) / (alpha - 1.0) - tl.log(S), float("-inf"))
@@ -115,9 +115,8 @@ def _policy_loss_forward_kernel(
             if SINGLE:
                 x = x_row
             else:
-                x = _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols_v, V, temperature,
-                            HAS_MASK)
-            p, w, neg_dH = _mapping_tile(x, m, t0, S, Tq, H, alpha, MAPPING)
+                x = _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols_v, V, HAS_MASK)
+            p, w, neg_dH = _mapping_tile(x, m, t0, S, Tq, H, alpha, temperature, MAPPING)
             is_a = (cols_v[None, :] == a[:, None]).to(tl.float32)
             g_pol = pol_c[:, None] * (w - is_a)
             g_ent = ent_c[:, None] * neg_dH
