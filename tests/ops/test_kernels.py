@@ -87,13 +87,16 @@ def triton_next_pow2(n):
 
 
 def make_case(seed, N, V, dtype, mask_kind, alpha, temperature, weighted):
-    """Random logits (row scales 0.3-4, so supports range from one action to most of V), a mask,
+    """Random logits (row scales 0.3-4, so supports range from one action to most of V; random
+    row offsets), a mask,
     actions (half sampled from the policy, half uniform over allowed actions: for alpha > 1
     many lie outside the support), advantages, old log-probabilities around the current ones
     (both PPO branches occur) and row_scale."""
     g = torch.Generator().manual_seed(seed)
     scale = 0.3 + 3.7 * torch.rand(N, 1, generator=g)
-    z = (torch.randn(N, V, generator=g) * scale).to(dtype)
+    # row offsets change no probability but make z / T round at the scale of z, not z - max z
+    offset = 100.0 * torch.randn(N, 1, generator=g)
+    z = (torch.randn(N, V, generator=g) * scale + offset).to(dtype)
     mask = None
     allowed = torch.ones(N, V, dtype=torch.bool)
     if mask_kind is not None and V > 1:
