@@ -298,17 +298,28 @@ def _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperatur
     if need_grad:
         grad = grad_out if grad_out is not None else torch.empty_like(
             logits, memory_format=torch.contiguous_format)
-    parts = []
+    out = None
     for r0 in range(0, n, rows):
         b = slice(r0, r0 + rows)
-        parts.append(_fused_rows(
+        part = _fused_rows(
             logits[b], None if mask is None else mask[b], actions[b], advantages[b],
             row_scale[b], beta, alpha, temperature, need_grad,
             None if grad is None else grad[b],
-            None if old_log_prob is None else old_log_prob[b], clip_eps, need_norms))
-    out = {k: torch.cat([part[k] for part in parts]) for k in _ROW_KEYS if k in parts[0]}
-    for k in ("grad_policy_sq", "grad_entropy_sq"):
-        out[k] = torch.stack([part[k] for part in parts]).sum()
+            None if old_log_prob is None else old_log_prob[b], clip_eps, need_norms)
+        if out is None:
+            # outputs allocated once, before any block's temporaries: a block leaves nothing
+            # behind on the heap, so the allocator reuses the same memory for every block
+            # (small per-block results kept alive between them fragment it and grow the RSS)
+            out = {k: part[k].new_empty((n,)) for k in _ROW_KEYS if k in part}
+            for k in ("grad_policy_sq", "grad_entropy_sq"):
+                out[k] = part[k].clone()
+        else:
+            for k in ("grad_policy_sq", "grad_entropy_sq"):
+                out[k].add_(part[k])
+        for k in _ROW_KEYS:
+            if k in part:
+                out[k][b] = part[k]
+        del part
     out["grad"] = grad
     return out
 
