@@ -123,7 +123,7 @@ def _step(fn, inputs):
     return logits.grad
 
 
-def time_case(fn, inputs, device, reps, max_seconds):
+def time_case(fn, inputs, device, reps, max_seconds, min_reps=3):
     _step(fn, inputs)  # warm-up (and compilation)
     if device == "cuda":
         try:
@@ -146,7 +146,7 @@ def time_case(fn, inputs, device, reps, max_seconds):
         t0 = time.perf_counter()
         _step(fn, inputs)
         times.append((time.perf_counter() - t0) * 1e3)
-        if time.perf_counter() > t_end and len(times) >= 3:
+        if time.perf_counter() > t_end and len(times) >= min_reps:
             break
     return statistics.median(times), "time.perf_counter"
 
@@ -202,9 +202,9 @@ def _memory_child(impl, kind, mapping, shape, dtype_name):
     alpha = MAPPINGS[mapping]
     inputs = make_inputs(parse_shape(shape), DTYPES[dtype_name], "cpu", alpha)
     fn = build(impl, kind, alpha)
-    # one warm-up step on the full inputs for every implementation: it compiles (a compile on
-    # another shape would recompile inside the measured step) and loads lazy kernels
-    _step(fn, inputs)
+    # a warm-up step loads lazy kernels; torch.compile's runs on the full inputs (a compile for
+    # another shape would recompile inside the measured step), the others' on a slice
+    _step(fn, inputs if impl == "compile" else [t[:64] for t in inputs])
     gc.collect()
     _release_freed_heap()
     logits = inputs[0].detach().requires_grad_()
@@ -244,6 +244,8 @@ def main(argv=None):
     parser.add_argument("--impls", default="fused,eager,compile")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--max-seconds", type=float, default=20.0, help="CPU time cap per case")
+    parser.add_argument("--min-reps", type=int, default=3,
+                        help="CPU: repeats kept even past --max-seconds (1 bounds huge cases)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--out", default=None)
@@ -254,6 +256,12 @@ def main(argv=None):
         return
     torch.set_num_threads(args.threads)
     device = args.device
+    out = Path(args.out) if args.out else (
+        ROOT / "benchmarks" / "results" / f"ops_{device}_{dt.date.today().isoformat()}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = {"benchmark": "bench_ops", "date": dt.datetime.now(dt.timezone.utc).isoformat(),
+              "device": device, **machine_info(device), "beta": BETA, "clip_eps": CLIP,
+              "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
     rows = []
     for shape in map(parse_shape, args.shapes.split(",")):
         for dtype_name in args.dtypes.split(","):
@@ -267,7 +275,7 @@ def main(argv=None):
                         try:
                             fn = build(impl, kind, alpha)
                             row["ms"], row["timer"] = time_case(fn, inputs, device, args.reps,
-                                                                args.max_seconds)
+                                                                args.max_seconds, args.min_reps)
                             if not args.no_memory:
                                 row["peak_extra_bytes"] = memory_case(impl, kind, mapping, shape,
                                                                       dtype_name, device)
@@ -282,14 +290,10 @@ def main(argv=None):
                             row["GBps"] = nbytes / (row["ms"] * 1e-3) / 1e9
                         rows.append(row)
                         print(json.dumps(row), flush=True)
+                        # rewritten after every case: a long run stopped early keeps its rows
+                        out.write_text(json.dumps({**header, "rows": rows}, indent=1))
                     del inputs
-    result = {"benchmark": "bench_ops", "date": dt.datetime.now(dt.timezone.utc).isoformat(),
-              "device": device, **machine_info(device), "beta": BETA, "clip_eps": CLIP,
-              "rows": rows}
-    out = Path(args.out) if args.out else (
-        ROOT / "benchmarks" / "results" / f"ops_{device}_{dt.date.today().isoformat()}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out.write_text(json.dumps({**header, "rows": rows}, indent=1))
     print(f"wrote {out}")
     print(markdown_table(rows))
 
