@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gymnasium as gym
@@ -120,7 +121,11 @@ class Trainer:
         validate(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.algo = cfg.algo
+        # A plain copy of the algo node: the update reads it every gradient step, and an
+        # OmegaConf attribute costs microseconds (a dozen per step add up on a small network).
+        self.algo = SimpleNamespace(**OmegaConf.to_container(cfg.algo, resolve=True))
+        self._num_envs = int(cfg.num_envs)
+        self._solved_return = cfg.env.solved_return
         self.device = _resolve_device(str(cfg.device))
         torch.set_num_threads(cfg.threads)
         # Schedules validate their own fields: build them before any env or network.
@@ -302,7 +307,7 @@ class Trainer:
             episodes = [(float(self.ep_return[i]), int(self.ep_length[i])) for i in finished]
         self.ep_return[done] = 0.0
         self.ep_length[done] = 0
-        solved = self.cfg.env.solved_return
+        solved = self._solved_return
         for ret, _ in episodes:
             self.recent_returns.append(ret)
             self.num_episodes += 1
@@ -315,7 +320,7 @@ class Trainer:
         return episodes
 
     def _collect(self, episodes: list[tuple[float, int]]) -> None:
-        buf, net, N = self.buffer, self.net, self.cfg.num_envs
+        buf, net, N = self.buffer, self.net, self._num_envs
         temperature = self.temperature_coef.value
         # Separate actor and critic: each step runs only the actor, and the critic runs once
         # over all T + 1 observations after the rollout (one batched call instead of T small ones).
