@@ -187,6 +187,9 @@ def pg_loss(logits, actions, advantages, beta=0.0, alpha=1.0, temperature=1.0, m
     temperature. An action outside an alpha > 1 policy's support contributes no policy term
     (its gradient through ``p_a`` is 0) and reports ``log_prob = -inf``.
 
+    Cross-entropy with a confidence penalty (Pereyra et al. 2017) is the case advantages = 1:
+    ``pg_loss(logits, labels, 1.0, beta).loss == F.cross_entropy(logits, labels) - beta * H``.
+
     Parameters
     ----------
     logits : (..., V) float tensor.

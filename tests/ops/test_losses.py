@@ -326,6 +326,30 @@ def test_pg_loss_is_cross_entropy(dtype):
                                .gather(-1, labels.unsqueeze(-1)).squeeze(-1), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_pg_loss_is_confidence_penalty(dtype, temperature):
+    """Pereyra et al. 2017: CE - beta H(p) is pg_loss with advantages 1 (ops/__init__ docstring)."""
+    gen = _gen("confidence", str(dtype), temperature)
+    N, V, beta = 9, 8, 0.35
+    z = (torch.randn(3, N, V, generator=gen, dtype=torch.float64) * 2).to(dtype)
+    labels = torch.randint(0, V, (3, N), generator=gen)
+    z1 = z.clone().requires_grad_()
+    out = ops.pg_loss(z1, labels, advantages=1.0, beta=beta, temperature=temperature)
+    out.loss.backward()
+    z2 = z.clone().requires_grad_()
+    zt = z2 / temperature
+    H = -(torch.softmax(zt, -1) * torch.log_softmax(zt, -1)).sum(-1)
+    want = F.cross_entropy(zt.reshape(-1, V), labels.reshape(-1)) - beta * H.mean()
+    want.backward()
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(out.loss.to(dtype), want.detach(), atol=tol, rtol=tol)
+    torch.testing.assert_close(z1.grad, z2.grad, atol=tol, rtol=tol)
+    torch.testing.assert_close(out.entropy.to(dtype), H.detach(), atol=tol, rtol=tol)
+    # the penalty matters: without it the loss and gradient differ
+    assert float((H.mean() * beta).abs()) > 0.1
+
+
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 3.0])
 @pytest.mark.parametrize("beta", [0.0, 0.3])
 def test_sparse_zero_probability_action(alpha, beta):
@@ -452,7 +476,7 @@ def test_empty_batch(ppo, alpha):
             assert out.ratio.shape == lead and out.clipped.shape == lead
         else:
             out = ops.pg_loss(z, actions, A, beta=0.1, alpha=alpha)
-        assert out.loss.dim() == 0 and float(out.loss) == 0.0
+        assert out.loss.dim() == 0 and float(out.loss.detach()) == 0.0
         assert out.entropy.shape == lead and out.log_prob.shape == lead
         out.loss.backward()
         assert z.grad.shape == shape
