@@ -211,7 +211,7 @@ def _large_case(torch, tk, reference, kb, loss, N, V, dtype, alpha, seed):
     c = case
     if loss == "entropy":
         H, support, saved = kb.entropy_forward(c["logits"], c["mask"], alpha, T)
-        grad_H = torch.randn(N, device="cuda")
+        grad_H = torch.randn(N, device=tk.DEVICE)
         grad = kb.entropy_backward(saved, grad_H, alpha, T)
         refs = []
         for dt in (torch.float64, torch.float32):
