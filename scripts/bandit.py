@@ -110,13 +110,17 @@ def main(argv=None):
     parser.add_argument("--learn-lr", type=float, default=0.1)
     parser.add_argument("--init-std", type=float, default=0.1,
                         help="second learning run starts from N(0, init_std^2) logits")
+    parser.add_argument("--random-start-sizes", type=int, nargs="+", default=[2, 12, 102],
+                        help="sizes of the second (random start) learning run; each step of "
+                             "the exact gradient costs |support| x |A|")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for name in ("betas",):
         if any(b <= 0 for b in getattr(args, name)):
             raise ValueError(f"--{name} must be > 0; got {getattr(args, name)}")
-    if any(n < 2 for n in args.sizes + args.learn_sizes):
-        raise ValueError(f"--sizes/--learn-sizes must be >= 2; got {args.sizes + args.learn_sizes}")
+    all_sizes = args.sizes + args.learn_sizes + args.random_start_sizes
+    if any(n < 2 for n in all_sizes):
+        raise ValueError(f"--sizes/--learn-sizes/--random-start-sizes must be >= 2; got {all_sizes}")
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -146,8 +150,8 @@ def main(argv=None):
 
     learned = []
     beta = args.betas[0]
-    for init_std in (0.0, args.init_std):
-        for n in args.learn_sizes:
+    for init_std, sizes in ((0.0, args.learn_sizes), (args.init_std, args.random_start_sizes)):
+        for n in sizes:
             r = distractor_rewards(n)
             for alpha, name in MAPPINGS.items():
                 p_star = optimum(r, beta, alpha)
