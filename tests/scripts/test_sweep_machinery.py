@@ -1,7 +1,7 @@
 """The launcher presets and rl.sweep.RecordFailures, on a stand-in Hydra app.
 
 The app mimics the trainer's contract (check_previous_run at start, summary.json at the
-end) so these tests run without training anything; tests/scripts/test_sweep.py runs the
+end) so these tests run without training anything; tests/scripts/test_sweep_end_to_end.py runs the
 real trainer through the same launchers.
 """
 
