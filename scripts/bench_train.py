@@ -1,0 +1,271 @@
+"""Training speed against Stable-Baselines3 on CartPole-v1: env steps and wall seconds to solve.
+
+Runs ``rl-train``'s default configuration (CartPole-v1, PPO, softmax; any overrides given) and
+Stable-Baselines3 PPO with the rl-baselines3-zoo CartPole-v1 hyper-parameters (8 envs,
+n_steps 32, batch 256, gae_lambda 0.8, gamma 0.98, 20 epochs, lr 1e-3 linear, clip 0.2
+linear, ent_coef 0) side by side on the same machine, one torch thread each, several seeds.
+Each run is its own subprocess and the runs of the two are interleaved (ours seed 0, SB3 seed
+0, ours seed 1, ...) so both see the same machine load. A run counts as solved when the mean
+return of the last 100 finished training episodes first reaches 475; it stops there (or at
+``total_steps``). Reported per run: env steps and wall seconds at that point (seconds from the
+start of training, model and env construction excluded for both) and SPS = steps / seconds.
+
+    .venv/bin/python scripts/bench_train.py                     # default config vs SB3
+    .venv/bin/python scripts/bench_train.py --policies          # + sparsemax and entmax-1.5
+    .venv/bin/python scripts/bench_train.py --seeds 5 --sb3-seeds 3 --out benchmarks/results/x.json
+    .venv/bin/python scripts/bench_train.py --ours-only -- algo.update_epochs=10   # overrides
+
+Writes JSON (machine, CPU, library versions, every run) and prints a markdown table with the
+median and the range over seeds. Timings on a shared machine are noisy: compare runs taken
+side by side, not across files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLVED_RETURN = 475.0
+WINDOW = 100
+# rl-baselines3-zoo hyperparams/ppo.yml, CartPole-v1 (n_timesteps 1e5).
+SB3_ZOO = dict(n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
+               ent_coef=0.0, learning_rate=1e-3, clip_range=0.2, total_steps=100_000)
+
+
+# --------------------------------------------------------------------------------- one run
+def _run_ours(seed: int, overrides: list[str], stop_at_solve: bool) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    from hydra import compose, initialize_config_dir
+
+    from rl.config import register_configs
+    from rl.trainer import Trainer
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("config", overrides=["progress=false", f"seed={seed}", "threads=1", *overrides])
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, run_dir)
+        if stop_at_solve:
+            collect = trainer._collect
+
+            def collect_then_check(episodes):  # stop after the rollout that solved it
+                collect(episodes)
+                if trainer.solved_at is not None:
+                    trainer.request_stop("solved")
+
+            trainer._collect = collect_then_check
+        try:
+            summary = trainer.train()
+        finally:
+            trainer.close()
+    return {"impl": "ours", "policy": cfg.policy.name, "seed": seed, "overrides": overrides,
+            "solve_steps": summary["solved_at_step"], "solve_s": summary["solved_at_seconds"],
+            "steps": summary["steps"], "wall_s": summary["wall_time_s"],
+            "last100": summary["final_mean_return"]}
+
+
+def _run_sb3(seed: int, stop_at_solve: bool) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    class Solve(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.returns: list[float] = []
+            self.hit: tuple[int, float] | None = None
+
+        def _on_training_start(self):
+            self.t0 = time.perf_counter()
+
+        def _on_step(self) -> bool:
+            for info in self.locals["infos"]:
+                if "episode" in info:
+                    self.returns.append(float(info["episode"]["r"]))
+                    if (self.hit is None and len(self.returns) >= WINDOW
+                            and sum(self.returns[-WINDOW:]) / WINDOW >= SOLVED_RETURN):
+                        self.hit = (self.num_timesteps, time.perf_counter() - self.t0)
+            return not (stop_at_solve and self.hit is not None)
+
+    z = SB3_ZOO
+    env = make_vec_env("CartPole-v1", n_envs=z["n_envs"], seed=seed)
+    model = PPO("MlpPolicy", env, n_steps=z["n_steps"], batch_size=z["batch_size"],
+                gae_lambda=z["gae_lambda"], gamma=z["gamma"], n_epochs=z["n_epochs"],
+                ent_coef=z["ent_coef"], learning_rate=lambda f: f * z["learning_rate"],
+                clip_range=lambda f: f * z["clip_range"], seed=seed, device="cpu")
+    cb = Solve()
+    t0 = time.perf_counter()
+    model.learn(z["total_steps"], callback=cb)
+    wall = time.perf_counter() - t0
+    last = cb.returns[-WINDOW:]
+    return {"impl": "sb3", "policy": "softmax", "seed": seed, "overrides": [],
+            "solve_steps": cb.hit and cb.hit[0], "solve_s": cb.hit and cb.hit[1],
+            "steps": model.num_timesteps, "wall_s": wall,
+            "last100": sum(last) / len(last) if last else None}
+
+
+def _subprocess(args: list[str], timeout: float) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, __file__, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"run {args} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+# --------------------------------------------------------------------------------- report
+def _machine() -> dict:
+    import gymnasium
+    import torch
+
+    try:
+        import stable_baselines3
+        sb3 = stable_baselines3.__version__
+    except ImportError:
+        sb3 = None
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"machine": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "gymnasium": gymnasium.__version__, "stable_baselines3": sb3,
+            "torch_threads": 1}
+
+
+def _stats(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(runs: list[dict]) -> dict:
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(f"{r['impl']}/{r['policy']}", []).append(r)
+    out = {}
+    for name, rs in groups.items():
+        solved = [r for r in rs if r["solve_steps"] is not None]
+        out[name] = {
+            "seeds": len(rs), "solved": len(solved),
+            "solve_steps": _stats([r["solve_steps"] for r in solved]),
+            "solve_s": _stats([r["solve_s"] for r in solved]),
+            "sps": _stats([r["sps"] for r in rs]),
+        }
+    # per-seed wall-time ratio SB3 / ours of the default config (runs taken side by side)
+    ours = {r["seed"]: r for r in groups.get("ours/softmax", [])}
+    ratios = [s["solve_s"] / ours[s["seed"]]["solve_s"] for s in groups.get("sb3/softmax", [])
+              if s["solve_s"] and s["seed"] in ours and ours[s["seed"]]["solve_s"]]
+    if ratios:
+        out["speedup_sb3_over_ours_solve_s"] = _stats(ratios)
+    return out
+
+
+def _fmt(st: dict | None, unit: str = "", scale: float = 1.0, digits: int = 1) -> str:
+    if st is None:
+        return "--"
+    f = lambda v: f"{v / scale:.{digits}f}{unit}"  # noqa: E731
+    return f"{f(st['median'])} [{f(st['min'])}, {f(st['max'])}]"
+
+
+def table(summary: dict) -> str:
+    rows = ["| run | solved | env steps to solve | seconds to solve | SPS |",
+            "|---|---|---|---|---|"]
+    labels = {"ours/softmax": "entropy-rl PPO softmax (default)", "sb3/softmax": "SB3 PPO (zoo)",
+              "ours/sparsemax": "entropy-rl PPO sparsemax", "ours/entmax15": "entropy-rl PPO entmax-1.5"}
+    for name, s in summary.items():
+        if not name.count("/"):
+            continue
+        rows.append(f"| {labels.get(name, name)} | {s['solved']}/{s['seeds']} | "
+                    f"{_fmt(s['solve_steps'], 'k', 1000.0)} | {_fmt(s['solve_s'], ' s')} | "
+                    f"{_fmt(s['sps'], 'k', 1000.0)} |")
+    if "speedup_sb3_over_ours_solve_s" in summary:
+        rows.append("")
+        rows.append("SB3 seconds / ours, same seed, side by side: "
+                    + _fmt(summary["speedup_sb3_over_ours_solve_s"], "x", digits=2))
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=5, help="seeds of our default config (0..n-1)")
+    ap.add_argument("--sb3-seeds", type=int, default=3, help="seeds of SB3 (0..n-1)")
+    ap.add_argument("--policies", action="store_true", help="also run policy=sparsemax and entmax15")
+    ap.add_argument("--policy-seeds", type=int, default=3, help="seeds of each extra policy")
+    ap.add_argument("--ours-only", action="store_true", help="skip SB3")
+    ap.add_argument("--full", action="store_true", help="run to total_steps instead of stopping at solve")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON path (default benchmarks/results/train_cartpole_<date>.json)")
+    ap.add_argument("--_run", nargs=2, metavar=("IMPL", "SEED"), help=argparse.SUPPRESS)
+    ap.add_argument("overrides", nargs="*", help="config overrides for our runs (after --)")
+    args = ap.parse_args()
+
+    stop = not args.full
+    if args._run:  # a single run, in this subprocess
+        impl, seed = args._run[0], int(args._run[1])
+        r = _run_sb3(seed, stop) if impl == "sb3" else _run_ours(seed, args.overrides, stop)
+        r["sps"] = (r["solve_steps"] / r["solve_s"]) if r["solve_s"] else r["steps"] / r["wall_s"]
+        print(json.dumps(r))
+        return
+
+    flag = ["--full"] if args.full else []
+    plan: list[list[str]] = []
+    for seed in range(max(args.seeds, 0 if args.ours_only else args.sb3_seeds)):
+        if seed < args.seeds:
+            plan.append(["--_run", "ours", str(seed), *flag, "--", *args.overrides])
+        if not args.ours_only and seed < args.sb3_seeds:
+            plan.append(["--_run", "sb3", str(seed), *flag])
+    if args.policies:
+        for seed in range(args.policy_seeds):
+            for policy in ("sparsemax", "entmax15"):
+                plan.append(["--_run", "ours", str(seed), *flag, "--", f"policy={policy}", *args.overrides])
+
+    started = _dt.datetime.now(_dt.timezone.utc)
+    load_before = os.getloadavg()
+    runs = []
+    for cmd in plan:
+        r = _subprocess(cmd, args.timeout)
+        runs.append(r)
+        print(f"{r['impl']:4s} {r['policy']:9s} seed {r['seed']}: solved at "
+              f"{r['solve_steps']} steps, {r['solve_s'] and round(r['solve_s'], 1)} s, "
+              f"{r['sps']:.0f} SPS", flush=True)
+    summary = summarize(runs)
+    result = {
+        "benchmark": "train_cartpole", "started_utc": started.isoformat(timespec="seconds"),
+        **_machine(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "solved_return": SOLVED_RETURN, "window": WINDOW, "stop_at_solve": stop,
+        "ours_overrides": args.overrides, "sb3_hyperparameters": SB3_ZOO,
+        "command": " ".join([Path(sys.executable).name, "scripts/bench_train.py", *sys.argv[1:]]),
+        "summary": summary, "runs": runs,
+    }
+    out = args.out or ROOT / "benchmarks" / "results" / f"train_cartpole_{started:%Y-%m-%d}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print()
+    print(table(summary))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
