@@ -110,8 +110,10 @@ def _log_softmax(logits, mask, temperature):
     if mask is not None:
         src = src.masked_fill(~mask, float("-inf"))
     if temperature != 1.0:
-        # divide in the compute dtype: z / T rounded to bf16 / fp16 would move every p
-        src = torch.div(src.to(cdt), temperature)
+        # (z - max z) / T in the compute dtype: z / T rounded at the logits' magnitude (or to
+        # bf16 / fp16) would move every p; the shift keeps the differences exact
+        src = src.to(cdt)
+        src = torch.sub(src, src.amax(dim=-1, keepdim=True)).div_(temperature)
     log_p = torch.log_softmax(src, dim=-1, dtype=cdt).clamp_(min=_LOG_FLOOR[cdt])
     p = torch.exp(log_p)
     H = _rowdot(p, log_p).neg_()
