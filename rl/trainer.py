@@ -180,7 +180,6 @@ class Trainer:
         self.solved_at: dict[str, float] | None = None
         self.last_entropy: tuple[float, float] | None = None
         self._stop_requested: str | None = None
-        self._diverged_flag = False
 
         env_seed = cfg.seed
         if self._state is not None:
@@ -379,6 +378,13 @@ class Trainer:
         """The rollout's valid entries, flattened (the reset-only entries are dropped)."""
         buf, a = self.buffer, self.algo
         advantages, returns = buf.advantages_and_returns(a.gamma, a.gae_lambda)
+        if not np.isfinite(advantages[buf.valid]).all():
+            # Before any loss sees them: ops would refuse them as bad input, but here they are
+            # the run diverging (a reward or a value estimate blew up), not a caller's mistake.
+            rewards_ok = np.isfinite(buf.rewards[buf.valid]).all()
+            term = "values (critic output)" if rewards_ok else "rewards from the env"
+            raise TrainingDiverged(f"non-finite advantages at env step {self.global_step} "
+                                   f"(update {self.update + 1}): non-finite {term}; {self._last_good()}")
         T, N = buf.n_steps, buf.num_envs
         valid = buf.valid.reshape(-1)
         idx = None if valid.all() else torch.from_numpy(np.flatnonzero(valid)).to(self.device)
@@ -423,13 +429,15 @@ class Trainer:
             "gradient of the value loss (critic parameters)": grad_value,
             "total gradient (parameters)": grad_total,
         }
-        bad = [name for name, v in terms.items() if not math.isfinite(float(v))]
-        ckpt = self.run_dir / CHECKPOINT_NAME
-        keep = f"the last good checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint was written yet"
+        bad = [name for name, v in terms.items() if not math.isfinite(float(v.detach()))]
         return TrainingDiverged(
             f"non-finite {'; '.join(bad) or 'loss'} at env step {self.global_step} ({where}); "
-            f"the step was not applied; {keep}"
+            f"the step was not applied; {self._last_good()}"
         )
+
+    def _last_good(self) -> str:
+        ckpt = self.run_dir / CHECKPOINT_NAME
+        return f"the last good checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint was written yet"
 
     @staticmethod
     def _grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
@@ -458,7 +466,6 @@ class Trainer:
                                           metrics=want_stats)
         except ValueError:
             if not bool(torch.isfinite(logits).all()):
-                self._diverged_flag = True
                 raise TrainingDiverged(
                     f"non-finite logits at env step {self.global_step} ({where()})") from None
             raise
@@ -481,7 +488,6 @@ class Trainer:
         total = grad_total.item()
         # A non-finite loss makes a non-finite gradient: one check per step, before applying it.
         if not math.isfinite(total):
-            self._diverged_flag = True
             raise self._diverged(losses, grad_total, where())
         # clip_grad_norm_'s rule: scale by max_norm / (norm + 1e-6) when that is below 1.
         clip_coef = min(1.0, max_norm / (total + 1e-6))
@@ -556,8 +562,11 @@ class Trainer:
         explained = math.nan if var_returns == 0 else 1.0 - float(np.var(returns - values)) / var_returns
         result.update({"charts/learning_rate": lr, "policy/beta": beta,
                        "value/explained_variance": explained})
-        if self.beta_coef.adaptive:
-            result["policy/target_entropy"] = self.beta_coef.target
+        # The target of this batch (f * its H_max), beside the entropy measured on it; a beta
+        # target takes the tag when both coefficients have one.
+        tuned = next((c for c in (self.beta_coef, self.temperature_coef) if c.adaptive), None)
+        if tuned is not None:
+            result["policy/target_entropy"] = tuned.target_fraction * max_entropy
         if self.temperature_coef.adaptive or self.temperature_coef.kind != "constant":
             result["policy/temperature"] = temperature
         # Advance the coefficients for the next rollout and update (a dual step uses this
@@ -592,7 +601,9 @@ class Trainer:
     def _open_writer(self):
         from rl.logging import TBLogger
 
-        return TBLogger(self.run_dir / "tb", purge_step=self.global_step if self.global_step else None)
+        # Events up to the checkpoint's step were logged before the checkpoint was written, so
+        # they belong to the run: purge only the ones after it (an interrupted attempt's).
+        return TBLogger(self.run_dir / "tb", purge_step=self.global_step + 1 if self.global_step else None)
 
     def train(self, stop_at_step: int | None = None) -> dict[str, Any]:
         """Trains to ``total_steps`` (or until ``stop_at_step``, a signal, or divergence).

@@ -176,9 +176,6 @@ def test_target_entropy_logs_target_and_entropy_and_steps_beta_on_them(tmp_path,
     assert state["schedule"] == {"beta_schedule.target_entropy": f, "beta_schedule.lr": lr}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: rl/trainer.py logs policy/target_entropy before the dual "
-                   "step, so the first update has none and later ones carry the previous batch's "
-                   "f * H_max (wrong under masks)")
 def test_target_is_logged_at_every_update_from_the_same_batch_as_the_entropy(tmp_path, monkeypatch):
     env_id = "entropy-rl-test/VariableMask-v0"
     gym.register(env_id, entry_point=VariableMaskEnv)
@@ -301,8 +298,6 @@ def test_temperature_target_steps_the_temperature_on_the_entropy(tmp_path, spy_o
     assert all(b == 0.0 for b, _ in spy_ops["loss"])  # beta untouched
 
 
-@pytest.mark.xfail(strict=True, reason="bug: rl/trainer.py logs policy/target_entropy only for a "
-                   "beta target, not for policy.temperature_schedule.target_entropy")
 def test_temperature_target_logs_its_target(tmp_path):
     cfg = _tiny("total_steps=128", "policy.temperature_schedule.target_entropy=0.3",
                 "policy.temperature_schedule.lr=0.5")
@@ -407,9 +402,6 @@ def _without(series, step):
     return [(s, v) for s, v in zip(*series, strict=True) if s != step]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: rl/trainer.py _open_writer passes purge_step=global_step, "
-                   "which drops the update logged at the checkpoint's own step (logged before the "
-                   "checkpoint was written); purge_step=global_step + 1 keeps it")
 def test_resume_keeps_the_event_logged_at_the_checkpoint_step(tmp_path):
     cfg = _tiny("total_steps=128", "beta=0.05", "beta_schedule.kind=linear", "beta_schedule.end=0.0")
     first = Trainer(cfg, tmp_path)

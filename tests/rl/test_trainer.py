@@ -248,9 +248,6 @@ def test_resume_is_exact_with_exact_env_resume(tmp_path, algo):
     assert second.optimizer.param_groups[0]["lr"] < cfg.algo.learning_rate
 
 
-@pytest.mark.xfail(strict=True, reason="bug: rl/trainer.py Trainer._open_writer passes "
-                   "purge_step=global_step, so TensorBoard drops the scalars logged at the checkpoint's "
-                   "own step; use global_step + 1")
 def test_resumed_tensorboard_curves_equal_the_uninterrupted_ones(tmp_path):
     cfg = _resume_cfg("ppo")
     _run(cfg, tmp_path / "full")
@@ -440,9 +437,6 @@ class RewardBlowUpEnv(gym.Env):
         return self.np_random.uniform(-1, 1, 2).astype(np.float32), reward, False, self.t >= 5, {}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a non-finite reward/advantage fails with ops' ValueError "
-                   "('advantages must be finite') and status 'failed' instead of TrainingDiverged naming "
-                   "the env step (rl/trainer.py, Trainer._step / _update)")
 def test_non_finite_advantages_stop_with_the_step(tmp_path):
     env_id = "entropy-rl-test/RewardBlowUp-v0"
     gym.register(env_id, entry_point=RewardBlowUpEnv)
