@@ -316,6 +316,31 @@ def test_dtypes(alpha, dtype):
 
 
 @pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("masked", [False, True])
+def test_probs_without_grad_equal_the_autograd_path(alpha, dtype, masked):
+    """A rollout's probs (no graph recorded) are the same numbers as the differentiable ones."""
+    gen = _gen("nograd", alpha, str(dtype), masked)
+    shape = (6, 4, 9)
+    mask = random_mask(gen, shape) if masked else None
+    z = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 50).to(dtype)
+    p_graph = ops.probs(z.clone().requires_grad_(), alpha=alpha, temperature=0.6, mask=mask)
+    assert p_graph.grad_fn is not None
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            p = ops.probs(z.clone().requires_grad_(), alpha=alpha, temperature=0.6, mask=mask)
+        assert p.grad_fn is None and p.dtype == dtype and p.shape == shape
+        torch.testing.assert_close(p, p_graph.detach(), atol=0, rtol=0)
+    p = ops.probs(z, alpha=alpha, temperature=0.6, mask=mask)  # plain tensor, grad mode on
+    torch.testing.assert_close(p, p_graph.detach(), atol=0, rtol=0)
+    atol, rtol = DTYPE_TOL[dtype]
+    torch.testing.assert_close(p.double(), composite_probs(z.double(), alpha, 0.6, mask),
+                               atol=atol, rtol=rtol)
+    if masked:
+        assert bool((p[~mask] == 0).all())
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 def test_single_action(alpha, dtype):
     """V = 1: probability 1, entropy 0, gradients 0."""
