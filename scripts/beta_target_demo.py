@@ -51,6 +51,9 @@ def parse_args(argv=None):
     ap.add_argument("--lr", type=float, default=0.3,
                     help="beta_schedule.lr (dual step size per update); the config's default 0.01 "
                          "is too slow for ~400 updates")
+    ap.add_argument("--beta-min", type=float, default=0.001,
+                    help="beta_schedule.min of the target runs: a floor on the dual variable "
+                         "(anti-windup, docs/beta.md); 0 = none")
     ap.add_argument("--anneal", action="store_true",
                     help="keep the config's learning-rate and clip decay to 0 (off by default)")
     ap.add_argument("--seed", type=int, default=0, help="the seed of the four runs in the figure")
@@ -72,7 +75,9 @@ def parse_args(argv=None):
 
 
 def run_name(mapping: str, mode: str, seed: int, args) -> str:
-    tag = f"beta{args.beta:g}" + (f"_target{args.target:g}_lr{args.lr:g}" if mode == "target" else "")
+    tag = f"beta{args.beta:g}"
+    if mode == "target":
+        tag += f"_target{args.target:g}_lr{args.lr:g}" + (f"_min{args.beta_min:g}" if args.beta_min else "")
     anneal = "_anneal" if args.anneal else ""
     return f"{mapping}_{tag}{anneal}_s{seed}_{args.steps // 1000}k"
 
@@ -208,6 +213,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not 0.0 < args.target < 1.0:
         raise ValueError(f"--target={args.target} is not allowed; allowed: a fraction in (0, 1)")
+    if args.beta_min < 0 or (args.beta_min and args.beta_min > args.beta):
+        raise ValueError(f"--beta-min={args.beta_min} is not allowed; allowed: 0 (no floor) or a "
+                         f"number in (0, --beta={args.beta}]")
+
     def one_run(mapping: str, mode: str, seed: int) -> tuple[dict, dict]:
         """Trains (unless reused) and reads one run: (scalars, result)."""
         overrides = ["env=cartpole", f"total_steps={args.steps}", f"seed={seed}"]
@@ -216,6 +225,8 @@ def main(argv=None) -> int:
         overrides += [*args.extra, MAPPINGS[mapping], f"beta={args.beta}"]
         if mode == "target":
             overrides += [f"beta_schedule.target_entropy={args.target}", f"beta_schedule.lr={args.lr}"]
+            if args.beta_min:
+                overrides.append(f"beta_schedule.min={args.beta_min}")
         run_dir = args.run_root / run_name(mapping, mode, seed, args)
         wall = None
         if not (args.reuse or (args.skip_existing and completed(run_dir, overrides, args.steps))):
@@ -251,6 +262,7 @@ def main(argv=None) -> int:
         "target_fraction": args.target,
         "initial_beta": args.beta,
         "dual_lr": args.lr,
+        "beta_min": args.beta_min or None,
         "anneal_lr_and_clip": args.anneal,
         "steps": args.steps,
         "seed": args.seed,
