@@ -245,7 +245,7 @@ def _curve_grid(df, tags, x_col, bins, reps, ylabels, title, out, name, formats,
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=11)
-    _tight_below_title(fig)
+    fig.set_layout_engine("constrained")  # unlike tight_layout, keeps the suptitle off row 1
     return _save(fig, out, name, formats)
 
 
@@ -278,7 +278,7 @@ def plot_final(final, summary, x_col, out, formats):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Final return vs {X_LABELS.get(x_col, x_col)} (dots: seeds)", fontsize=11)
-    _tight_below_title(fig)
+    fig.set_layout_engine("constrained")  # unlike tight_layout, keeps the suptitle off row 1
     return _save(fig, out, f"final_vs_{x_col}", formats)
 
 
@@ -341,14 +341,8 @@ def plot_grad_norms(df, x_col, bins, reps, out, formats):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6, ncol=2)
     fig.suptitle("Gradient norms at the logits: entropy term (-beta H) vs policy term", fontsize=11)
-    _tight_below_title(fig)
+    fig.set_layout_engine("constrained")  # unlike tight_layout, keeps the suptitle off row 1
     return _save(fig, out, "grad_norms", formats)
-
-
-def _tight_below_title(fig) -> None:
-    """Constrained layout, which (unlike tight_layout) keeps the suptitle of a tall figure off
-    its first row of subplot titles."""
-    fig.set_layout_engine("constrained")
 
 
 def _save(fig, out: Path, name: str, formats=("png", "pdf")) -> list[Path]:
