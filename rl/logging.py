@@ -7,6 +7,7 @@ typo cannot silently start a new curve.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,26 @@ TAGS = (
 HISTOGRAM_TAGS = ("entropy/histogram",)
 
 
+def _wait_for_a_later_name(log_dir: Path) -> None:
+    """Waits (under a second) until a new event file's name sorts after the existing ones.
+
+    TensorBoard reads a directory's event files in name order, and a name starts with its
+    writer's creation second, then host, pid and an in-process counter. A writer opened in the
+    same second as an earlier one in the same process (a resume in one process, as in tests and
+    notebooks) can sort before it (counter ".10" < ".9"); its purge marker would then drop the
+    earlier attempt's events instead of only the ones after the checkpoint.
+    """
+    stamps = [int(part) for p in log_dir.glob("events.out.tfevents.*")
+              if len(parts := p.name.split(".")) > 3 and (part := parts[3]).isdigit()]
+    if not stamps:
+        return
+    latest = max(stamps)
+    if latest > time.time() + 1:  # a file from a clock ahead of ours: waiting would not help
+        return
+    while int(time.time()) <= latest:
+        time.sleep(max(0.01, latest + 1 - time.time()))
+
+
 class TBLogger:
     """A SummaryWriter restricted to `TAGS`; ``purge_step`` drops events at or after a resumed
     step, so a resumed run's curves continue without a zig-zag."""
@@ -46,14 +67,25 @@ class TBLogger:
     def __init__(self, log_dir: str | Path, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter  # heavy import: only when logging
 
+        _wait_for_a_later_name(Path(log_dir))
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        for tag, value in values.items():
+        """All of an update's scalars as one event (one Summary with a value per tag).
+
+        TensorBoard reads a multi-value Summary exactly as one event per tag; writing them
+        together costs about a tenth of ``add_scalar`` per tag (~1.5 ms an update for ~20 tags
+        on the CI machine, several percent of a CartPole run).
+        """
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        for tag in values:
             if tag not in TAGS:
                 raise KeyError(f"unknown TensorBoard tag {tag!r}; add it to rl.logging.TAGS")
-            if value is not None and math.isfinite(value):
-                self.writer.add_scalar(tag, value, step)
+        kept = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in values.items()
+                if value is not None and math.isfinite(value)]
+        if kept:
+            self.writer._get_file_writer().add_summary(Summary(value=kept), int(step))
 
     def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
         if tag not in HISTOGRAM_TAGS:

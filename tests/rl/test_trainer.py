@@ -609,9 +609,33 @@ def test_tb_logger_refuses_unknown_tags_and_skips_non_finite_values(tmp_path):
         logger.scalars({"losses/value": 0.25, "value/explained_variance": math.nan,
                         "losses/total": math.inf, "charts/SPS": None}, 7)
         logger.histogram("entropy/histogram", np.random.default_rng(0).random(10), 7)
+        # a call with one unknown tag writes none of its values
+        with pytest.raises(KeyError, match="ppo/kl"):
+            logger.scalars({"entropy/mean": 9.0, "ppo/kl": 1.0}, 8)
+        logger.scalars({"losses/value": 0.5, "entropy/mean": 0.125}, 9)
     finally:
         logger.close()
     acc = _events(tmp_path)
-    assert acc.Tags()["scalars"] == ["losses/value"]
-    assert [(e.step, e.value) for e in acc.Scalars("losses/value")] == [(7, 0.25)]
+    assert sorted(acc.Tags()["scalars"]) == ["entropy/mean", "losses/value"]
+    assert [(e.step, e.value) for e in acc.Scalars("losses/value")] == [(7, 0.25), (9, 0.5)]
+    assert [(e.step, e.value) for e in acc.Scalars("entropy/mean")] == [(9, 0.125)]
     assert acc.Tags()["histograms"] == ["entropy/histogram"]
+
+
+def test_tb_logger_file_sorts_after_an_earlier_attempts_file(tmp_path):
+    """TensorBoard reads event files in name order: a resumed writer's file must come last,
+    even when opened in the same second by the same process (its counter may have more
+    digits: ".10" < ".9")."""
+    import time
+
+    from rl.logging import TBLogger
+
+    log_dir = tmp_path / "tb"
+    log_dir.mkdir()
+    earlier = log_dir / f"events.out.tfevents.{int(time.time())}.host.{os.getpid()}.9"
+    earlier.write_bytes(b"")
+    logger = TBLogger(log_dir, purge_step=5)
+    logger.close()
+    names = sorted(p.name for p in log_dir.glob("events.out.tfevents.*"))
+    assert len(names) == 2 and names[0] == earlier.name
+    assert int(names[1].split(".")[3]) > int(earlier.name.split(".")[3])
