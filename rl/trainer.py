@@ -125,6 +125,7 @@ class Trainer:
         # OmegaConf attribute costs microseconds (a dozen per step add up on a small network).
         self.algo = SimpleNamespace(**OmegaConf.to_container(cfg.algo, resolve=True))
         self._num_envs = int(cfg.num_envs)
+        self._total_steps = int(cfg.total_steps)
         self._solved_return = cfg.env.solved_return
         self.device = _resolve_device(str(cfg.device))
         torch.set_num_threads(cfg.threads)
@@ -408,7 +409,7 @@ class Trainer:
         """Learning rate and clip range for this update: linear to 0 at total_steps (as SB3,
         after the rollout's steps are counted)."""
         a = self.algo
-        frac = max(0.0, 1.0 - self.global_step / self.cfg.total_steps)
+        frac = max(0.0, 1.0 - self.global_step / self._total_steps)
         lr = a.learning_rate * frac if a.anneal_lr else a.learning_rate
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -614,13 +615,18 @@ class Trainer:
         cfg = self.cfg
         from tqdm import tqdm
 
+        # Plain values for the loop: a DictConfig attribute costs tens of microseconds.
+        total_steps, log_interval = int(cfg.total_steps), int(cfg.log_interval)
+        histogram_interval, progress = int(cfg.histogram_interval), bool(cfg.progress)
+        checkpoint_interval = int(cfg.checkpoint_interval)
+
         self.writer = self._open_writer()
         previous_handlers = self._install_signal_handlers()
-        bar = tqdm(total=cfg.total_steps, initial=self.global_step, disable=not cfg.progress,
+        bar = tqdm(total=total_steps, initial=self.global_step, disable=not progress,
                    unit="step", mininterval=1.0, dynamic_ncols=True)
         steps_per_update = self.buffer.n_steps * cfg.num_envs
-        next_checkpoint = (self.global_step // cfg.checkpoint_interval + 1) * cfg.checkpoint_interval \
-            if cfg.checkpoint_interval else None
+        next_checkpoint = (self.global_step // checkpoint_interval + 1) * checkpoint_interval \
+            if checkpoint_interval else None
         status = "running"
         episodes: list[tuple[float, int]] = []
         self._t_start = time.perf_counter()
@@ -628,7 +634,7 @@ class Trainer:
         wall_before, wall_step = self.wall_time, self.global_step
         self._wall_before = wall_before
         try:
-            while self.global_step < cfg.total_steps:
+            while self.global_step < total_steps:
                 if self._stop_requested is not None:
                     break
                 if stop_at_step is not None and self.global_step >= stop_at_step:
@@ -637,7 +643,7 @@ class Trainer:
                 metrics = self._update()
                 now = time.perf_counter()
                 self.wall_time = wall_before + now - self._t_start
-                if self.update % cfg.log_interval == 0:
+                if self.update % log_interval == 0:
                     metrics["charts/SPS"] = (self.global_step - step_log) / max(now - t_log, 1e-9)
                     if episodes:
                         metrics["charts/episodic_return"] = float(np.mean([r for r, _ in episodes]))
@@ -645,19 +651,19 @@ class Trainer:
                         episodes.clear()
                     self.writer.scalars(metrics, self.global_step)
                     t_log, step_log = now, self.global_step
-                if cfg.histogram_interval and self.update % cfg.histogram_interval == 0:
+                if histogram_interval and self.update % histogram_interval == 0:
                     self.writer.histogram("entropy/histogram", self._entropy_rows.float().cpu().numpy(),
                                           self.global_step)
                 bar.update(steps_per_update)
-                if cfg.progress and now - t_bar > 1.0:
+                if progress and now - t_bar > 1.0:
                     t_bar = now
                     sps = (self.global_step - wall_step) / max(self.wall_time - wall_before, 1e-9)
                     bar.set_postfix(SPS=f"{sps:.0f}", ret=f"{self.mean_return():.1f}",
                                     H=f"{metrics.get('entropy/mean', math.nan):.3f}", refresh=False)
                 if next_checkpoint is not None and self.global_step >= next_checkpoint:
                     self.save()
-                    next_checkpoint += cfg.checkpoint_interval * max(
-                        1, math.ceil((self.global_step - next_checkpoint + 1) / cfg.checkpoint_interval))
+                    next_checkpoint += checkpoint_interval * max(
+                        1, math.ceil((self.global_step - next_checkpoint + 1) / checkpoint_interval))
             status = "completed" if self.global_step >= cfg.total_steps else "interrupted"
         except TrainingDiverged:
             status = "diverged"
