@@ -616,7 +616,7 @@ class Trainer:
         from tqdm import tqdm
 
         # Plain values for the loop: a DictConfig attribute costs tens of microseconds.
-        total_steps, log_interval = int(cfg.total_steps), int(cfg.log_interval)
+        total_steps, log_interval = self._total_steps, int(cfg.log_interval)
         histogram_interval, progress = int(cfg.histogram_interval), bool(cfg.progress)
         checkpoint_interval = int(cfg.checkpoint_interval)
 
@@ -664,7 +664,7 @@ class Trainer:
                     self.save()
                     next_checkpoint += checkpoint_interval * max(
                         1, math.ceil((self.global_step - next_checkpoint + 1) / checkpoint_interval))
-            status = "completed" if self.global_step >= cfg.total_steps else "interrupted"
+            status = "completed" if self.global_step >= total_steps else "interrupted"
         except TrainingDiverged:
             status = "diverged"
             raise
