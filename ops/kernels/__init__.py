@@ -30,4 +30,11 @@ Design (formulas: DESIGN.md section 1):
 * Per-row outputs in the same launch: loss row, entropy, log pi(a), support size, PPO ratio and
   clipped flag, squared norms of the policy and entropy parts of the gradient, and the row
   max over allowed actions (NaN / +inf / all-masked rows raise ``ValueError`` after the launch).
+* Launches: every kernel is launched by ``_rows.launch`` (on the tensors' CUDA device; one
+  seam to intercept launches). ``record_iterations()`` records the threshold search's per-row
+  iteration counts of the launches inside it (a DEBUG kernel variant).
 """
+
+from ops.kernels._rows import record_iterations
+
+__all__ = ["record_iterations"]

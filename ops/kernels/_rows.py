@@ -22,7 +22,12 @@ the root; for alpha = 2 the step is Michelot's closed form ``tau = (sum_S y - 1)
 current support, exact as soon as the support stops changing; h is exact in one step for any
 alpha when the supported entries are equal. For alpha > 2 (k < 1) h is not convex and the kernel
 bisects the bracket instead. Measured: 1-12 passes for alpha in [1.1, 2] at V up to 32768.
+
+Every launch goes through ``launch`` (below), and ``record_iterations`` turns on a DEBUG variant
+of the threshold search that also writes its per-row iteration counts.
 """
+
+import contextlib
 
 import torch
 import triton
@@ -34,10 +39,14 @@ SPARSEMAX = 1
 ENTMAX15 = 2
 ENTMAX = 3
 
-# Stop once a Newton step or the bracket is below this many units of |tau| (about fp32's
-# epsilon: further steps only move tau by rounding noise).
-_TAU_RTOL = tl.constexpr(2.0**-22)
-_SUM_ATOL = tl.constexpr(2.0**-23)
+# Stop once a Newton step or the bracket is below this many units of |tau|, or sum p is this
+# close to 1. Compiled, tl.exp / tl.log2 / tl.sqrt are the approximate hardware instructions
+# (ex2.approx.ftz, sqrt.approx: a few ulps), so a test at fp32's epsilon (2^-23) sits at their
+# noise and may never pass before MAX_ITERS; 2^-20 (8 ulps) is reached. The residual is removed
+# afterwards: sparsemax and entmax-1.5 finish with their closed form on the support found, other
+# alpha by normalising p = d^k / S (DESIGN.md section 1).
+_TAU_RTOL = tl.constexpr(2.0**-20)
+_SUM_ATOL = tl.constexpr(2.0**-20)
 _NEG_INF = tl.constexpr(float("-inf"))
 
 
@@ -87,10 +96,12 @@ def _row_statistics(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature
                     MAX_ITERS: tl.constexpr):
     """Per-row statistics of the mapping of ``z / T`` (x: raw logit tiles).
 
-    Returns ``(row_max, m, t0, S, Tq, H, support)``: row_max is the max of z over allowed
+    Returns ``(row_max, m, t0, S, Tq, H, support, iters)``: row_max is the max of z over allowed
     actions (NaN if the row holds NaN, -inf if nothing is allowed) for validation; m the same
     made finite; t0 = log s = log-sum-exp - m (softmax) or tau (alpha > 1); S = sum p and Tq = sum q before
-    normalisation (1 for softmax); H the entropy; support = #{p > 0} (int32).
+    normalisation (1 for softmax); H the entropy; support = #{p > 0} (int32); iters the passes
+    of the threshold search each row took part in (int32, 0 for softmax; only stored by DEBUG
+    launches, otherwise compiled away).
     x_row: the row tile when SINGLE (else unused).
     """
     # 1. one pass: max, allowed count, NaN count; softmax also the online sums
@@ -117,12 +128,15 @@ def _row_statistics(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature
             ref = tl.where(m_new == _NEG_INF, 0.0, m_new)
             shift = (m - ref) * inv_t
             rescale = tl.exp(shift)
-            t = rescale * (t + tl.where(s > 0, shift, 0.0) * s)
+            # the old sums vanish when the rescale underflows; testing it (not the raw logits)
+            # also covers finite logits whose difference overflows fp32 (shift = -inf)
+            t = tl.where(rescale > 0, rescale * (t + tl.where(s > 0, shift, 0.0) * s), 0.0)
             s = rescale * s
             xm = (x - ref[:, None]) * inv_t
             e = tl.exp(xm)
             s += tl.sum(e, axis=1)
-            t += tl.sum(e * tl.where(x > _NEG_INF, xm, 0.0), axis=1)
+            # e u is 0 wherever e is: u may be -inf there, also for a finite x (x - ref overflows)
+            t += tl.sum(tl.where(e > 0, e * xm, 0.0), axis=1)
             m = m_new
         else:
             m = tl.maximum(m, x_max)
@@ -139,11 +153,12 @@ def _row_statistics(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature
         Tq = one
         H = log_s - t / s
         c = n
+        iters = tl.zeros([BLOCK_N], tl.int32)
     else:
-        t0, S, Tq, H, c = _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V,
+        t0, S, Tq, H, c, iters = _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V,
                                             temperature, alpha, m, n, ok, MAPPING, NEWTON,
                                             HAS_MASK, SINGLE, BLOCK_N, BLOCK_V, MAX_ITERS)
-    return row_max, m, t0, S, Tq, H, c
+    return row_max, m, t0, S, Tq, H, c, iters
 
 
 @triton.jit
@@ -165,6 +180,7 @@ def _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperatu
     P = one
     c = n
     c_prev = tl.full([BLOCK_N], -1, tl.int32)
+    iters = tl.zeros([BLOCK_N], tl.int32)
     it = 0
     todo = tl.sum(tl.full([BLOCK_N], 1, tl.int32), axis=0)  # always run one pass
     while todo > 0:
@@ -206,6 +222,7 @@ def _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperatu
             step = tl.where((step >= lo) & (step <= hi), step, 0.5 * (lo + hi))
         else:
             step = 0.5 * (lo + hi)
+        iters += active.to(tl.int32)
         tau = tl.where(done | conv, tau, step)
         done = done | conv
         c_prev = c
@@ -238,7 +255,7 @@ def _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperatu
     else:
         S_alpha = tl.exp2(alpha * tl.log2(S))
     H = (1.0 - P / S_alpha) / (alpha * am1)
-    return tau, S, Tq, H, c
+    return tau, S, Tq, H, c, iters
 
 
 @triton.jit
@@ -257,6 +274,80 @@ def _mapping_tile(x, m, t0, S, Tq, H, alpha, temperature, MAPPING: tl.constexpr)
         p = pk / S[:, None]
         w = q / Tq[:, None]
         return p, w, (p - w) / (alpha - 1.0)
+
+
+# Lists that ``record_iterations`` blocks are filling; a launch of the threshold search runs its
+# DEBUG variant while any is open.
+_recorders: list[list[dict]] = []
+
+
+@contextlib.contextmanager
+def record_iterations():
+    """Records the threshold search's per-row iteration counts of every launch inside the block.
+
+    Yields a list; each launch of the entropy forward, probs forward, pg or ppo kernel with
+    alpha != 1 appends ``{"op": "entropy" | "probs" | "pg" | "ppo", "alpha", "N", "V",
+    "iterations"}``, the last an int32 tensor (N,) on the logits' device: the passes each row's
+    Newton / bisection search took (0 for a row with one allowed action). Those launches use the
+    ``DEBUG=True`` kernel variant; outside the block every launch compiles without it.
+    """
+    records: list[dict] = []
+    _recorders.append(records)
+    try:
+        yield records
+    finally:
+        _recorders.remove(records)
+
+
+def iteration_buffer(N, alpha, device):
+    """The per-row iteration-count buffer of a threshold-search launch, or None (no recording)."""
+    if not _recorders or float(alpha) == 1.0:
+        return None
+    return torch.zeros(N, dtype=torch.int32, device=device)
+
+
+def record(op, alpha, N, V, iterations):
+    """Hands a DEBUG launch's iteration counts to every open ``record_iterations`` block."""
+    if iterations is None:
+        return
+    for records in _recorders:
+        records.append(dict(op=op, alpha=float(alpha), N=int(N), V=int(V), iterations=iterations))
+
+
+def launch(kernel, grid, *args, **kwargs):
+    """Runs ``kernel[grid](*args, **kwargs)``: the one place every kernel of ``ops.kernels`` is
+    launched from.
+
+    On CUDA tensors the launch happens under ``torch.cuda.device`` of the first tensor argument
+    (the logits), not on whatever device is current. Launchers call it as ``_rows.launch(...)``
+    (a module attribute, never a from-import) so that patching ``ops.kernels._rows.launch``
+    intercepts every real launch with its real arguments: ``scripts/check_gpu.py`` records them
+    to compile exactly the variants the ops use.
+    """
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+    if device is not None and device.type == "cuda":
+        with torch.cuda.device(device):
+            return kernel[grid](*args, **kwargs)
+    return kernel[grid](*args, **kwargs)
+
+
+def check_layout(logits, *others):
+    """The kernels address (N, V) operands as ``row * stride_row + col``: unit column stride and
+    one row stride shared by the logits, the mask and the gradient. Per-row operands are read as
+    ``ptr + row``: contiguous and of length N. ``ops._contract`` builds its inputs that way; this
+    states the assumption where the pointers are formed."""
+    N, V = logits.shape
+    assert logits.stride(1) == 1 or V == 1, f"logits column stride {logits.stride()}"
+    for t in others:
+        if t is None:
+            continue
+        if t.dim() == 2:
+            assert t.shape == logits.shape and (t.stride(0) == logits.stride(0) or N == 1) \
+                and (t.stride(1) == 1 or V == 1), \
+                f"(N, V) operand {tuple(t.shape)} strides {t.stride()} vs logits {logits.stride()}"
+        else:
+            assert t.shape[0] == N and t.is_contiguous(), \
+                f"per-row operand {tuple(t.shape)} strides {t.stride()} (need contiguous, N = {N})"
 
 
 def empty(shape, dtype, device):

@@ -61,8 +61,9 @@ def _loss(logits, mask, actions, advantages, old_log_prob, row_scale, beta, clip
           temperature, need_grad, grad_out, max_block_v):
     mapping, newton = _mapping(alpha)
     out = _policy_loss_forward(
-        logits, mask, actions, advantages.float(), None if old_log_prob is None
-        else old_log_prob.float(), row_scale.float(), beta, clip_eps, alpha, temperature,
+        logits, mask, actions.contiguous(), advantages.float().contiguous(),
+        None if old_log_prob is None else old_log_prob.float().contiguous(),
+        row_scale.float().contiguous(), beta, clip_eps, alpha, temperature,
         need_grad, grad_out, mapping, newton, max_block_v=max_block_v)
     check_row_max(out.pop("row_max"))
     grad_sq = out.pop("grad_sq")

@@ -19,16 +19,17 @@ from ops.kernels._rows import _load_x, _mapping_tile, _row_statistics, launch_co
 
 @triton.jit
 def _entropy_forward_kernel(
-    logits_ptr, mask_ptr, entropy_ptr, support_ptr, row_max_ptr, stats_ptr,
+    logits_ptr, mask_ptr, entropy_ptr, support_ptr, row_max_ptr, stats_ptr, iters_ptr,
     N, V, stride_row, alpha, temperature,
     MAPPING: tl.constexpr, NEWTON: tl.constexpr, HAS_MASK: tl.constexpr, SINGLE: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, MAX_ITERS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, MAX_ITERS: tl.constexpr, DEBUG: tl.constexpr,
 ):
     """Per-row entropy and saved statistics for BLOCK_N rows.
 
     Pointers: logits_ptr (N, V) raw logits; mask_ptr (N, V) uint8 if HAS_MASK; outputs
     entropy_ptr, row_max_ptr (N,) fp32, support_ptr (N,) int32, stats_ptr (N, 4) fp32 holding
-    ``m, t0, S, Tq`` (see ``_row_statistics``). Constexprs as in ``_policy_loss_forward_kernel``.
+    ``m, t0, S, Tq`` (see ``_row_statistics``); iters_ptr (N,) int32 if DEBUG. Constexprs as in
+    ``_policy_loss_forward_kernel``.
     """
     # 1. rows; int64 offsets (N * V overflows int32)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -40,10 +41,12 @@ def _entropy_forward_kernel(
     else:
         x_row = 0.0
     # 2. statistics (the only pass over the logits, or the passes of the tau search)
-    row_max, m, t0, S, Tq, H, support = _row_statistics(
+    row_max, m, t0, S, Tq, H, support, iters = _row_statistics(
         logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature, alpha, MAPPING, NEWTON,
         HAS_MASK, SINGLE, BLOCK_N, BLOCK_V, MAX_ITERS)
     # 3. O(N) writes
+    if DEBUG:
+        tl.store(iters_ptr + rows, iters, mask=row_ok)
     tl.store(entropy_ptr + rows, H, mask=row_ok)
     tl.store(support_ptr + rows, support, mask=row_ok)
     tl.store(row_max_ptr + rows, row_max, mask=row_ok)
@@ -89,6 +92,7 @@ def _entropy_backward_kernel(
 def _entropy_forward(logits, mask, alpha, temperature, mapping, newton, max_block_v=None,
                      max_iters=64):
     """Returns ``H, support, row_max, stats``."""
+    _rows.check_layout(logits, mask)
     N, V = logits.shape
     dev = logits.device
     # uninitialised: the kernel writes every element (tests poison these buffers to check)
@@ -96,26 +100,33 @@ def _entropy_forward(logits, mask, alpha, temperature, mapping, newton, max_bloc
     row_max = _rows.empty(N, dtype=torch.float32, device=dev)
     support = _rows.empty(N, dtype=torch.int32, device=dev)
     stats = _rows.empty((N, 4), dtype=torch.float32, device=dev)
+    iters = _rows.iteration_buffer(N, alpha, dev)
     cfg = launch_config(N, V, dev, max_block_v)
-    _entropy_forward_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
+    _rows.launch(
+        _entropy_forward_kernel, (triton.cdiv(N, cfg["BLOCK_N"]),),
         logits, mask.view(torch.uint8) if mask is not None else logits, H, support, row_max,
-        stats, N, V, logits.stride(0), float(alpha), float(temperature),
+        stats, H if iters is None else iters, N, V, logits.stride(0), float(alpha),
+        float(temperature),
         MAPPING=mapping, NEWTON=newton, HAS_MASK=mask is not None, SINGLE=cfg["SINGLE"],
         BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], MAX_ITERS=max_iters,
-        num_warps=cfg["num_warps"],
+        DEBUG=iters is not None, num_warps=cfg["num_warps"],
     )
+    _rows.record("entropy", alpha, N, V, iters)
     return H, support, row_max, stats
 
 
 def _entropy_backward(logits, mask, stats, H, grad_H, alpha, temperature, mapping,
                       max_block_v=None):
     """Returns ``grad_H * dH/dz`` (N, V) in the logits' dtype."""
-    N, V = logits.shape
+    grad_H = grad_H.contiguous()
     grad = _rows.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    _rows.check_layout(logits, mask, grad, grad_H, H)
+    N, V = logits.shape
     cfg = launch_config(N, V, logits.device, max_block_v)
-    _entropy_backward_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
+    _rows.launch(
+        _entropy_backward_kernel, (triton.cdiv(N, cfg["BLOCK_N"]),),
         logits, mask.view(torch.uint8) if mask is not None else logits, stats, H,
-        grad_H.contiguous(), grad, N, V, logits.stride(0), float(alpha), float(temperature),
+        grad_H, grad, N, V, logits.stride(0), float(alpha), float(temperature),
         MAPPING=mapping, HAS_MASK=mask is not None, BLOCK_N=cfg["BLOCK_N"],
         BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"],
     )

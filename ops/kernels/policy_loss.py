@@ -26,11 +26,11 @@ from ops.kernels._rows import _load_x, _mapping_tile, _row_statistics, launch_co
 def _policy_loss_forward_kernel(
     logits_ptr, mask_ptr, actions_ptr, advantages_ptr, old_log_prob_ptr, row_scale_ptr,
     grad_ptr, loss_ptr, entropy_ptr, log_prob_ptr, support_ptr, ratio_ptr, clipped_ptr,
-    row_max_ptr, grad_sq_ptr,
+    row_max_ptr, grad_sq_ptr, iters_ptr,
     N, V, stride_row, beta, clip_eps, alpha, temperature,
     MAPPING: tl.constexpr, NEWTON: tl.constexpr, IS_PPO: tl.constexpr, HAS_MASK: tl.constexpr,
     NEED_GRAD: tl.constexpr, SINGLE: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_V: tl.constexpr, MAX_ITERS: tl.constexpr,
+    BLOCK_V: tl.constexpr, MAX_ITERS: tl.constexpr, DEBUG: tl.constexpr,
 ):
     """Loss rows, per-row statistics and (NEED_GRAD) the gradient for BLOCK_N rows.
 
@@ -40,11 +40,12 @@ def _policy_loss_forward_kernel(
       row_scale_ptr (N,) fp32; grad_ptr (N, V) logits' dtype, may alias logits_ptr.
       Outputs (N,): loss, entropy, log_prob, ratio (IS_PPO), row_max fp32; support int32;
       clipped int8 (IS_PPO); grad_sq_ptr (N, 2) fp32: per-row squared norms of the policy and
-      entropy parts of the gradient (summed on the host).
+      entropy parts of the gradient (summed on the host); iters_ptr (N,) int32 if DEBUG: the
+      passes of the threshold search per row.
     Constexprs: MAPPING 0 softmax / 1 sparsemax / 2 entmax-1.5 / 3 entmax-alpha; NEWTON: Newton
       steps on tau (alpha <= 2) else bisection; IS_PPO; HAS_MASK; NEED_GRAD; SINGLE: the row
       is one BLOCK_V tile kept in registers; BLOCK_N rows per program; MAX_ITERS caps the
-      threshold search.
+      threshold search; DEBUG also stores the per-row iteration counts.
     """
     # 1. rows of this program; int64 offsets because N * V overflows int32 at LLM sizes
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -57,9 +58,11 @@ def _policy_loss_forward_kernel(
         x_row = 0.0
 
     # 2. statistics: row max, log-sum-exp or tau, normalisers, entropy, support
-    row_max, m, t0, S, Tq, H, support = _row_statistics(
+    row_max, m, t0, S, Tq, H, support, iters = _row_statistics(
         logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature, alpha, MAPPING, NEWTON,
         HAS_MASK, SINGLE, BLOCK_N, BLOCK_V, MAX_ITERS)
+    if DEBUG:
+        tl.store(iters_ptr + rows, iters, mask=row_ok)
 
     # 3. the taken action: log p_a and the policy coefficient's p_a^(1-alpha) factor
     a = tl.load(actions_ptr + rows, mask=row_ok, other=0)
@@ -152,18 +155,23 @@ def _policy_loss_forward(logits, mask, actions, advantages, old_log_prob, row_sc
     if need_grad:
         grad = grad_out if grad_out is not None else _rows.empty(logits.shape, dtype=logits.dtype,
                                                                  device=dev)
+    _rows.check_layout(logits, mask, grad, actions, advantages, old_log_prob, row_scale)
+    iters = _rows.iteration_buffer(N, alpha, dev)
     cfg = launch_config(N, V, dev, max_block_v)
-    grid = (triton.cdiv(N, cfg["BLOCK_N"]),)
-    _policy_loss_forward_kernel[grid](
+    _rows.launch(
+        _policy_loss_forward_kernel, (triton.cdiv(N, cfg["BLOCK_N"]),),
         logits, mask.view(torch.uint8) if mask is not None else logits, actions, advantages,
         old_log_prob if is_ppo else advantages, row_scale, grad if need_grad else logits,
         loss, H, log_p, support, ratio, clipped, row_max, grad_sq,
+        loss if iters is None else iters,
         N, V, logits.stride(0), float(beta), float(clip_eps or 0.0), float(alpha),
         float(temperature),
         MAPPING=mapping, NEWTON=newton, IS_PPO=is_ppo, HAS_MASK=mask is not None,
         NEED_GRAD=need_grad, SINGLE=cfg["SINGLE"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_V=cfg["BLOCK_V"], MAX_ITERS=max_iters, num_warps=cfg["num_warps"],
+        BLOCK_V=cfg["BLOCK_V"], MAX_ITERS=max_iters, DEBUG=iters is not None,
+        num_warps=cfg["num_warps"],
     )
+    _rows.record("ppo" if is_ppo else "pg", alpha, N, V, iters)
     out = dict(loss_rows=loss, entropy=H, log_prob=log_p, support=support, row_max=row_max,
                grad=grad, grad_sq=grad_sq if need_grad else None)
     if is_ppo:
