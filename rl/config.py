@@ -4,7 +4,11 @@ Every YAML under ``conf/`` names its schema in its ``defaults`` list (``base_env
 ``base_policy``, ``base_ppo``, ``base_a2c``, ``base_config``) with ``_self_`` last, so Hydra
 rejects an unknown key or a value of the wrong type when it composes the config, before
 anything is built. `validate` then checks the values (ranges, choices) and raises
-``ValueError`` naming the field, its value and what is allowed.
+``ValueError`` naming the field, its value and what is allowed. This module is the one place
+config values are checked: `validate` returns them as plain `Settings` (`EnvSettings`,
+`NetworkSettings`, `ScheduleSettings`), which rl.envs, rl.networks and rl.schedules trust.
+Called from Python with a dict or raw arguments instead, those modules run the same checks
+(`env_settings`, `network_settings`, `schedule_settings`) from here.
 
 Each field carries a one-line comment; the README (section Training) explains the groups.
 """
@@ -17,11 +21,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NoReturn, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 __all__ = [
     "base_schedule",
@@ -31,7 +37,15 @@ __all__ = [
     "base_ppo",
     "base_a2c",
     "base_config",
+    "EnvSettings",
+    "NetworkSettings",
+    "POLICY_ALPHAS",
+    "ScheduleSettings",
+    "Settings",
+    "env_settings",
+    "network_settings",
     "register_configs",
+    "schedule_settings",
     "validate",
 ]
 
@@ -53,7 +67,7 @@ class base_schedule:
 
 @dataclass
 class base_env:
-    id: str = MISSING  # any registered Gymnasium id
+    id: str = MISSING  # any registered Gymnasium id with a Discrete action space
     vectorization: str = "auto"  # auto | vector_entry_point | sync | async
     kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make_vec
     normalize_obs: bool = False  # running mean/std observation normalization
@@ -67,12 +81,12 @@ class base_env:
 
 @dataclass
 class base_policy:
-    name: str = MISSING  # label of the mapping (softmax, sparsemax, entmax15, entmax)
+    name: str = MISSING  # softmax | entmax15 | sparsemax (alpha 1, 1.5, 2) | entmax (any alpha > 1)
     alpha: float = 1.0  # 1 softmax, 1.5 entmax-1.5, 2 sparsemax, other > 1 entmax by bisection
     temperature: float = 1.0  # > 0; logits are divided by it (start value when scheduled)
     temperature_schedule: base_schedule = field(default_factory=base_schedule)
     hidden_sizes: List[int] = field(default_factory=lambda: [64, 64])  # MLP widths (vector obs)
-    activation: str = "tanh"  # tanh | relu
+    activation: str = "tanh"  # tanh | relu | elu | gelu | silu (rl.networks.ACTIVATIONS)
     shared: bool = False  # one trunk for actor and critic (default: two separate networks)
 
 
@@ -148,42 +162,262 @@ def register_configs() -> ConfigStore:
     return cs
 
 
-_VECTORIZATION = ("auto", "vector_entry_point", "sync", "async")
-_SCHEDULE_KINDS = ("constant", "linear", "cosine", "exponential", "piecewise")
 _ALGOS = ("ppo", "a2c")
 _OPTIMIZERS = ("adam", "rmsprop")
-_ACTIVATIONS = ("tanh", "relu")
+# policy.name labels the mapping in summaries and tables; the fixed-alpha mappings must carry
+# their own alpha (None: any alpha > 1, computed by bisection).
+POLICY_ALPHAS: Dict[str, Optional[float]] = {
+    "softmax": 1.0, "entmax15": 1.5, "sparsemax": 2.0, "entmax": None,
+}
 
 
-def _fail(name: str, value: Any, allowed: str) -> None:
+def _fail(name: str, value: Any, allowed: str) -> NoReturn:
     raise ValueError(f"{name}={value!r} is not allowed; allowed: {allowed}")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, high_open: bool = False, allowed: str = "") -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        _fail(name, value, allowed or "a number")
-    ok = math.isfinite(v)
+            low_open: bool = False, high_open: bool = False, allowed: str = "a finite number") -> float:
+    ok = _is_number(value) and math.isfinite(value)
     if ok and low is not None:
-        ok = v > low if low_open else v >= low
+        ok = value > low if low_open else value >= low
     if ok and high is not None:
-        ok = v < high if high_open else v <= high
+        ok = value < high if high_open else value <= high
     if not ok:
         _fail(name, value, allowed)
-    return v
+    return float(value)
 
 
 def _integer(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
         _fail(name, value, f"an integer >= {low}")
+    return int(value)
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        _fail(name, value, "true or false")
     return value
 
 
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         _fail(name, value, " | ".join(choices))
+    return value
+
+
+def _read(node: Any, key: str, default: Any) -> Any:
+    """``key`` of an omegaconf node, a mapping, a dataclass or None, as plain Python.
+
+    Mappings are read by key: on a DictConfig ``node.values`` is the ``values()`` method.
+    """
+    if node is None:
+        return default
+    value = node.get(key, default) if isinstance(node, Mapping) else getattr(node, key, default)
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+# ---------------------------------------------------------------- checked settings
+# What the library functions take: the values `validate` checked, as plain Python. rl.envs,
+# rl.networks and rl.schedules trust these and check nothing again; given anything else (a
+# dict, an omegaconf node, raw arguments from a script) they build these first.
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """The ``env`` node, checked (fields as in `base_env`)."""
+
+    id: str
+    vectorization: str = "auto"
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    distractor_actions: int = 0
+    atari: bool = False
+    frame_stack: int = 4
+    max_episode_steps: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """The network fields of the ``policy`` node, checked."""
+
+    hidden_sizes: Tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    shared: bool = False
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """A coefficient's start value and ``<name>_schedule`` node, checked; ``horizon`` resolved."""
+
+    name: str  # beta | temperature
+    start: float
+    kind: str = "constant"
+    end: float = 0.0
+    horizon: int = 1
+    boundaries: Tuple[int, ...] = ()
+    values: Tuple[float, ...] = ()
+    target_entropy: Optional[float] = None
+    lr: float = 0.01
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `validate` returns: the checked values the trainer builds its parts from."""
+
+    env: EnvSettings
+    network: NetworkSettings
+    beta: ScheduleSettings
+    temperature: ScheduleSettings
+
+
+def env_settings(node: Any) -> EnvSettings:
+    """Checks an ``env`` node (omegaconf node, dict or dataclass) and returns its values.
+
+    Whether the id is registered, and what its spaces are, is checked by ``rl.envs.make_envs``
+    when it looks the id up: the registry (optional families included) lives there.
+    """
+    if isinstance(node, EnvSettings):
+        return node
+    from rl.envs import VECTORIZATION_MODES
+
+    env_id = _read(node, "id", None)
+    if not isinstance(env_id, str) or not env_id:
+        _fail("env.id", env_id, "a registered Gymnasium id, e.g. CartPole-v1")
+    kwargs = _read(node, "kwargs", None)
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, Mapping):
+        _fail("env.kwargs", kwargs, "a mapping of constructor arguments")
+    max_steps = _read(node, "max_episode_steps", None)
+    return EnvSettings(
+        id=env_id,
+        vectorization=_choice("env.vectorization", _read(node, "vectorization", "auto"), VECTORIZATION_MODES),
+        kwargs=dict(kwargs),
+        normalize_obs=_boolean("env.normalize_obs", _read(node, "normalize_obs", False)),
+        normalize_reward=_boolean("env.normalize_reward", _read(node, "normalize_reward", False)),
+        distractor_actions=_integer("env.distractor_actions", _read(node, "distractor_actions", 0), 0),
+        atari=_boolean("env.atari", _read(node, "atari", False)),
+        frame_stack=_integer("env.frame_stack", _read(node, "frame_stack", 4), 1),
+        max_episode_steps=None if max_steps is None else _integer("env.max_episode_steps", max_steps, 1),
+    )
+
+
+def network_settings(hidden_sizes: Any = (64, 64), activation: Any = "tanh",
+                     shared: Any = False) -> NetworkSettings:
+    """Checks the network fields of the ``policy`` node (or ``rl.networks.ActorCritic``'s arguments)."""
+    from rl.networks import ACTIVATIONS
+
+    if isinstance(hidden_sizes, (str, bytes)) or not isinstance(hidden_sizes, Sequence):
+        _fail("policy.hidden_sizes", hidden_sizes, "a list of integers >= 1 (MLP widths)")
+    sizes = tuple(_integer(f"policy.hidden_sizes[{i}]", h, 1) for i, h in enumerate(hidden_sizes))
+    activation = _choice("policy.activation", activation, list(ACTIVATIONS))
+    shared = _boolean("policy.shared", shared)
+    return NetworkSettings(hidden_sizes=sizes, activation=activation, shared=shared)
+
+
+def schedule_settings(start: Any, node: Any, total_steps: Any, name: str) -> ScheduleSettings:
+    """Checks a coefficient's start value and schedule node; the formulas are in rl/schedules.py.
+
+    ``name`` is ``"beta"`` (values >= 0) or ``"temperature"`` (values > 0 everywhere); errors
+    name the config fields (``beta``, ``beta_schedule.*``, ``policy.temperature``,
+    ``policy.temperature_schedule.*``). ``node`` may be None (constant).
+    """
+    from rl.schedules import KINDS
+
+    _choice("name", name, ("beta", "temperature"))
+    positive = name == "temperature"
+    sched = "policy.temperature_schedule" if positive else f"{name}_schedule"
+    start_field = "policy.temperature" if positive else name
+
+    def coefficient(fname: str, v: Any) -> float:
+        v = _number(fname, v)
+        if (v <= 0) if positive else (v < 0):
+            _fail(fname, v, "a number > 0" if positive else "a number >= 0")
+        return v
+
+    start = coefficient(start_field, start)
+    kind = _choice(f"{sched}.kind", _read(node, "kind", "constant"), KINDS)
+    end = _number(f"{sched}.end", _read(node, "end", 0.0))
+    if end < 0:
+        _fail(f"{sched}.end", end, "a number >= 0")
+    if kind in ("linear", "cosine", "exponential"):
+        # The schedule reaches `end`, so it must be a valid value (temperature: > 0).
+        end = coefficient(f"{sched}.end", end)
+
+    total_steps = _integer("total_steps", total_steps, 1)
+    horizon = _read(node, "horizon", None)
+    if horizon is None:
+        horizon = total_steps
+    elif not isinstance(horizon, numbers.Integral) or isinstance(horizon, bool) or horizon <= 0:
+        _fail(f"{sched}.horizon", horizon, "an integer > 0 (env steps), or null for total_steps")
+
+    boundaries = list(_read(node, "boundaries", None) or [])
+    values = list(_read(node, "values", None) or [])
+    if kind == "piecewise":
+        for b in boundaries:
+            if not isinstance(b, numbers.Integral) or isinstance(b, bool) or b <= 0:
+                _fail(f"{sched}.boundaries", boundaries, "increasing integers > 0 (env steps)")
+        if any(b1 <= b0 for b0, b1 in zip(boundaries, boundaries[1:], strict=False)):
+            _fail(f"{sched}.boundaries", boundaries, "strictly increasing env steps")
+        if len(values) != len(boundaries) + 1:
+            _fail(f"{sched}.values", values,
+                  f"len(boundaries) + 1 = {len(boundaries) + 1} values: values[0] before "
+                  "boundaries[0], values[i+1] from boundaries[i] on")
+        values = [coefficient(f"{sched}.values[{i}]", v) for i, v in enumerate(values)]
+    if kind == "exponential":
+        if start <= 0:
+            _fail(start_field, start, "a number > 0 for kind=exponential (geometric decay)")
+        if end <= 0:
+            _fail(f"{sched}.end", end,
+                  "a number > 0 for kind=exponential (a geometric decay never reaches 0)")
+
+    target = _read(node, "target_entropy", None)
+    if target is not None:
+        target = _number(f"{sched}.target_entropy", target)
+        if not 0.0 < target < 1.0:
+            _fail(f"{sched}.target_entropy", target,
+                  "a fraction of the maximum entropy in (0, 1), or null for no target")
+        if kind != "constant":
+            # The dual variable replaces the schedule; silently dropping a configured shape
+            # would run something other than what was asked for.
+            _fail(f"{sched}.kind", kind,
+                  f"constant when {sched}.target_entropy is set (the target replaces the schedule); "
+                  "drop one of the two")
+        if start <= 0:
+            _fail(start_field, start,
+                  f"a number > 0 when {sched}.target_entropy is set (the initial value of the "
+                  "dual variable, which is updated on its log)")
+    lr = _number(f"{sched}.lr", _read(node, "lr", 0.01))
+    if lr <= 0:
+        _fail(f"{sched}.lr", lr, "a number > 0 (the dual step size)")
+    bounds = []
+    for key in ("min", "max"):
+        bound = _read(node, key, None)
+        if bound is not None:
+            if target is None:
+                _fail(f"{sched}.{key}", bound,
+                      f"null unless {sched}.target_entropy is set (it bounds the dual variable)")
+            bound = _number(f"{sched}.{key}", bound)
+            if bound <= 0:
+                _fail(f"{sched}.{key}", bound, "a number > 0 (the dual variable is a log), or null")
+        bounds.append(bound)
+    lo, hi = bounds
+    if lo is not None and hi is not None and not lo < hi:
+        _fail(f"{sched}.max", hi, f"a number > {sched}.min={lo}")
+    if (lo is not None and start < lo) or (hi is not None and start > hi):
+        _fail(start_field, start, f"a start within [{sched}.min, {sched}.max] = [{lo}, {hi}]")
+    return ScheduleSettings(name=name, start=start, kind=kind, end=end, horizon=int(horizon),
+                            boundaries=tuple(int(b) for b in boundaries), values=tuple(values),
+                            target_entropy=target, lr=lr, min=lo, max=hi)
 
 
 def _check_keys(node: Any, path: str = "") -> None:
@@ -210,37 +444,36 @@ def _check_keys(node: Any, path: str = "") -> None:
             _check_keys(node[key], f"{name}.")
 
 
-def validate(cfg: Any) -> None:
-    """Checks the values of a composed config; raises ValueError naming the first bad field.
+def validate(cfg: Any) -> Settings:
+    """Checks a composed config and returns its checked `Settings`; the one place values are checked.
 
     Types are already enforced by the schema when Hydra composes the config; this refuses
     keys the schema lacks (an append override ``+key=value`` gets past Hydra) and checks
-    ranges and choices, so that a bad alpha, beta or temperature fails before any env or
-    network is built. The schedules' own fields are checked by rl.schedules when the trainer
-    builds them.
+    ranges and choices, so that a bad alpha, beta, temperature or schedule fails before any env
+    or network is built. The first bad field raises ValueError naming the field, its value
+    and what is allowed. The choices (activations, vectorization modes, schedule kinds) are
+    read from the modules that implement them.
     """
     _check_keys(cfg)
-    _number("policy.alpha", cfg.policy.alpha, low=1.0,
-            allowed="a finite float >= 1 (1 softmax, 1.5 entmax-1.5, 2 sparsemax)")
-    _number("policy.temperature", cfg.policy.temperature, low=0.0, low_open=True,
-            allowed="a finite float > 0")
-    _number("beta", cfg.beta, low=0.0, allowed="a finite float >= 0")
-    for name, sched in (("beta_schedule", cfg.beta_schedule),
-                        ("policy.temperature_schedule", cfg.policy.temperature_schedule)):
-        _choice(f"{name}.kind", sched.kind, _SCHEDULE_KINDS)
-    if cfg.beta_schedule.target_entropy is not None and \
-            cfg.policy.temperature_schedule.target_entropy is not None:
+    policy = cfg.policy
+    alpha = _number("policy.alpha", policy.alpha, low=1.0,
+                    allowed="a finite float >= 1 (1 softmax, 1.5 entmax-1.5, 2 sparsemax)")
+    _choice("policy.name", policy.name, list(POLICY_ALPHAS))
+    expected = POLICY_ALPHAS[policy.name]
+    if expected is not None and alpha != expected:
+        _fail("policy.alpha", policy.alpha,
+              f"{expected} with policy.name={policy.name!r} (any alpha > 1: policy=entmax)")
+    if expected is None and alpha == 1.0:
+        _fail("policy.alpha", policy.alpha, "a float > 1 with policy.name='entmax' (alpha 1: policy=softmax)")
+    beta = schedule_settings(cfg.beta, cfg.beta_schedule, cfg.total_steps, "beta")
+    temperature = schedule_settings(policy.temperature, policy.temperature_schedule, cfg.total_steps,
+                                    "temperature")
+    if beta.target_entropy is not None and temperature.target_entropy is not None:
         # Two controllers on one measured entropy would fight each other.
-        _fail("policy.temperature_schedule.target_entropy", cfg.policy.temperature_schedule.target_entropy,
+        _fail("policy.temperature_schedule.target_entropy", temperature.target_entropy,
               "null while beta_schedule.target_entropy is set (one entropy target per run)")
-    _choice("policy.activation", cfg.policy.activation, _ACTIVATIONS)
-    for i, h in enumerate(cfg.policy.hidden_sizes):
-        _integer(f"policy.hidden_sizes[{i}]", h, 1)
-    _choice("env.vectorization", cfg.env.vectorization, _VECTORIZATION)
-    _integer("env.distractor_actions", cfg.env.distractor_actions, 0)
-    _integer("env.frame_stack", cfg.env.frame_stack, 1)
-    if cfg.env.max_episode_steps is not None:
-        _integer("env.max_episode_steps", cfg.env.max_episode_steps, 1)
+    network = network_settings(policy.hidden_sizes, policy.activation, policy.shared)
+    env = env_settings(cfg.env)
 
     algo = cfg.algo
     _choice("algo.name", algo.name, _ALGOS)
@@ -280,3 +513,4 @@ def validate(cfg: Any) -> None:
     if not (device in ("auto", "cpu", "cuda") or
             (device.startswith("cuda:") and device[5:].isdigit())):
         _fail("device", cfg.device, "auto | cpu | cuda | cuda:N")
+    return Settings(env=env, network=network, beta=beta, temperature=temperature)

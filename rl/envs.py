@@ -1,10 +1,10 @@
 """Vectorized Gymnasium environments for the trainer.
 
-``make_envs`` builds a ``gymnasium.vector.VectorEnv`` from the ``env`` config node and
-refuses, before any training, what the trainer cannot handle: a non-``Discrete`` action
-space, an unknown id, a missing optional dependency. Every env it returns
+``make_envs`` builds a ``gymnasium.vector.VectorEnv`` from the ``env`` settings the schema
+checked (rl/config.py) and refuses, before any training, what only the env itself shows: a
+non-``Discrete`` action space, an unknown id, a missing optional dependency. Every env it returns
 
-- autoresets on the *next* step (Gymnasium 1.x default, DESIGN.md section 3): the step after
+- autoresets on the *next* step (Gymnasium 1.x default, docs/DESIGN.md section 3): the step after
   a done returns the reset observation, and that transition must not be trained on;
 - carries ``RecordEpisodeStatistics`` (vector version) innermost, so ``infos["episode"]``
   holds the raw, unnormalized and unclipped episode returns and lengths;
@@ -12,8 +12,8 @@ space, an unknown id, a missing optional dependency. Every env it returns
 
 Action masks come either in a ``Dict`` observation ``{"observation", "action_mask"}`` or in
 ``infos["action_mask"]``; ``action_mask_from`` returns them as a bool ``(num_envs, n)``
-array and ``policy_obs`` strips the mask from the observation. docs/envs.md lists the
-supported envs and the Atari preprocessing.
+array and ``policy_obs`` strips the mask from the observation. The README (section Training)
+lists the env presets in conf/env/; conf/env/atari.yaml describes the Atari preprocessing.
 """
 
 from __future__ import annotations
@@ -21,15 +21,18 @@ from __future__ import annotations
 import difflib
 import importlib.util
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from rl.config import EnvSettings, env_settings
+
 __all__ = ["EnvInfo", "action_mask_from", "env_info", "make_envs", "policy_obs"]
 
+# The modes `_build` implements; rl.config's schema accepts exactly these.
 VECTORIZATION_MODES = ("auto", "vector_entry_point", "sync", "async")
 
 # metadata key make_envs sets when the env reports its mask in infos (a Dict observation
@@ -73,76 +76,8 @@ class EnvInfo:
     observation_space: gym.Space | None = None
 
 
-@dataclass(frozen=True)
-class _EnvSettings:
-    """The ``env`` config node, validated (fields as in conf/env/*.yaml)."""
-
-    id: str
-    vectorization: str = "auto"
-    kwargs: Mapping[str, Any] | None = None
-    normalize_obs: bool = False
-    normalize_reward: bool = False
-    gamma: float = 0.99
-    distractor_actions: int = 0
-    atari: bool = False
-    frame_stack: int = 4
-    max_episode_steps: int | None = None
-
-
-def _field(cfg: Any, name: str, default: Any) -> Any:
-    if isinstance(cfg, Mapping):
-        return cfg.get(name, default)
-    return getattr(cfg, name, default)
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain Python (gymnasium constructors want dicts and lists)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - hydra-core is a dependency
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _settings(env_cfg: Any) -> _EnvSettings:
-    env_id = _field(env_cfg, "id", None)
-    if not isinstance(env_id, str) or not env_id:
-        raise ValueError(f"env.id must be a non-empty Gymnasium id string; got {env_id!r}")
-    s = _EnvSettings(
-        id=env_id,
-        **{
-            f: _plain(_field(env_cfg, f, getattr(_EnvSettings, f)))
-            for f in (
-                "vectorization", "kwargs", "normalize_obs", "normalize_reward", "gamma",
-                "distractor_actions", "atari", "frame_stack", "max_episode_steps",
-            )
-        },
-    )
-    if s.vectorization not in VECTORIZATION_MODES:
-        raise ValueError(f"env.vectorization must be one of {VECTORIZATION_MODES}; got {s.vectorization!r}")
-    if s.kwargs is not None and not isinstance(s.kwargs, Mapping):
-        raise ValueError(f"env.kwargs must be a mapping of constructor arguments; got {s.kwargs!r}")
-    for name in ("normalize_obs", "normalize_reward", "atari"):
-        if not isinstance(getattr(s, name), bool):
-            raise ValueError(f"env.{name} must be true or false; got {getattr(s, name)!r}")
-    gamma = s.gamma
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 < gamma <= 1.0:
-        raise ValueError(f"env.gamma must be a float in (0, 1]; got {gamma!r}")
-    if not _is_int(s.distractor_actions) or s.distractor_actions < 0:
-        raise ValueError(f"env.distractor_actions must be an integer >= 0; got {s.distractor_actions!r}")
-    if not _is_int(s.frame_stack) or s.frame_stack < 1:
-        raise ValueError(f"env.frame_stack must be an integer >= 1; got {s.frame_stack!r}")
-    if s.max_episode_steps is not None and (not _is_int(s.max_episode_steps) or s.max_episode_steps < 1):
-        raise ValueError(
-            f"env.max_episode_steps must be null or an integer >= 1; got {s.max_episode_steps!r}"
-        )
-    return s
 
 
 def _missing_dependency(env_id: str, err: BaseException) -> ValueError:
@@ -217,7 +152,7 @@ def _atari_single(env_id: str, kwargs: dict, frame_stack: int, frame_skip: int) 
 
 
 def _build(
-    s: _EnvSettings,
+    s: EnvSettings,
     spec: gym.envs.registration.EnvSpec,
     num_envs: int,
     env_wrappers: Sequence[Callable[[gym.Env], gym.Env]] | None,
@@ -317,21 +252,23 @@ def _check_spaces(env_id: str, vec: VectorEnv) -> None:
 
 
 def make_envs(
-    env_cfg: Any,
+    env_cfg: EnvSettings | Any,
     num_envs: int,
     seed: int,
     *,
     env_wrappers: Sequence[Callable[[gym.Env], gym.Env]] | None = None,
-    gamma: float | None = None,
+    gamma: float = 0.99,
 ) -> VectorEnv:
     """Build the vectorized env the trainer steps.
 
     Parameters
     ----------
     env_cfg:
-        The ``env`` config node (omegaconf node, dataclass or dict): ``id``, ``vectorization``,
-        ``kwargs``, ``normalize_obs``, ``normalize_reward``, ``gamma``, ``distractor_actions``,
-        ``atari``, ``frame_stack``, ``max_episode_steps`` (see docs/envs.md).
+        The env's `rl.config.EnvSettings`, as ``rl.config.validate`` returns them (used as they
+        are), or an ``env`` config node (omegaconf node, dataclass or dict: ``id``,
+        ``vectorization``, ``kwargs``, ``normalize_obs``, ``normalize_reward``,
+        ``distractor_actions``, ``atari``, ``frame_stack``, ``max_episode_steps``), which
+        ``rl.config.env_settings`` checks first.
     num_envs:
         Number of sub-environments (>= 1).
     seed:
@@ -342,7 +279,7 @@ def make_envs(
         they force sync vectorization, since a vector entry point takes no per-env wrappers.
     gamma:
         Discount of the return whose running std ``normalize_reward`` divides by; pass the
-        algorithm's gamma. Default: ``env_cfg.gamma`` if the node has it, else 0.99.
+        algorithm's gamma (``algo.gamma``, which the schema checks).
 
     Raises
     ------
@@ -350,11 +287,8 @@ def make_envs(
         For a non-Discrete action space, an unknown id (with close matches), a missing optional
         dependency (naming the extra to install), or an invalid config value.
     """
-    s = _settings(env_cfg)
-    if gamma is not None:
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 < gamma <= 1.0:
-            raise ValueError(f"gamma must be a float in (0, 1]; got {gamma!r}")
-        s = replace(s, gamma=float(gamma))
+    s = env_settings(env_cfg)  # returns EnvSettings as they are
+    # Arguments, not fields of the env node: cheap guards for callers other than the trainer.
     if not _is_int(num_envs) or num_envs < 1:
         raise ValueError(f"num_envs must be an integer >= 1; got {num_envs!r}")
     if not _is_int(seed):
@@ -374,7 +308,7 @@ def make_envs(
             _, infos = vec.reset(seed=int(seed))
             mask_in_info = "action_mask" in infos
         vec.metadata = {**vec.metadata, MASK_IN_INFO_KEY: mask_in_info}
-        vec = _wrap(s, vec, atari, mask_in_info)
+        vec = _wrap(s, vec, atari, mask_in_info, float(gamma))
     except BaseException:
         vec.close()
         raise
@@ -383,7 +317,7 @@ def make_envs(
     return vec
 
 
-def _wrap(s: _EnvSettings, vec: VectorEnv, atari: bool, mask_in_info: bool) -> VectorEnv:
+def _wrap(s: EnvSettings, vec: VectorEnv, atari: bool, mask_in_info: bool, gamma: float) -> VectorEnv:
     from gymnasium.wrappers import vector as vw
 
     has_mask = mask_in_info or isinstance(vec.single_observation_space, gym.spaces.Dict)
@@ -400,7 +334,7 @@ def _wrap(s: _EnvSettings, vec: VectorEnv, atari: bool, mask_in_info: bool) -> V
             )
         vec = vw.NormalizeObservation(vec)
     if s.normalize_reward:
-        vec = vw.NormalizeReward(vec, gamma=float(s.gamma))
+        vec = vw.NormalizeReward(vec, gamma=gamma)
     if s.distractor_actions > 0:
         if has_mask:
             raise ValueError(

@@ -20,8 +20,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rl.config import network_settings
+
 __all__ = ["ACTIVATIONS", "ActorCritic", "layer_init"]
 
+# The hidden activations the MLPs implement; rl.config's schema accepts exactly these names.
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 HIDDEN_GAIN = math.sqrt(2.0)
@@ -68,10 +71,6 @@ def layer_init(layer: nn.Module, gain: float) -> nn.Module:
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
     return layer
-
-
-def _positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
 def _is_image(space: gym.Space) -> bool:
@@ -145,6 +144,9 @@ class ActorCritic(nn.Module):
     shared:
         One encoder/trunk for actor and critic (two heads) instead of two separate networks.
         Separate is the usual choice for small MLPs; sharing halves the cost of a CNN.
+
+    ``hidden_sizes``, ``activation`` and ``shared`` are the ``policy`` fields of the same names
+    and are checked by the schema's rules (``rl.config.network_settings``).
     """
 
     def __init__(
@@ -162,15 +164,11 @@ class ActorCritic(nn.Module):
             raise ValueError(
                 f"observation_space must be a Box or Discrete space; got {observation_space}"
             )
-        if not _positive_int(n_actions):
-            raise ValueError(f"n_actions must be an integer >= 1; got {n_actions!r}")
-        hidden_sizes = tuple(hidden_sizes)
-        if not all(_positive_int(h) for h in hidden_sizes):
-            raise ValueError(f"hidden_sizes must be positive integers; got {hidden_sizes!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
-        if not isinstance(shared, bool):
-            raise ValueError(f"shared must be true or false; got {shared!r}")
+        if not isinstance(n_actions, (int, np.integer)) or isinstance(n_actions, bool) or n_actions < 1:
+            raise ValueError(f"n_actions={n_actions!r} is not allowed; allowed: an integer >= 1")
+        # The policy fields, checked by the schema's own rules (the one place they are checked).
+        settings = network_settings(hidden_sizes, activation, shared)
+        hidden_sizes, shared = settings.hidden_sizes, settings.shared
         self.observation_space = observation_space
         self.n_actions = int(n_actions)
         self.shared = shared
@@ -181,7 +179,7 @@ class ActorCritic(nn.Module):
             and len(observation_space.shape) == 1
             and observation_space.dtype == np.float32
         )
-        act = ACTIVATIONS[activation]
+        act = ACTIVATIONS[settings.activation]
 
         def trunk() -> tuple[nn.Sequential, int]:
             if self.preprocess.image:

@@ -44,70 +44,51 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
 from typing import Any
+
+from rl.config import ScheduleSettings, schedule_settings
 
 __all__ = ["KINDS", "Coefficient", "build_coefficient"]
 
+# The kinds `_scheduled` implements; rl.config's schema accepts exactly these.
 KINDS = ("constant", "linear", "cosine", "exponential", "piecewise")
-# Kinds whose value moves towards `end` (so `end` must be valid for the coefficient).
-_USES_END = ("linear", "cosine", "exponential")
-
-
-def _field(cfg: Any, key: str, default: Any) -> Any:
-    """Reads `key` from a dataclass, an omegaconf node, a dict or None.
-
-    Mappings are read by key: on an omegaconf DictConfig ``cfg.values`` is the ``values()``
-    method, not the field.
-    """
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
-def _number(field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{field}={value!r} is not allowed; allowed: a finite number")
-    return float(value)
-
-
-def _fail(field: str, value: Any, allowed: str):
-    raise ValueError(f"{field}={value!r} is not allowed; allowed: {allowed}")
 
 
 class Coefficient:
     """A scalar coefficient driven by a schedule over env steps or by dual updates.
 
-    Build it with `build_coefficient`, which validates the config. ``value`` is the coefficient
-    to use now; ``step(env_step, entropy_mean, max_entropy_mean)`` advances it after an update
-    and returns the new value. ``state_dict`` holds plain python numbers, so a checkpoint read
+    Build it from the `ScheduleSettings` that ``rl.config`` checked (`build_coefficient` also
+    takes a config node and checks it first). ``value`` is the coefficient to use now;
+    ``step(env_step, entropy_mean, max_entropy_mean)`` advances it after an update and returns
+    the new value. ``state_dict`` holds plain python numbers, so a checkpoint read
     with ``torch.load(weights_only=True)`` restores it and a resumed run continues exactly.
     """
 
-    def __init__(self, name: str, start: float, kind: str, end: float, horizon: int,
-                 boundaries: Sequence[int], values: Sequence[float],
-                 target_entropy: float | None, lr: float,
-                 bounds: tuple[float | None, float | None] = (None, None)):
-        self.name = name
-        self.field = "policy.temperature_schedule" if name == "temperature" else f"{name}_schedule"
-        self.start = start
-        self.kind = kind
-        self.end = end
-        self.horizon = horizon
-        self.boundaries = list(boundaries)
-        self.values = list(values)
-        self.target_fraction = target_entropy
-        self.lr = lr
+    def __init__(self, settings: ScheduleSettings):
+        if not isinstance(settings, ScheduleSettings):
+            raise TypeError(
+                "Coefficient takes the ScheduleSettings that rl.config.schedule_settings returns "
+                f"(it checks the values); got {type(settings).__name__}"
+            )
+        s = settings
+        self.name = s.name
+        self.field = "policy.temperature_schedule" if s.name == "temperature" else f"{s.name}_schedule"
+        self.start = s.start
+        self.kind = s.kind
+        self.end = s.end
+        self.horizon = s.horizon
+        self.boundaries = list(s.boundaries)
+        self.values = list(s.values)
+        self.target_fraction = s.target_entropy
+        self.lr = s.lr
         # Optional box for the dual variable (projected dual ascent); None = unbounded.
-        self.min_value, self.max_value = bounds
+        self.min_value, self.max_value = s.min, s.max
         self.env_step = 0
         self.num_dual_updates = 0
         # The dual variable of the target-entropy constraint (only used with a target).
-        self.log_value = math.log(start) if target_entropy is not None else None
+        self.log_value = math.log(s.start) if s.target_entropy is not None else None
         self._target_abs: float | None = None
-        self._value = self._scheduled(0) if target_entropy is None else start
+        self._value = self._scheduled(0) if s.target_entropy is None else s.start
 
     @property
     def value(self) -> float:
@@ -147,7 +128,7 @@ class Coefficient:
         is 0 (one allowed action everywhere) carries no information and leaves the value as is.
         """
         if isinstance(env_step, bool) or not isinstance(env_step, int) or env_step < 0:
-            _fail("env_step", env_step, "an integer >= 0")
+            raise ValueError(f"env_step={env_step!r} is not allowed; allowed: an integer >= 0")
         self.env_step = env_step
         if not self.adaptive:
             self._value = self._scheduled(env_step)
@@ -161,9 +142,10 @@ class Coefficient:
         entropy_mean = float(entropy_mean)
         max_entropy_mean = float(max_entropy_mean)
         if not math.isfinite(entropy_mean):
-            _fail("entropy_mean", entropy_mean, "a finite number")
+            raise ValueError(f"entropy_mean={entropy_mean!r} is not allowed; allowed: a finite number")
         if not math.isfinite(max_entropy_mean) or max_entropy_mean < 0:
-            _fail("max_entropy_mean", max_entropy_mean, "a finite number >= 0")
+            raise ValueError(
+                f"max_entropy_mean={max_entropy_mean!r} is not allowed; allowed: a finite number >= 0")
         self._target_abs = self.target_fraction * max_entropy_mean
         if max_entropy_mean > 0:
             # Dual step on log(value); see the module docstring for the derivation.
@@ -266,109 +248,27 @@ class Coefficient:
         return f"Coefficient({self.name}={self._value:.6g}, {mode}, env_step={self.env_step})"
 
 
-def build_coefficient(start: float, cfg: Any, total_steps: int, name: str) -> Coefficient:
-    """Validates a schedule config and returns its `Coefficient`.
+def build_coefficient(settings: ScheduleSettings | float, cfg: Any = None, total_steps: int | None = None,
+                      name: str = "beta") -> Coefficient:
+    """The `Coefficient` of checked settings, or of a start value and a schedule node.
 
     Parameters
     ----------
-    start : the value at env step 0 (top-level ``beta``, or ``policy.temperature``); with a
-        target entropy, the initial value of the dual variable.
+    settings : the `ScheduleSettings` that ``rl.config.validate`` returns (``.beta``,
+        ``.temperature``), used as they are; or the start value (top-level ``beta``, or
+        ``policy.temperature``; with a target entropy, the initial value of the dual variable),
+        and then
     cfg : a ``base_schedule`` node (dataclass, omegaconf node, dict, or None for constant) with
         ``kind``, ``end``, ``horizon``, ``boundaries``, ``values``, ``target_entropy``, ``lr``,
-        and optionally ``min`` / ``max``: bounds of the dual variable with a target.
-    total_steps : the run's env steps; the default ``horizon``.
-    name : ``"beta"`` (values >= 0) or ``"temperature"`` (values > 0 everywhere). Error
-        messages name the config fields (``beta_schedule.*``, ``policy.temperature_schedule.*``).
+        and optionally ``min`` / ``max``: bounds of the dual variable with a target;
+    total_steps : the run's env steps; the default ``horizon``;
+    name : ``"beta"`` (values >= 0) or ``"temperature"`` (values > 0 everywhere).
 
     Raises
     ------
-    ValueError naming the field, its value and what is allowed.
+    ValueError from ``rl.config.schedule_settings`` (the schema's checks), naming the config
+    field (``beta_schedule.*``, ``policy.temperature_schedule.*``), its value and what is allowed.
     """
-    positive = name == "temperature"
-    # Error messages name the config path the user typed (rl/config.py).
-    field = "policy.temperature_schedule" if positive else f"{name}_schedule"
-    start_field = "policy.temperature" if positive else name
-    bound = "> 0" if positive else ">= 0"
-
-    def check_value(fname: str, v: Any) -> float:
-        v = _number(fname, v)
-        if (v <= 0) if positive else (v < 0):
-            _fail(fname, v, f"a number {bound}")
-        return v
-
-    start = check_value(start_field, start)
-    kind = _field(cfg, "kind", "constant")
-    if kind not in KINDS:
-        _fail(f"{field}.kind", kind, " | ".join(KINDS))
-    end = _number(f"{field}.end", _field(cfg, "end", 0.0))
-    if end < 0:
-        _fail(f"{field}.end", end, "a number >= 0")
-    if kind in _USES_END:
-        # The schedule reaches `end`, so it must be a valid value (temperature: > 0).
-        end = check_value(f"{field}.end", end)
-
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
-        _fail("total_steps", total_steps, "an integer > 0")
-    horizon = _field(cfg, "horizon", None)
-    if horizon is None:
-        horizon = total_steps
-    elif isinstance(horizon, bool) or not isinstance(horizon, int) or horizon <= 0:
-        _fail(f"{field}.horizon", horizon, "an integer > 0 (env steps), or null for total_steps")
-
-    boundaries = list(_field(cfg, "boundaries", None) or [])
-    values = list(_field(cfg, "values", None) or [])
-    if kind == "piecewise":
-        for b in boundaries:
-            if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
-                _fail(f"{field}.boundaries", boundaries, "increasing integers > 0 (env steps)")
-        if any(b1 <= b0 for b0, b1 in zip(boundaries, boundaries[1:], strict=False)):
-            _fail(f"{field}.boundaries", boundaries, "strictly increasing env steps")
-        if len(values) != len(boundaries) + 1:
-            _fail(f"{field}.values", values,
-                  f"len(boundaries) + 1 = {len(boundaries) + 1} values: values[0] before "
-                  "boundaries[0], values[i+1] from boundaries[i] on")
-        values = [check_value(f"{field}.values[{i}]", v) for i, v in enumerate(values)]
-    if kind == "exponential":
-        if start <= 0:
-            _fail(start_field, start, "a number > 0 for kind=exponential (geometric decay)")
-        if end <= 0:
-            _fail(f"{field}.end", end,
-                  "a number > 0 for kind=exponential (a geometric decay never reaches 0)")
-
-    target = _field(cfg, "target_entropy", None)
-    if target is not None:
-        target = _number(f"{field}.target_entropy", target)
-        if not 0.0 < target < 1.0:
-            _fail(f"{field}.target_entropy", target,
-                  "a fraction of the maximum entropy in (0, 1), or null for no target")
-        if kind != "constant":
-            # The dual variable replaces the schedule; silently dropping a configured shape
-            # would run something other than what was asked for.
-            _fail(f"{field}.kind", kind,
-                  f"constant when {field}.target_entropy is set (the target replaces the "
-                  "schedule); drop one of the two")
-        if start <= 0:
-            _fail(start_field, start,
-                  f"a number > 0 when {field}.target_entropy is set (the initial value of the "
-                  "dual variable, which is updated on its log)")
-    lr = _number(f"{field}.lr", _field(cfg, "lr", 0.01))
-    if lr <= 0:
-        _fail(f"{field}.lr", lr, "a number > 0 (the dual step size)")
-    bounds = []
-    for key in ("min", "max"):
-        bound = _field(cfg, key, None)
-        if bound is not None:
-            if target is None:
-                _fail(f"{field}.{key}", bound,
-                      f"null unless {field}.target_entropy is set (it bounds the dual variable)")
-            bound = _number(f"{field}.{key}", bound)
-            if bound <= 0:
-                _fail(f"{field}.{key}", bound, "a number > 0 (the dual variable is a log), or null")
-        bounds.append(bound)
-    lo, hi = bounds
-    if lo is not None and hi is not None and not lo < hi:
-        _fail(f"{field}.max", hi, f"a number > {field}.min={lo}")
-    if (lo is not None and start < lo) or (hi is not None and start > hi):
-        _fail(start_field, start, f"a start within [{field}.min, {field}.max] = [{lo}, {hi}]")
-
-    return Coefficient(name, start, kind, end, horizon, boundaries, values, target, lr, (lo, hi))
+    if not isinstance(settings, ScheduleSettings):
+        settings = schedule_settings(settings, cfg, total_steps, name)
+    return Coefficient(settings)

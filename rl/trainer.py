@@ -118,7 +118,7 @@ class Trainer:
 
     def __init__(self, cfg: Any, run_dir: str | os.PathLike, resume: str | None = None,
                  make_envs: Callable | None = None, make_network: Callable | None = None):
-        validate(cfg)
+        checked = validate(cfg)  # the one place config values are checked; the parts trust it
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         # A plain copy of the algo node: the update reads it every gradient step, and an
@@ -129,10 +129,8 @@ class Trainer:
         self._solved_return = cfg.env.solved_return
         self.device = _resolve_device(str(cfg.device))
         torch.set_num_threads(cfg.threads)
-        # Schedules validate their own fields: build them before any env or network.
-        self.beta_coef = build_coefficient(cfg.beta, cfg.beta_schedule, cfg.total_steps, "beta")
-        self.temperature_coef = build_coefficient(
-            cfg.policy.temperature, cfg.policy.temperature_schedule, cfg.total_steps, "temperature")
+        self.beta_coef = build_coefficient(checked.beta)
+        self.temperature_coef = build_coefficient(checked.temperature)
         self.alpha = float(cfg.policy.alpha)
 
         if make_envs is None or make_network is None:
@@ -149,12 +147,13 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
-        self.envs = make_envs(cfg.env, cfg.num_envs, cfg.seed, gamma=float(cfg.algo.gamma))
+        self.envs = make_envs(checked.env, cfg.num_envs, cfg.seed, gamma=float(cfg.algo.gamma))
         info = env_info(self.envs)  # refuses a non-Discrete action space
         self.n_actions = info.n_actions
         obs_space = info.observation_space
-        self.net = make_network(obs_space, self.n_actions, hidden_sizes=tuple(cfg.policy.hidden_sizes),
-                                activation=cfg.policy.activation, shared=cfg.policy.shared).to(self.device)
+        net = checked.network
+        self.net = make_network(obs_space, self.n_actions, hidden_sizes=net.hidden_sizes,
+                                activation=net.activation, shared=net.shared).to(self.device)
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.critic_params = self._critic_parameters()
         # Actor-only logits per rollout step, values batched after it: worth it when the critic

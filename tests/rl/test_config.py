@@ -6,6 +6,7 @@ any env or network is built.
 """
 
 import copy
+import dataclasses
 import re
 import shutil
 from itertools import product
@@ -14,21 +15,29 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
+from rl_helpers import compose, registered, tiny
 
-from rl.config import base_a2c, base_config, base_env, base_policy, base_ppo, register_configs, validate
+from rl.config import (
+    POLICY_ALPHAS,
+    EnvSettings,
+    NetworkSettings,
+    ScheduleSettings,
+    base_a2c,
+    base_config,
+    base_env,
+    base_policy,
+    base_ppo,
+    validate,
+)
+from rl.envs import VECTORIZATION_MODES, make_envs
+from rl.networks import ACTIVATIONS, ActorCritic
+from rl.schedules import KINDS, build_coefficient
 from rl.train import CONF_DIR
 from rl.trainer import Trainer
-
-register_configs()
-
-
-def _compose(*overrides: str, config_dir: str = CONF_DIR):
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
-        return compose("config", overrides=list(overrides))
 
 
 def _options(group: str) -> list[str]:
@@ -36,7 +45,7 @@ def _options(group: str) -> list[str]:
 
 
 def test_defaults_compose_against_the_schema():
-    cfg = _compose()
+    cfg = compose()
     validate(cfg)
     assert OmegaConf.get_type(cfg) is base_config
     assert OmegaConf.get_type(cfg.env) is base_env
@@ -52,11 +61,11 @@ def test_every_group_option_composes_and_validates():
     assert {"ppo", "a2c"} <= set(algos)
     expected_alpha = {"softmax": 1.0, "sparsemax": 2.0, "entmax15": 1.5}
     for env in envs:
-        cfg = _compose(f"env={env}")
+        cfg = compose(f"env={env}")
         validate(cfg)
         assert OmegaConf.get_type(cfg.env) is base_env and cfg.env.id
     for policy, algo in product(policies, algos):
-        cfg = _compose(f"policy={policy}", f"algo={algo}")
+        cfg = compose(f"policy={policy}", f"algo={algo}")
         validate(cfg)
         assert cfg.policy.name == policy and cfg.algo.name == algo
         assert OmegaConf.get_type(cfg.algo) is {"ppo": base_ppo, "a2c": base_a2c}[algo]
@@ -67,14 +76,14 @@ def test_every_group_option_composes_and_validates():
 
 
 def test_issue_example_overrides_reach_the_config():
-    cfg = _compose("env=acrobot", "policy=sparsemax", "beta=0.03", "seed=2")
+    cfg = compose("env=acrobot", "policy=sparsemax", "beta=0.03", "seed=2")
     validate(cfg)
     assert cfg.env.id == "Acrobot-v1"
     assert cfg.policy.alpha == 2.0 and cfg.policy.name == "sparsemax"
     assert cfg.beta == pytest.approx(0.03)
     assert cfg.seed == 2
     # dotted overrides of nested fields and list values
-    cfg = _compose("algo=a2c", "algo.learning_rate=0.002", "policy.hidden_sizes=[8,4]",
+    cfg = compose("algo=a2c", "algo.learning_rate=0.002", "policy.hidden_sizes=[8,4]",
                    "policy.temperature=0.5", "beta_schedule.kind=linear", "env.max_episode_steps=50")
     validate(cfg)
     assert cfg.algo.learning_rate == pytest.approx(0.002) and cfg.algo.optimizer == "rmsprop"
@@ -87,14 +96,14 @@ def test_issue_example_overrides_reach_the_config():
                                       "policy.alpah=2"])
 def test_unknown_key_is_rejected_at_composition(override):
     with pytest.raises(ConfigCompositionException, match="Could not override"):
-        _compose(override)
+        compose(override)
 
 
 @pytest.mark.parametrize("override", ["+algo.learning_rte=0.1", "+bta=0.1", "+env.idd=CartPole-v1",
                                       "+policy.temperature_schedule.kindd=linear"])
 def test_appended_unknown_key_is_rejected_by_validate(override):
     """``+key=value`` opens Hydra's struct flag; validate still refuses a key the schema lacks."""
-    cfg = _compose(override)
+    cfg = compose(override)
     key = override[1:].split("=")[0]
     with pytest.raises(ValueError, match=f"unknown config key '{key}'"):
         validate(cfg)
@@ -102,11 +111,11 @@ def test_appended_unknown_key_is_rejected_by_validate(override):
 
 def test_appended_unknown_key_suggests_the_field():
     with pytest.raises(ValueError, match="did you mean algo.learning_rate"):
-        validate(_compose("+algo.learning_rte=0.1"))
+        validate(compose("+algo.learning_rte=0.1"))
 
 
 def test_free_form_env_kwargs_accept_new_keys():
-    cfg = _compose("+env.kwargs.sutton_barto_reward=true")
+    cfg = compose("+env.kwargs.sutton_barto_reward=true")
     validate(cfg)
     assert cfg.env.kwargs.sutton_barto_reward is True
 
@@ -115,7 +124,7 @@ def test_free_form_env_kwargs_accept_new_keys():
                                       "algo.update_epochs=2.5", "progress=maybe", "env.normalize_obs=often"])
 def test_wrong_type_is_rejected_at_composition(override):
     with pytest.raises(ConfigCompositionException, match="Error merging override"):
-        _compose(override)
+        compose(override)
 
 
 def test_group_options_are_schema_checked(tmp_path):
@@ -126,25 +135,25 @@ def test_group_options_are_schema_checked(tmp_path):
     (conf / "algo" / "badtype.yaml").write_text(
         "defaults:\n  - base_ppo\n  - _self_\n\nname: ppo\nbatch_size: lots\n")
     with pytest.raises(ConfigCompositionException, match="idd"):
-        _compose("env=typo", config_dir=str(conf))
+        compose("env=typo", config_dir=str(conf))
     with pytest.raises(ConfigCompositionException, match="batch_size"):
-        _compose("algo=badtype", config_dir=str(conf))
+        compose("algo=badtype", config_dir=str(conf))
 
 
 def test_unknown_group_option_lists_the_available_ones():
     with pytest.raises(MissingConfigException, match="acrobot"):
-        _compose("env=acrobat")
+        compose("env=acrobat")
 
 
 def test_an_algo_override_of_the_other_algos_field_is_rejected():
     # update_epochs is a PPO field; A2C's schema has no such key
     with pytest.raises(ConfigCompositionException, match="algo.update_epochs"):
-        _compose("algo=a2c", "algo.update_epochs=3")
+        compose("algo=a2c", "algo.update_epochs=3")
 
 
 @pytest.fixture(scope="module")
 def default_cfg():
-    return _compose()
+    return compose()
 
 
 @pytest.mark.parametrize(
@@ -168,7 +177,15 @@ def default_cfg():
         ("total_steps=0", "total_steps"),
         ("seed=-1", "seed"),
         ("device=tpu", "device"),
-        ("policy.activation=gelu", "policy.activation"),
+        ("policy.activation=sigmoid", "policy.activation"),
+        ("policy.name=tsallis", "policy.name"),
+        ("env.id=''", "env.id"),
+        ("env.distractor_actions=-1", "env.distractor_actions"),
+        ("env.frame_stack=0", "env.frame_stack"),
+        ("env.max_episode_steps=0", "env.max_episode_steps"),
+        ("beta_schedule.lr=0", "beta_schedule.lr"),
+        ("beta_schedule.horizon=0", "beta_schedule.horizon"),
+        ("policy.temperature_schedule.target_entropy=1.5", "policy.temperature_schedule.target_entropy"),
         ("policy.hidden_sizes=[64,0]", r"policy.hidden_sizes\[1\]"),
         ("env.vectorization=threads", "env.vectorization"),
         ("beta_schedule.kind=sawtooth", "beta_schedule.kind"),
@@ -190,7 +207,7 @@ def test_validate_names_the_field_and_its_value(default_cfg, override, field):
     (["beta=-1"], "beta"),
     (["policy.temperature=0"], "policy.temperature"),
     (["+algo.learning_rte=0.1"], "algo.learning_rte"),
-    # schedules are checked by rl.schedules when the trainer builds them, still before the envs
+    # schedules are checked by the schema too (rl.config.schedule_settings)
     (["policy.temperature_schedule.kind=linear", "policy.temperature_schedule.end=0"],
      "policy.temperature_schedule.end"),
     (["beta_schedule.target_entropy=1.5"], "beta_schedule.target_entropy"),
@@ -204,7 +221,7 @@ def test_trainer_refuses_bad_values_before_building_anything(tmp_path, overrides
         built.append("envs")
         raise AssertionError("envs built before the config was validated")
 
-    cfg = _compose(*overrides, "device=cpu", "progress=false")
+    cfg = compose(*overrides, "device=cpu", "progress=false")
     with pytest.raises(ValueError, match=re.escape(field)):
         Trainer(cfg, tmp_path / "run", make_envs=make_envs, make_network=lambda *a, **k: None)
     assert built == []
@@ -231,13 +248,12 @@ class _TwoStateEnv(gym.Env):
 
 @pytest.fixture
 def custom_id():
-    gym.register(CUSTOM_ID, entry_point=_TwoStateEnv)
-    yield CUSTOM_ID
-    del gym.registry[CUSTOM_ID]
+    with registered(CUSTOM_ID, _TwoStateEnv) as env_id:
+        yield env_id
 
 
 def test_env_id_may_be_any_registered_gymnasium_id(tmp_path, custom_id):
-    cfg = _compose(f"env.id={custom_id}", "env.solved_return=null", "total_steps=64", "num_envs=2",
+    cfg = compose(f"env.id={custom_id}", "env.solved_return=null", "total_steps=64", "num_envs=2",
                    "algo.n_steps=16", "algo.batch_size=16", "algo.update_epochs=1", "device=cpu",
                    "progress=false", "policy.hidden_sizes=[8]")
     validate(cfg)
@@ -251,19 +267,105 @@ def test_env_id_may_be_any_registered_gymnasium_id(tmp_path, custom_id):
 
 
 def test_two_entropy_targets_are_refused():
-    cfg = _compose("beta=0.01", "beta_schedule.target_entropy=0.5",
+    cfg = compose("beta=0.01", "beta_schedule.target_entropy=0.5",
                    "policy.temperature_schedule.target_entropy=0.3")
     with pytest.raises(ValueError, match=r"policy\.temperature_schedule\.target_entropy=0\.3"):
         validate(cfg)
 
 
 def test_dual_bounds_reach_the_schedule():
-    from rl.schedules import build_coefficient
-
-    cfg = _compose("beta=0.01", "beta_schedule.target_entropy=0.5", "beta_schedule.min=0.002")
-    validate(cfg)
-    coef = build_coefficient(cfg.beta, cfg.beta_schedule, cfg.total_steps, "beta")
+    cfg = compose("beta=0.01", "beta_schedule.target_entropy=0.5", "beta_schedule.min=0.002")
+    coef = build_coefficient(validate(cfg).beta)
     assert coef.state_dict()["schedule"]["beta_schedule.min"] == 0.002
     with pytest.raises(ValueError, match=r"beta_schedule\.min"):
-        no_target = _compose("beta_schedule.min=0.002").beta_schedule
+        no_target = compose("beta_schedule.min=0.002").beta_schedule
         build_coefficient(cfg.beta, no_target, cfg.total_steps, "beta")
+
+
+# ---------------------------------------------------------------- the schema accepts what the code implements
+
+
+def test_validate_returns_the_checked_values():
+    cfg = compose("env.max_episode_steps=50", "policy.hidden_sizes=[8,4]", "policy.activation=relu",
+                  "beta=0.02", "beta_schedule.kind=linear", "total_steps=1000")
+    checked = validate(cfg)
+    assert checked.env == EnvSettings(id="CartPole-v1", max_episode_steps=50)
+    assert checked.network == NetworkSettings(hidden_sizes=(8, 4), activation="relu", shared=False)
+    assert checked.beta == ScheduleSettings(name="beta", start=0.02, kind="linear", end=0.0, horizon=1000)
+    assert checked.temperature == ScheduleSettings(name="temperature", start=1.0, horizon=1000)
+
+
+def test_trainer_builds_its_parts_from_the_checked_settings(tmp_path):
+    from rl.envs import make_envs as real_make_envs
+
+    seen = {}
+
+    def make_envs(env, num_envs, seed, gamma):
+        seen["env"] = env
+        return real_make_envs(env, num_envs, seed, gamma=gamma)
+
+    def make_network(space, n_actions, **kwargs):
+        seen["network"] = kwargs
+        return ActorCritic(space, n_actions, **kwargs)
+
+    cfg = tiny("env.max_episode_steps=20", "policy.activation=elu")
+    Trainer(cfg, tmp_path, make_envs=make_envs, make_network=make_network).close()
+    checked = validate(cfg)
+    assert isinstance(seen["env"], EnvSettings) and seen["env"] == checked.env
+    assert seen["network"] == dataclasses.asdict(checked.network)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_every_activation_the_network_implements_is_accepted(activation):
+    network = validate(compose(f"policy.activation={activation}", "policy.hidden_sizes=[8]")).network
+    net = ActorCritic(gym.spaces.Box(-1.0, 1.0, (3,), np.float32), 2, **dataclasses.asdict(network))
+    assert isinstance(net.actor[1], ACTIVATIONS[activation])
+    logits, values = net(torch.randn(4, 3))
+    assert torch.isfinite(logits).all() and torch.isfinite(values).all()
+
+
+@pytest.mark.parametrize("mode", VECTORIZATION_MODES)
+def test_every_vectorization_mode_make_envs_implements_is_accepted(mode):
+    vec = make_envs(validate(compose(f"env.vectorization={mode}")).env, 2, seed=0)
+    try:
+        obs, _ = vec.reset(seed=0)
+        assert obs.shape == (2, 4)
+    finally:
+        vec.close()
+
+
+@pytest.mark.parametrize("kind, at_horizon", [
+    ("constant", 0.05), ("linear", 0.01), ("cosine", 0.01), ("exponential", 0.01), ("piecewise", 0.02)])
+def test_every_schedule_kind_the_coefficient_implements_is_accepted(kind, at_horizon):
+    assert kind in KINDS and len(KINDS) == 5
+    cfg = compose("beta=0.05", f"beta_schedule.kind={kind}", "beta_schedule.end=0.01",
+                  "beta_schedule.boundaries=[10]", "beta_schedule.values=[0.05,0.02]", "total_steps=100")
+    coef = build_coefficient(validate(cfg).beta)
+    assert coef.kind == kind and coef.value == pytest.approx(0.05)
+    assert coef.step(100) == pytest.approx(at_horizon, rel=1e-12)
+
+
+def test_policy_names_are_the_group_options_with_their_alphas():
+    assert set(POLICY_ALPHAS) == set(_options("policy"))
+    for name, alpha in POLICY_ALPHAS.items():
+        cfg = compose(f"policy={name}")
+        assert cfg.policy.name == name
+        assert cfg.policy.alpha == alpha if alpha is not None else cfg.policy.alpha > 1.0
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["policy=entmax", "policy.alpha=1.75"], None),
+    (["policy=entmax", "policy.alpha=2.0"], None),
+    (["policy=softmax", "policy.alpha=2.0"],
+     "policy.alpha=2.0 is not allowed; allowed: 1.0 with policy.name='softmax'"),
+    (["policy=sparsemax", "policy.alpha=1.5"], "policy.alpha=1.5 is not allowed; allowed: 2.0 with"),
+    (["policy=entmax", "policy.alpha=1.0"], "policy.alpha=1.0 is not allowed; allowed: a float > 1"),
+])
+def test_the_policy_name_labels_the_alpha_that_runs(overrides, needle):
+    cfg = compose(*overrides)
+    if needle is None:
+        validate(cfg)
+    else:
+        with pytest.raises(ValueError) as err:
+            validate(cfg)
+        assert needle in str(err.value)
