@@ -33,8 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import ops  # noqa: E402
+import ops
 
 MAPPINGS = {1.0: "softmax", 1.5: "entmax-1.5", 2.0: "sparsemax"}
 COLORS = {1.0: "tab:blue", 1.5: "tab:orange", 2.0: "tab:green"}

@@ -28,7 +28,6 @@ import datetime as dt
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import ops  # noqa: E402
+import ops
+from rl.analysis.machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -244,28 +243,11 @@ def _memory_child(impl, kind, mapping, shape, dtype_name):
     print(max(_status_bytes("VmHWM") - base - grad_bytes, 0))
 
 
-def machine_info(device):
-    info = {"machine": platform.node(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}
-    if device == "cuda":
-        info["device_name"] = torch.cuda.get_device_name()
-        try:
-            import triton
-
-            info["triton"] = triton.__version__
-        except ImportError:
-            pass
-    else:
-        info["device_name"] = f"CPU ({info['processor']}, {torch.get_num_threads()} thread(s))"
-    return info
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        choices=["cpu", "cuda"])
     parser.add_argument("--shapes", default="65536x6,16384x1024,8192x32768")
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--losses", default="pg,ppo")
@@ -289,7 +271,8 @@ def main(argv=None):
         ROOT / "benchmarks" / "results" / f"ops_{device}_{dt.date.today().isoformat()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     header = {"benchmark": "bench_ops", "date": dt.datetime.now(dt.timezone.utc).isoformat(),
-              "device": device, **machine_info(device), "beta": BETA, "clip_eps": CLIP,
+              "device": device, **machine_info(device, ("triton",) if device == "cuda" else ()),
+              "beta": BETA, "clip_eps": CLIP,
               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
     rows = []
     for shape in map(parse_shape, args.shapes.split(",")):

@@ -26,13 +26,14 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from rl.analysis.machine import machine_info
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLVED_RETURN = 475.0
@@ -131,26 +132,10 @@ def _subprocess(args: list[str], timeout: float) -> dict:
 
 # --------------------------------------------------------------------------------- report
 def _machine() -> dict:
-    import gymnasium
-    import torch
-
-    try:
-        import stable_baselines3
-        sb3 = stable_baselines3.__version__
-    except ImportError:
-        sb3 = None
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"machine": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "gymnasium": gymnasium.__version__, "stable_baselines3": sb3,
-            "torch_threads": 1}
+    info = machine_info("cpu", ("gymnasium", "stable_baselines3"))
+    info["torch_threads"] = 1  # every run sets torch.set_num_threads(1)
+    info["device_name"] = f"CPU ({info['cpu']}, 1 thread(s))"
+    return info
 
 
 def _stats(values: list[float]) -> dict | None:

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import ops  # noqa: E402
+import ops
+from rl.analysis.stats import mean_ci
 
 ECE_BINS = 15
 
@@ -99,14 +99,6 @@ def train_one(beta, seed, args):
     ), reliability
 
 
-def bootstrap_ci(values, reps=2000, seed=0):
-    """Mean and percentile-bootstrap 95% CI over seeds."""
-    values = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(reps, len(values))).mean(1)
-    return values.mean(), np.percentile(means, 2.5), np.percentile(means, 97.5)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/experiments/confidence_penalty"))
@@ -148,7 +140,7 @@ def main(argv=None):
     for beta, g in df.groupby("beta"):
         row = {"beta": beta, "seeds": len(g)}
         for m in metrics:
-            mean, lo, hi = bootstrap_ci(g[m])
+            mean, lo, hi = mean_ci(g[m])
             row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi})
         summary.append(row)
     summary = pd.DataFrame(summary)

@@ -1,6 +1,9 @@
-"""scripts/aggregate.py and scripts/plot.py on hand-made run directories and tables."""
+"""scripts/aggregate.py, scripts/plot.py and scripts/reproduce.py as command lines: run as
+subprocesses with the installed package, on hand-made run directories. The functions under
+them are tested in tests/rl/test_analysis.py."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,24 +13,22 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
-
-from aggregate import aggregate, mapping_name  # noqa: E402
-from plot import bootstrap_ci, final_returns, iqm, summary_table, with_normalized_entropy  # noqa: E402
+SCRIPTS = REPO / "scripts"
 
 
-def _rng():
-    return np.random.default_rng(np.random.SeedSequence().entropy)
+def _script(name, *args, cwd=None):
+    return subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=300)
 
 
-def _make_run(root: Path, name: str, cfg: dict, scalars: dict, summary=None, purge_step=None):
+def _make_run(root: Path, name: str, cfg: dict, scalars: dict, summary=None):
     """A run directory as Hydra and the trainer leave it; `scalars`: {tag: [(step, value)]}."""
     from torch.utils.tensorboard import SummaryWriter
 
     run = root / name
     (run / ".hydra").mkdir(parents=True, exist_ok=True)
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    writer = SummaryWriter(str(run / "tb"), purge_step=purge_step)
+    writer = SummaryWriter(str(run / "tb"))
     for tag, points in scalars.items():
         for step, value in points:
             writer.add_scalar(tag, value, step)
@@ -37,122 +38,74 @@ def _make_run(root: Path, name: str, cfg: dict, scalars: dict, summary=None, pur
     return run
 
 
-def _cfg(alpha, beta, seed, k=0, env="CartPole-v1"):
-    return {"env": {"id": env, "distractor_actions": k},
-            "policy": {"name": mapping_name(alpha), "alpha": alpha},
-            "algo": {"name": "ppo"}, "beta": beta, "seed": seed}
+def test_no_script_manipulates_the_import_path():
+    # check_gpu.py is tested in test_check_gpu.py.
+    for path in sorted(set(SCRIPTS.glob("*.py")) - {SCRIPTS / "check_gpu.py"}):
+        assert "sys.path" not in path.read_text(), path.name
 
 
-def test_table_holds_every_scalar_once_with_the_run_columns(tmp_path):
-    rng = _rng()
-    expected = {}
-    for i, (alpha, beta, k) in enumerate([(1.0, 0.0, 0), (2.0, 0.01, 10), (1.5, 0.1, 3)]):
-        seed = int(rng.integers(100))
-        steps = np.sort(rng.choice(np.arange(1, 5000), size=7, replace=False))
-        scalars = {tag: [(int(s), float(v)) for s, v in zip(steps, rng.normal(size=7), strict=True)]
-                   for tag in ("charts/episodic_return", "entropy/mean")}
-        final = float(rng.normal())
-        _make_run(tmp_path / "sweep", f"run{i}", _cfg(alpha, beta, seed, k), scalars,
-                  {"status": "completed", "steps": int(steps[-1]), "final_mean_return": final})
-        expected[f"run{i}"] = (alpha, beta, seed, k, scalars, final)
-    (tmp_path / "sweep" / "multirun.yaml").write_text("x: 1\n")  # not a run
+def test_aggregate_then_plot_command_lines(tmp_path):
+    rng = np.random.default_rng(np.random.SeedSequence().entropy)
+    sweep = tmp_path / "sweep"
+    finals = {}
+    for alpha, name in ((1.0, "softmax"), (2.0, "sparsemax")):
+        for beta in (0.0, 0.1):
+            for seed in range(3):
+                steps = np.arange(1, 11) * 100
+                returns = rng.normal(100, 10, size=10)
+                scalars = {"charts/episodic_return": list(zip(steps.tolist(), returns.tolist(),
+                                                              strict=True)),
+                           "entropy/mean": [(int(s), float(v)) for s, v in
+                                            zip(steps, rng.uniform(0.1, 0.6, 10), strict=True)]}
+                final = float(rng.normal(100, 10))
+                run = f"{name}_b{beta}_s{seed}"
+                _make_run(sweep, run, {"env": {"id": "CartPole-v1", "distractor_actions": 0},
+                                       "policy": {"name": name, "alpha": alpha},
+                                       "algo": {"name": "ppo"}, "beta": beta, "seed": seed},
+                          scalars, {"status": "completed", "steps": 1000, "final_mean_return": final})
+                finals[run] = (name, beta, final)
 
-    table = aggregate(tmp_path / "sweep")
-    assert list(table.columns[:8]) == ["run", "env", "alpha", "beta", "seed", "step", "tag", "value"]
-    assert set(table.run) == set(expected)
-    for run, (alpha, beta, seed, k, scalars, final) in expected.items():
-        rows = table[table.run == run]
-        assert (rows.alpha == alpha).all() and (rows.beta == beta).all()
-        assert (rows.seed == seed).all() and (rows.distractors == k).all()
-        assert (rows.actions == 2 + k).all() and (rows.mapping == mapping_name(alpha)).all()
-        assert (rows.status == "completed").all()
-        for tag, points in scalars.items():
-            got = rows[rows.tag == tag].sort_values("step")
-            assert list(got.step) == [s for s, _ in points]
-            np.testing.assert_allclose(got.value, [v for _, v in points], rtol=1e-6)
-        got_final = rows[rows.tag == "summary/final_mean_return"]
-        assert len(got_final) == 1 and got_final.value.iloc[0] == pytest.approx(final)
+    result = _script("aggregate.py", sweep, "-o", tmp_path / "table.csv.gz")
+    assert result.returncode == 0, result.stderr
+    assert "12 runs" in result.stdout
+    table = pd.read_csv(tmp_path / "table.csv.gz")
+    assert set(table.run) == set(finals)
 
-
-def test_resumed_run_keeps_one_value_per_step_the_newest(tmp_path):
-    """Two event files, the second opened with purge_step at the resume point (what the
-    trainer does): the first file's points from the resume step on are superseded."""
-    rng = _rng()
-    first = [(s, float(v)) for s, v in zip(range(100, 1100, 100), rng.normal(size=10), strict=True)]
-    second = [(s, float(v)) for s, v in zip(range(600, 1600, 100), rng.normal(size=10), strict=True)]
-    cfg = _cfg(1.0, 0.01, 0)
-    _make_run(tmp_path, "run", cfg, {"losses/total": first})
-    _make_run(tmp_path, "run", cfg, {"losses/total": second}, purge_step=600)
-    table = aggregate(tmp_path)
-    got = table[table.tag == "losses/total"].sort_values("step")
-    want = dict(first)
-    want.update(dict(second))
-    assert list(got.step) == sorted(want)
-    np.testing.assert_allclose(got.value, [want[s] for s in sorted(want)], rtol=1e-6)
-
-
-def test_failed_and_unfinished_runs_are_labelled(tmp_path):
-    _make_run(tmp_path, "a", _cfg(1.0, 0.0, 0), {"charts/SPS": [(1, 1.0)]})
-    (tmp_path / "a" / "failed.json").write_text(json.dumps({"status": "failed"}))
-    _make_run(tmp_path, "b", _cfg(2.0, 0.0, 0), {"charts/SPS": [(1, 1.0)]},
-              {"status": "interrupted", "steps": 1})
-    status = aggregate(tmp_path).groupby("run").status.first()
-    assert status.to_dict() == {"a": "failed", "b": "interrupted"}
-
-
-def test_bad_sweep_dir_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="sweep_dir"):
-        aggregate(tmp_path / "missing")
-    with pytest.raises(ValueError, match="holds no run"):
-        aggregate(tmp_path)
-
-
-def test_iqm_and_bootstrap_ci():
-    rng = _rng()
-    x = rng.normal(size=20)
-    s = np.sort(x)
-    assert iqm(x) == pytest.approx(s[5:15].mean())  # the middle 50% of 20 runs
-    lo, hi = bootstrap_ci(x, reps=500, seed=int(rng.integers(1000)))
-    assert lo < iqm(x) < hi
-    lo_mean, hi_mean = bootstrap_ci(x, stat=np.mean, reps=500)
-    half_width = 1.96 * x.std(ddof=1) / np.sqrt(len(x))
-    assert (hi_mean - lo_mean) == pytest.approx(2 * half_width, rel=0.3)
-    assert all(np.isnan(bootstrap_ci(x[:1])))
-
-
-def test_summary_table_per_cell():
-    rng = _rng()
-    rows = []
-    for mapping in ("softmax", "sparsemax"):
-        for beta in (0.0, 0.01):
-            for seed in range(6):
-                rows.append({"run": f"{mapping}{beta}{seed}", "env": "E", "mapping": mapping,
-                             "beta": beta, "seed": seed, "final_return": float(rng.normal())})
-    final = pd.DataFrame(rows)
-    summary = summary_table(final, "beta", reps=200)
-    assert len(summary) == 4 and (summary.seeds == 6).all()
+    result = _script("plot.py", tmp_path / "table.csv.gz", "-o", tmp_path / "fig", "--reps", 200,
+                     "--formats", "png")
+    assert result.returncode == 0, result.stderr
+    for name in ("returns", "final_vs_beta", "entropy_support"):
+        assert (tmp_path / "fig" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    summary = pd.read_csv(tmp_path / "fig" / "final_return.csv")
+    assert len(summary) == 4 and (summary.seeds == 3).all()
     for _, r in summary.iterrows():
-        v = final[(final.mapping == r.mapping) & (final.beta == r.beta)].final_return
-        assert r.iqm == pytest.approx(iqm(v)) and r["mean"] == pytest.approx(v.mean())
-        assert r.iqm_ci_low <= r.iqm <= r.iqm_ci_high
+        v = np.sort([f for m, b, f in finals.values() if m == r.mapping and b == r.beta])
+        assert r["mean"] == pytest.approx(v.mean()) and r["median"] == pytest.approx(v[1])
+    md = (tmp_path / "fig" / "final_return.md").read_text().splitlines()
+    assert md[0].startswith("| env | mapping | beta | seeds | IQM [95% CI]") and len(md) == 6
 
 
-def test_final_return_falls_back_to_the_last_tenth_of_the_curve():
-    rng = _rng()
-    values = rng.normal(size=100)
-    df = pd.DataFrame({"run": "r", "env": "E", "mapping": "softmax", "beta": 0.0, "seed": 0,
-                       "step": np.arange(1, 101) * 10, "tag": "charts/episodic_return",
-                       "value": values})
-    final = final_returns(df, "beta")
-    assert final.final_return.iloc[0] == pytest.approx(values[-11:].mean())
+@pytest.mark.parametrize(
+    "args, match",
+    [(["plot.py", "missing.csv"], "table must be a file"),
+     (["aggregate.py", "missing_dir"], "sweep_dir must be a directory"),
+     (["reproduce.py", "ablation", "--scale", "0"], "--scale must be > 0")],
+)
+def test_bad_input_is_one_clear_error(tmp_path, args, match):
+    result = _script(*args, cwd=tmp_path)
+    assert result.returncode != 0 and match in result.stderr
 
 
-def test_normalized_entropy_divides_by_the_uniform_policys_entropy():
-    rng = _rng()
-    h = rng.uniform(0.1, 0.5, size=3)
-    df = pd.DataFrame({"run": ["a", "b", "c"], "alpha": [1.0, 1.5, 2.0], "actions": [4, 4, 12],
-                       "tag": "entropy/mean", "value": h, "step": 1})
-    norm = with_normalized_entropy(df)
-    got = norm[norm.tag == "entropy/normalized"].set_index("run").value
-    h_max = [np.log(4), (1 - 4 ** -0.5) / 0.75, 0.5 * (1 - 1 / 12)]  # DESIGN.md max entropies
-    np.testing.assert_allclose(got[["a", "b", "c"]], h / np.array(h_max), rtol=1e-6)
+def test_reproduce_dry_run_prints_the_commands(tmp_path):
+    result = _script("reproduce.py", "distractors", "--dry-run", "--scale", "0.1", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "+experiment=distractors" in result.stdout and " seed=0\n" in result.stdout
+    result = _script("reproduce.py", "bandit", "--dry-run", "--out", tmp_path)
+    assert result.returncode == 0 and "scripts/bandit.py" in result.stdout
+
+
+@pytest.mark.parametrize("name, option", [("beta_target", "--more-seeds"),
+                                          ("distractor_support", "--min-distractors")])
+def test_folded_reproductions_keep_their_options(name, option):
+    result = _script("reproduce.py", name, "--help")
+    assert result.returncode == 0 and option in result.stdout and f"reproduce.py {name}" in result.stdout

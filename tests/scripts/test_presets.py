@@ -1,19 +1,16 @@
 """conf/experiment and conf/hydra/launcher presets compose with the trainer's config, and
-scripts/reproduce.py builds the sweeps the pages describe."""
+scripts/reproduce.py (rl.analysis.reproduce) builds the sweeps the pages describe."""
 
-import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
+from rl.analysis import reproduce
 from rl.config import register_configs, validate
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
-
-import reproduce  # noqa: E402
 
 
 def _compose(overrides):
@@ -87,3 +84,21 @@ def test_reproduce_builds_one_sweep_per_env_with_scaled_steps_and_seeds(tmp_path
 def test_reproduce_refuses_bad_arguments(argv, match):
     with pytest.raises(ValueError, match=match):
         reproduce.parse_args(argv)
+
+
+@pytest.mark.parametrize("name", ["beta_target", "distractor_support"])
+def test_reproductions_with_their_own_options_must_come_first(name):
+    with pytest.raises(ValueError, match=f"{name} --help"):
+        reproduce.parse_args(["--scale", "0.5", name])
+
+
+def test_script_reproductions_scale_their_own_options(tmp_path):
+    args = reproduce.parse_args(["confidence_penalty", "--scale", "0.2", "--out", str(tmp_path)])
+    cmd = reproduce.script_command(args)
+    assert cmd[1].endswith("scripts/confidence_penalty.py") and Path(cmd[1]).is_file()
+    assert cmd[cmd.index("--seeds") + 1] == "1" and cmd[cmd.index("--epochs") + 1] == "20"
+    args = reproduce.parse_args(["bandit", "--scale", "0.2", "--out", str(tmp_path)])
+    cmd = reproduce.script_command(args)
+    assert cmd[cmd.index("--draws") + 1] == "10" and cmd[cmd.index("--learn-steps") + 1] == "200"
+    with pytest.raises(ValueError, match="no Hydra overrides"):
+        reproduce.parse_args(["bandit", "algo.gamma=0.9"])

@@ -1,5 +1,6 @@
 """A tiny real sweep end to end: rl-train -m through joblib and through submitit's local
-executor, then scripts/aggregate.py and scripts/plot.py on its output.
+executor, then the aggregation and figures behind scripts/aggregate.py and scripts/plot.py
+(rl.analysis) on its output.
 
 2 x 2 runs (beta x mapping) of 512 CartPole steps each, two PPO updates per run. After
 the joblib sweep one run is replaced by an interrupted one and the sweep re-run: the
@@ -16,11 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
+from rl.analysis.aggregate import aggregate, load_table, write_table
+from rl.analysis.figures import make_all
 
-from aggregate import aggregate, write_table  # noqa: E402
-from plot import load_table, make_all  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 STEPS = 512  # two updates of 8 envs x 32 steps
 UPDATE_STEPS = (256, 512)
