@@ -1,9 +1,13 @@
 """``rl-eval``: play a trained checkpoint and report its mean episode return.
 
-    rl-eval checkpoint=outputs/.../checkpoint.pt episodes=10
+    rl-eval checkpoint=outputs/.../checkpoints/last.pt episodes=10
     rl-eval checkpoint=PATH episodes=5 greedy=false seed=3 video=videos/ device=cpu
 
-Options (``key=value``, as with ``rl-train``):
+A Hydra app like ``rl-train``: its options are the config ``conf/eval.yaml`` (schema `EvalConfig`,
+shipped with the package), set with the same override syntax, checked by the same schema types,
+listed by ``rl-eval --help`` / ``rl-eval --cfg job``. It writes no run directory. A bad value or an
+unreadable checkpoint prints one line, ``rl-eval: error: ...``, and exits with status 2
+(``HYDRA_FULL_ERROR=1``: the whole traceback).
 
 - ``checkpoint`` (required): a file written by the trainer (rl/checkpoint.py).
 - ``episodes`` (10): number of complete episodes to play.
@@ -14,7 +18,8 @@ Options (``key=value``, as with ``rl-train``):
   ``gymnasium.wrappers.RecordVideo`` (needs moviepy: ``pip install "entropy-rl[video]"``).
 - ``device`` (auto): auto | cpu | cuda | cuda:N.
 
-The checkpoint is a dict loaded with ``torch.load(weights_only=True)``; this module reads
+The checkpoint is read by ``rl.checkpoint.load_checkpoint`` (``torch.load(weights_only=True)``);
+this module reads
 
 - ``config``: the run's resolved config as a plain dict (``OmegaConf.to_container``); the env
   is rebuilt from ``config["env"]`` and the network from ``config["policy"]`` (or
@@ -32,102 +37,42 @@ clipping or normalization), so they compare with the training curves.
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import importlib.util
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-import torch
+from omegaconf import MISSING
 
-__all__ = ["evaluate", "load_policy", "main", "parse_overrides"]
+from rl.checkpoint import load_checkpoint, resolve_device
 
-DEFAULTS: dict[str, Any] = {
-    "checkpoint": None,
-    "episodes": 10,
-    "greedy": True,
-    "seed": 0,
-    "video": None,
-    "device": "auto",
-}
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["EvalConfig", "evaluate", "load_policy", "main"]
 
 
-def _parse_bool(key: str, text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f"{key}={text!r} is not allowed; allowed: true | false")
+@dataclass
+class EvalConfig:
+    """The options of ``rl-eval`` (values and comments: conf/eval.yaml)."""
+
+    checkpoint: str = MISSING
+    episodes: int = 10
+    greedy: bool = True
+    seed: int = 0
+    video: Optional[str] = None  # noqa: UP045 -- OmegaConf reads the typing form
+    device: str = "auto"
 
 
-def _parse_int(key: str, text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < low:
-        raise ValueError(f"{key}={text!r} is not allowed; allowed: an integer >= {low}")
-    return value
+def _register() -> None:
+    from hydra.core.config_store import ConfigStore
 
-
-def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
-    """``["checkpoint=PATH", "episodes=5", ...]`` -> options dict (defaults filled in)."""
-    opts = dict(DEFAULTS)
-    for arg in args:
-        key, sep, text = arg.partition("=")
-        key = key.lstrip("+")
-        if not sep or key not in DEFAULTS:
-            close = difflib.get_close_matches(key, list(DEFAULTS), n=1)
-            hint = f" (did you mean {close[0]}=?)" if close and sep else ""
-            raise ValueError(
-                f"argument {arg!r} is not allowed{hint}; use key=value with key one of {sorted(DEFAULTS)}"
-            )
-        if key == "episodes":
-            opts[key] = _parse_int(key, text, 1)
-        elif key == "seed":
-            opts[key] = _parse_int(key, text, 0)
-        elif key == "greedy":
-            opts[key] = _parse_bool(key, text)
-        elif key == "video":
-            opts[key] = None if text.lower() in ("", "null", "none") else text
-        else:
-            opts[key] = text
-    if not opts["checkpoint"]:
-        raise ValueError("checkpoint=PATH is required (a checkpoint file written by rl-train)")
-    return opts
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu" or name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={name!r} but CUDA is not available; use device=cpu or auto")
-        return torch.device(name)
-    raise ValueError(f"device={name!r} is not allowed; allowed: auto | cpu | cuda | cuda:N")
-
-
-def _load(path: str | Path, device: torch.device) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint={str(path)!r} is not a file")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"checkpoint={str(path)!r} could not be loaded ({type(err).__name__}: {err})"
-        ) from err
-    missing = [k for k in ("config", "model") if not isinstance(state, Mapping) or k not in state]
-    if missing:
-        raise ValueError(
-            f"checkpoint={str(path)!r} lacks {missing}; expected a checkpoint written by rl-train"
-        )
-    return state
+    ConfigStore.instance().store(name="base_eval", node=EvalConfig)
 
 
 def load_policy(state: Mapping[str, Any], vec_env, device: torch.device):
@@ -157,6 +102,7 @@ def load_policy(state: Mapping[str, Any], vec_env, device: torch.device):
 
 
 def _restore_obs_rms(vec_env, state: Mapping[str, Any]) -> None:
+    import torch
     from gymnasium.wrappers.vector import NormalizeObservation
 
     env = vec_env
@@ -196,13 +142,17 @@ def evaluate(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Play ``episodes`` episodes; returns ``{"returns", "lengths", "mean", "std"}``."""
+    import torch
+
     import ops
     from rl.envs import action_mask_from, make_envs, policy_obs
 
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes={episodes!r} is not allowed; allowed: an integer >= 1")
-    dev = _device(device)
-    state = _load(checkpoint, dev)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r} is not allowed; allowed: an integer >= 0")
+    dev = resolve_device(device)
+    state = load_checkpoint(checkpoint, dev, require=("config", "model"))
     cfg = state["config"]
     env_cfg = dict(cfg["env"])
     # returns are read before reward normalization; the wrapper would only add state
@@ -252,21 +202,20 @@ def evaluate(
     return {"returns": returns, "lengths": lengths, "mean": float(r.mean()), "std": float(r.std())}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="rl-eval",
-        description="Play a trained checkpoint and print its mean +- std episode return.",
-        epilog="example: rl-eval checkpoint=outputs/run/checkpoint.pt episodes=10 greedy=false",
-    )
-    parser.add_argument("overrides", nargs="*", help="key=value: " + ", ".join(
-        f"{k} (default {v})" for k, v in DEFAULTS.items()))
-    args = parser.parse_args(argv)
+def _task(cfg) -> None:
+    """Hydra's task: evaluate, print the result line; errors as ``rl-train`` prints them."""
+    from omegaconf import OmegaConf
+
     try:
-        opts = parse_overrides(args.overrides)
+        if OmegaConf.is_missing(cfg, "checkpoint"):
+            raise ValueError("checkpoint=PATH is required (a checkpoint file written by rl-train)")
+        opts = OmegaConf.to_container(cfg, resolve=True)
         result = evaluate(**opts)
     except ValueError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         print(f"rl-eval: error: {err}", file=sys.stderr)
-        return 2
+        raise SystemExit(2) from None
     mode = "greedy" if opts["greedy"] else "sampled"
     lengths = np.asarray(result["lengths"])
     print(
@@ -276,7 +225,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if opts["video"] is not None:
         print(f"videos in {Path(opts['video']).resolve()}")
-    return 0 if all(math.isfinite(x) for x in result["returns"]) else 1
+    if not all(math.isfinite(x) for x in result["returns"]):
+        raise SystemExit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``rl-eval`` (``argv``: the arguments, default ``sys.argv[1:]``); returns the exit status."""
+    import hydra
+
+    from rl.train import CONF_DIR, run_composing_once
+
+    _register()
+    app = hydra.main(version_base=None, config_path=CONF_DIR, config_name="eval")(_task)
+    saved = sys.argv
+    if argv is not None:
+        sys.argv = [saved[0] if saved else "rl-eval", *argv]
+    try:
+        run_composing_once(app)
+    except SystemExit as stop:
+        code = stop.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0
 
 
 if __name__ == "__main__":

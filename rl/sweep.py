@@ -26,6 +26,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Literal
 
+from rl.checkpoint import SUMMARY_FILE, write_json
+
 __all__ = [
     "SUMMARY_FILE",
     "FAILED_FILE",
@@ -37,7 +39,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
 FAILED_FILE = "failed.json"
 # A summary with one of these statuses describes a run that did not finish. "diverged" is
 # not among them: it is a result (re-running from the last good checkpoint, with the same
@@ -111,15 +112,6 @@ def check_previous_run(run_dir: str | os.PathLike) -> tuple[Status, Path | None]
     return "fresh", None
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 try:  # Hydra is a core dependency, but keep the helpers above importable without it.
     from hydra.experimental.callback import Callback as _Callback
 except ImportError:  # pragma: no cover
@@ -171,7 +163,7 @@ class RecordFailures(_Callback):
         }
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(run_dir / FAILED_FILE, record)
+            write_json(run_dir / FAILED_FILE, record)
         except OSError as e:  # recording must never be what sinks the sweep
             log.error("could not write %s: %s", run_dir / FAILED_FILE, e)
         log.error("run %s failed: %s (see %s)", run_dir, record["error"], FAILED_FILE)

@@ -19,7 +19,6 @@ checkpoint, resume, train M" give bit-identical networks on CPU.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -40,13 +39,17 @@ from omegaconf import OmegaConf
 import ops
 from rl import algos
 from rl.checkpoint import (
+    SUMMARY_FILE,
     env_snapshot_path,
     load_checkpoint,
     load_pickle,
+    resolve_device,
     save_checkpoint,
     save_pickle,
+    write_json,
 )
 from rl.config import validate
+from rl.optim import make_optimizer
 from rl.rollout import RolloutBuffer
 from rl.schedules import build_coefficient
 
@@ -55,7 +58,7 @@ __all__ = ["Trainer", "TrainingDiverged", "CHECKPOINT_NAME", "SUMMARY_NAME"]
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoints/last.pt"
-SUMMARY_NAME = "summary.json"
+SUMMARY_NAME = SUMMARY_FILE  # one name for the summary file: rl.checkpoint.SUMMARY_FILE
 _STAT_NAMES = ("losses/policy", "losses/value", "losses/total", "entropy/mean", "entropy/min",
                "entropy/max", "policy/support_size", "grad_norm/policy", "grad_norm/entropy",
                "grad_norm/value", "grad_norm/total", "ppo/approx_kl", "ppo/clip_fraction")
@@ -66,14 +69,6 @@ _RETURN_WINDOW = 100
 
 class TrainingDiverged(RuntimeError):
     """A loss, a gradient or the logits became non-finite; the run stopped before the bad step."""
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} is not available: torch sees no CUDA device; use cpu or auto")
-    return torch.device(name)
 
 
 def _wrapper_chain(env: Any):
@@ -127,7 +122,7 @@ class Trainer:
         self._num_envs = int(cfg.num_envs)
         self._total_steps = int(cfg.total_steps)
         self._solved_return = cfg.env.solved_return
-        self.device = _resolve_device(str(cfg.device))
+        self.device = resolve_device(str(cfg.device))
         torch.set_num_threads(cfg.threads)
         self.beta_coef = build_coefficient(checked.beta)
         self.temperature_coef = build_coefficient(checked.temperature)
@@ -143,7 +138,7 @@ class Trainer:
 
         self._make_envs, self._action_mask_from, self._policy_obs = make_envs, action_mask_from, policy_obs
         resume = resume if resume is not None else cfg.resume
-        self._state = load_checkpoint(resume) if resume else None
+        self._state = load_checkpoint(resume, name="resume") if resume else None
 
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -216,10 +211,9 @@ class Trainer:
         # One flat tensor (see _flatten_parameters) and fused Adam / foreach RMSprop: one kernel
         # per step; the per-tensor bookkeeping of torch.optim is most of a small network's step.
         params = self.params if self.flat_params is None else [self.flat_params]
-        if a.optimizer == "adam":
-            return torch.optim.Adam(params, lr=a.learning_rate, eps=a.adam_eps, fused=True)
-        return torch.optim.RMSprop(params, lr=a.learning_rate, alpha=a.rmsprop_alpha,
-                                   eps=a.rmsprop_eps, foreach=True)
+        # rl.optim: torch's Adam/RMSprop without the compile wrappers that import torch._dynamo
+        return make_optimizer(a.optimizer, params, lr=a.learning_rate, adam_eps=a.adam_eps,
+                              rmsprop_alpha=a.rmsprop_alpha, rmsprop_eps=a.rmsprop_eps)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -709,15 +703,7 @@ class Trainer:
         }
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
-        path = self.run_dir / SUMMARY_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(_finite(summary), f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return path
+        return write_json(self.run_dir / SUMMARY_NAME, _finite(summary))
 
     def close(self) -> None:
         self.envs.close()

@@ -1,4 +1,4 @@
-"""rl-eval end to end on checkpoints built in the test (no trainer involved)."""
+"""rl-eval end to end on checkpoints built in the test (no trainer involved); its Hydra command line."""
 
 import gymnasium as gym
 import numpy as np
@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import rl.evaluate as evaluate_mod
+from rl.checkpoint import CheckpointError
 from rl.envs import make_envs
-from rl.evaluate import _restore_obs_rms, evaluate, main, parse_overrides
+from rl.evaluate import _restore_obs_rms, evaluate, main
 from rl.networks import ActorCritic
 
 N_ACTIONS = 4
@@ -217,24 +218,73 @@ def test_cli_prints_mean_and_std(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args,culprit",
     [
-        (["episodes=3"], "checkpoint=PATH is required"),
-        (["checkpoint=a", "episode=3"], "did you mean episodes"),
-        (["checkpoint=a", "episodes=0"], "episodes='0'"),
-        (["checkpoint=a", "greedy=maybe"], "greedy='maybe'"),
-        (["checkpoint=a", "seed=x"], "seed='x'"),
-        (["checkpoint=a", "nonsense"], "'nonsense'"),
+        (["episodes=3"], "rl-eval: error: checkpoint=PATH is required (a checkpoint file written by "
+                         "rl-train)"),
+        (["episodes=0"], "rl-eval: error: episodes=0 is not allowed; allowed: an integer >= 1"),
+        (["seed=-1"], "rl-eval: error: seed=-1 is not allowed; allowed: an integer >= 0"),
+        (["device=tpu"], "rl-eval: error: device='tpu' is not allowed; allowed: auto | cpu | cuda | cuda:N"),
     ],
 )
-def test_bad_overrides(args, culprit):
-    with pytest.raises(ValueError, match=culprit):
-        parse_overrides(args)
+def test_bad_values_print_one_line_and_exit_2(tmp_path, capsys, args, culprit):
+    path = _checkpoint(tmp_path, _config({}), CARTPOLE_OBS, 2)
+    argv = args if args[0].startswith("episodes=3") else [f"checkpoint={path}", *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == culprit
+
+
+@pytest.mark.parametrize(
+    "arg,culprit",
+    [("episode=3", "Key 'episode' not in 'EvalConfig'"), ("greedy=maybe", "'maybe' is not a valid bool"),
+     ("seed=x", "could not be converted to Integer")],
+)
+def test_options_are_hydra_overrides_checked_by_the_schema(tmp_path, capsys, arg, culprit):
+    """The same override syntax and type errors as rl-train (Hydra's, without a traceback)."""
+    path = _checkpoint(tmp_path, _config({}), CARTPOLE_OBS, 2)
+    assert main([f"checkpoint={path}", arg]) == 1
+    err = capsys.readouterr().err
+    assert culprit in err and "Traceback" not in err
 
 
 def test_cli_reports_errors_with_exit_code_2(tmp_path, capsys):
     assert main([f"checkpoint={tmp_path / 'missing.pt'}"]) == 2
-    assert "is not a file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"rl-eval: error: checkpoint={str(tmp_path / 'missing.pt')!r} is not a file")
+    assert err.count("\n") == 1
     with pytest.raises(ValueError, match="device='tpu'"):
-        evaluate_mod._device("tpu")
+        evaluate(tmp_path / "missing.pt", device="tpu")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_unreadable_checkpoint_names_the_file(tmp_path, capsys, damage):
+    good = _checkpoint(tmp_path, _config({}), CARTPOLE_OBS, 2)
+    path = tmp_path / f"{damage}.pt"
+    if damage == "truncated":
+        path.write_bytes(good.read_bytes()[:200])
+    else:
+        path.write_text("{}")
+    with pytest.raises(CheckpointError, match="truncated, corrupt or another format"):
+        evaluate(path, episodes=1)
+    assert main([f"checkpoint={path}", "device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rl-eval: error: checkpoint={str(path)!r} is not a readable entropy-rl checkpoint")
+    assert "rl-train" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_help_lists_the_options(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for key in ("checkpoint: ???", "episodes: 10", "greedy: true", "seed: 0", "video: null", "device: auto"):
+        assert key in out
+
+
+def test_cli_writes_nothing(tmp_path, capsys, monkeypatch):
+    path = _checkpoint(tmp_path, _config({"max_episode_steps": 5}), CARTPOLE_OBS, 2)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main([f"checkpoint={path}", "episodes=1", "device=cpu"]) == 0
+    assert list(work.iterdir()) == []
 
 
 def test_video_without_moviepy_names_the_extra(tmp_path, monkeypatch):

@@ -99,14 +99,96 @@ def test_sigterm_writes_a_checkpoint_and_an_interrupted_summary(tmp_path):
     assert final["global_step"] == summary["steps"] and first <= final["global_step"] < 100000000
 
 
+def _console_script(name):
+    path = Path(sys.executable).with_name(name)
+    if not path.is_file():
+        pytest.skip(f"{name} is not installed next to {sys.executable}")
+    return str(path)
+
+
 def test_bad_value_is_refused_before_anything_is_written(tmp_path):
+    """Through the console script: one clean line on stderr, no traceback, exit status 2."""
     run_dir = tmp_path / "run"
-    proc = subprocess.run(_train_cmd(run_dir, "policy.alpha=0.5", *TINY), cwd=tmp_path, env=_env(),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert "policy.alpha=0.5 is not allowed" in proc.stderr
+    cmd = [_console_script("rl-train"), "policy.alpha=0.5", *TINY, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("rl-train: error: policy.alpha=0.5 is not allowed; allowed: ")
     assert not (run_dir / "summary.json").exists() and not (run_dir / "tb").exists()
     assert not (run_dir / "checkpoints").exists()
+
+
+def test_hydra_full_error_shows_the_traceback(tmp_path):
+    env = dict(_env(), HYDRA_FULL_ERROR="1")
+    proc = subprocess.run(_train_cmd(tmp_path / "run", "policy.alpha=0.5", *TINY), cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "ValueError: policy.alpha=0.5 is not allowed" in proc.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_unreadable_resume_checkpoint_names_the_file(tmp_path, damage):
+    path = tmp_path / f"{damage}.pt"
+    if damage == "truncated":  # the first bytes of a real torch archive
+        import torch
+
+        torch.save({"format": 1, "model": {"w": torch.zeros(64, 64)}}, path)
+        path.write_bytes(path.read_bytes()[:5000])
+    else:
+        path.write_text("model: not a checkpoint\n")
+    proc = subprocess.run(_train_cmd(tmp_path / "run", f"resume={path}", *TINY), cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    expected = f"rl-train: error: resume={str(path)!r} is not a readable entropy-rl checkpoint"
+    assert lines[0].startswith(expected)
+    assert "truncated, corrupt or another format" in lines[0]
+    assert "pass a checkpoint written by rl-train" in lines[0]  # what to do
+
+
+def test_a_run_composes_once_and_imports_no_compiler(tmp_path, monkeypatch):
+    """Start-up: Hydra composes the config once; torch._dynamo (1.8 s) and ale_py are never imported."""
+    code = (
+        "import sys\n"
+        "from hydra._internal.hydra import Hydra\n"
+        "calls = []\n"
+        "real = Hydra.compose_config\n"
+        "def spy(self, *a, **k):\n"
+        "    calls.append(k.get('run_mode'))\n"
+        "    return real(self, *a, **k)\n"
+        "Hydra.compose_config = spy\n"
+        "import rl.train\n"
+        f"sys.argv = ['rl-train', 'total_steps=32', *{TINY!r}, 'hydra.run.dir={tmp_path / 'run'}']\n"
+        "rl.train.main()\n"
+        "print('COMPOSED', len(calls), sorted(m for m in ('torch._dynamo', 'ale_py') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "COMPOSED 1 []" in proc.stdout, proc.stdout[-2000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 32
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["beta=0.1", "-m", "seed=0,1"], True),
+    (["hydra.mode=MULTIRUN", "seed=0,1"], False),
+    (["--config-dir", "/elsewhere", "beta=0.1"], False),
+    (["-cd=/elsewhere"], False),
+])
+def test_the_mode_compose_is_skipped_only_when_the_flags_decide(argv, expected):
+    from rl.train import _mode_comes_from_the_flags
+
+    assert _mode_comes_from_the_flags(argv) is expected
+
+
+def test_shipped_configs_never_set_hydra_mode():
+    """rl.train skips Hydra's mode-reading compose on that premise."""
+    for path in (ROOT / "conf").rglob("*.yaml"):
+        cfg = yaml.safe_load(path.read_text()) or {}
+        assert "mode" not in (cfg.get("hydra") or {}), path
 
 
 def test_console_scripts_point_at_the_entry_points():
