@@ -15,39 +15,16 @@ How the gradient norms are measured (rl.trainer, rl.logging):
 import copy
 import zlib
 
-import entmax
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from rl_helpers import compose, entropy_oracle, probs_oracle
 
 from rl import algos
-from rl.config import register_configs
-from rl.train import CONF_DIR
 from rl.trainer import Trainer
-
-register_configs()
 
 B, V = 24, 6
 MASK_FILL = -1.0e4  # a finite "minus infinity": exp underflows to 0, (ent/sparse)max gives 0
-
-
-def _probs(z, alpha, temperature):
-    """Independent mapping: torch softmax, or the entmax package (autograd through it)."""
-    z = z / temperature
-    if alpha == 1.0:
-        return torch.softmax(z, -1)
-    if alpha == 2.0:
-        return entmax.sparsemax(z, dim=-1)
-    if alpha == 1.5:
-        return entmax.entmax15(z, dim=-1)
-    return entmax.entmax_bisect(z, alpha, dim=-1, n_iter=100)
-
-
-def _entropy(p, alpha):
-    if alpha == 1.0:
-        return -(p * torch.where(p > 0, p, torch.ones_like(p)).log()).sum(-1)
-    return (1.0 - p.pow(alpha).sum(-1)) / (alpha * (alpha - 1.0))
 
 
 def _inputs(seed, masked, alpha, temperature, dtype=torch.float64):
@@ -59,7 +36,7 @@ def _inputs(seed, masked, alpha, temperature, dtype=torch.float64):
         mask[torch.arange(B), torch.randint(V, (B,), generator=g)] = True  # >= 1 allowed per row
     z = logits.detach() if mask is None else logits.detach().masked_fill(~mask, MASK_FILL)
     # the old policy: the current one perturbed, so PPO's ratios spread over both clip branches
-    old_p = _probs(z + 0.6 * torch.randn(B, V, generator=g, dtype=dtype), alpha, temperature)
+    old_p = probs_oracle(z + 0.6 * torch.randn(B, V, generator=g, dtype=dtype), alpha, temperature)
     old_p = old_p if mask is None else old_p * mask
     actions = torch.multinomial(old_p.float(), 1, generator=g).squeeze(1)
     batch = algos.Batch(
@@ -78,17 +55,17 @@ def _inputs(seed, masked, alpha, temperature, dtype=torch.float64):
 def _reference_terms(logits, batch, algo, alpha, temperature, beta, clip_eps, norm_adv):
     """(policy term, -beta * mean H) built from the independent mapping, differentiable."""
     z = logits if batch.masks is None else logits.masked_fill(~batch.masks, MASK_FILL)
-    p = _probs(z, alpha, temperature)
+    p = probs_oracle(z, alpha, temperature)
     p_a = p.gather(1, batch.actions[:, None]).squeeze(1)
     adv = batch.advantages
     if norm_adv:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     if algo == "ppo":
-        ratio = p_a / batch.log_probs.exp()  # through p_a, as DESIGN.md's PPO paragraph
+        ratio = p_a / batch.log_probs.exp()  # through p_a, as docs/DESIGN.md's PPO paragraph
         policy = -torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv).mean()
     else:
         policy = -(adv * p_a.log()).mean()
-    return policy, -beta * _entropy(p, alpha).mean(), p
+    return policy, -beta * entropy_oracle(p, alpha).mean(), p
 
 
 def _losses(algo, logits, values, batch, alpha, temperature, beta, clip_eps, norm_adv, vf_coef=0.5):
@@ -109,7 +86,7 @@ def test_grad_norms_are_the_norms_of_the_two_terms_gradients(algo, alpha, masked
     if algo == "a2c":  # on-policy: the action was sampled from the current policy (p_a > 0)
         with torch.no_grad():
             z = logits if batch.masks is None else logits.masked_fill(~batch.masks, MASK_FILL)
-            p = _probs(z, alpha, temperature)
+            p = probs_oracle(z, alpha, temperature)
         batch.actions = torch.multinomial(p.float(), 1, generator=torch.Generator().manual_seed(3))[:, 0]
     losses = _losses(algo, logits, values, batch, alpha, temperature, beta, clip_eps, norm_adv=True)
 
@@ -136,7 +113,7 @@ def test_loss_reads_pg_minus_beta_entropy_plus_vf_coef_value(algo):
     logits, values, batch = _inputs(11, True, alpha, temperature)
     if algo == "a2c":
         with torch.no_grad():
-            p = _probs(logits.masked_fill(~batch.masks, MASK_FILL), alpha, temperature)
+            p = probs_oracle(logits.masked_fill(~batch.masks, MASK_FILL), alpha, temperature)
         batch.actions = torch.multinomial(p.float(), 1, generator=torch.Generator().manual_seed(4))[:, 0]
     losses = _losses(algo, logits, values, batch, alpha, temperature, beta, clip_eps, norm_adv=False,
                      vf_coef=vf_coef)
@@ -147,7 +124,7 @@ def test_loss_reads_pg_minus_beta_entropy_plus_vf_coef_value(algo):
     torch.testing.assert_close(losses.loss.double(), reference.double(), rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(losses.pg_loss.double(), policy.detach(), rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(losses.v_loss.double(), v_loss.detach(), rtol=1e-6, atol=1e-9)
-    torch.testing.assert_close(losses.out.entropy.double(), _entropy(p, alpha).detach(), rtol=1e-6,
+    torch.testing.assert_close(losses.out.entropy.double(), entropy_oracle(p, alpha).detach(), rtol=1e-6,
                                atol=1e-9)
     np.testing.assert_array_equal(losses.out.support_size.numpy(), (p > 0).sum(-1).numpy())
     grads = torch.autograd.grad(losses.loss, (logits, values))
@@ -198,18 +175,13 @@ def test_normalize_advantages():
 # ---------------------------------------------------------------- through the trainer
 
 
-def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return compose("config", overrides=list(overrides))
-
-
 @pytest.mark.parametrize("algo, policy", [("ppo", "sparsemax"), ("a2c", "softmax")])
 def test_trainer_metrics_match_autograd_on_the_update_batch(tmp_path, algo, policy):
     """One update on one minibatch: the trainer's losses/*, entropy/mean and grad_norm/* equal
     autograd references computed from a copy of the network on the same batch."""
     n_steps, num_envs, beta, temperature, vf_coef, max_grad_norm = 16, 2, 0.2, 0.8, 0.6, 0.05
     extra = [f"algo.batch_size={n_steps * num_envs}", "algo.update_epochs=1"] if algo == "ppo" else []
-    cfg = _compose(f"algo={algo}", f"policy={policy}", f"beta={beta}", f"policy.temperature={temperature}",
+    cfg = compose(f"algo={algo}", f"policy={policy}", f"beta={beta}", f"policy.temperature={temperature}",
                    f"algo.vf_coef={vf_coef}", f"algo.max_grad_norm={max_grad_norm}", "algo.norm_adv=true",
                    f"algo.n_steps={n_steps}", f"num_envs={num_envs}", "policy.hidden_sizes=[16]",
                    "env.id=Acrobot-v1", "total_steps=10000", "device=cpu", "progress=false", "seed=3",
@@ -238,7 +210,7 @@ def test_trainer_metrics_match_autograd_on_the_update_batch(tmp_path, algo, poli
     norm = lambda gs: float(torch.sqrt(sum((g.double() ** 2).sum() for g in gs)))  # noqa: E731
     expected = {
         "losses/policy": policy_term.item(), "losses/value": v_loss.item(), "losses/total": total.item(),
-        "entropy/mean": _entropy(p, alpha).mean().item(),
+        "entropy/mean": entropy_oracle(p, alpha).mean().item(),
         "grad_norm/policy": float(g_policy.norm()), "grad_norm/entropy": float(g_entropy.norm()),
         "grad_norm/value": norm(g_value), "grad_norm/total": norm(g_all),
     }
@@ -253,7 +225,7 @@ def test_trainer_metrics_match_autograd_on_the_update_batch(tmp_path, algo, poli
 
 
 def test_trainer_grad_norm_entropy_is_zero_without_entropy_term(tmp_path):
-    cfg = _compose("beta=0.0", "algo.n_steps=8", "num_envs=2", "algo.batch_size=16", "algo.update_epochs=1",
+    cfg = compose("beta=0.0", "algo.n_steps=8", "num_envs=2", "algo.batch_size=16", "algo.update_epochs=1",
                    "policy.hidden_sizes=[8]", "total_steps=1000", "device=cpu", "progress=false")
     trainer = Trainer(cfg, tmp_path)
     try:

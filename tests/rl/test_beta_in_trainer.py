@@ -18,53 +18,23 @@ import math
 import random
 import sys
 
-import gymnasium as gym
-import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from rl_helpers import (
+    MINIBATCHES_PER_UPDATE,
+    N_STEPS,
+    ROLLOUT,
+    TINY,
+    TINY_PPO,
+    MaskedEnv,
+    registered,
+    scalars,
+    tiny,
+    train,
+)
 
 import ops
 from rl.checkpoint import load_checkpoint
-from rl.config import register_configs
-from rl.train import CONF_DIR
 from rl.trainer import CHECKPOINT_NAME, Trainer
-
-register_configs()
-
-N_ENVS, N_STEPS = 2, 16
-ROLLOUT = N_ENVS * N_STEPS  # env steps per update
-TINY = ("device=cpu", "progress=false", "policy.hidden_sizes=[16]", f"num_envs={N_ENVS}",
-        f"algo.n_steps={N_STEPS}", "algo.batch_size=16", "algo.update_epochs=2", "histogram_interval=0",
-        "checkpoint_interval=0")
-MINIBATCHES_PER_UPDATE = 2 * 2  # update_epochs x (ROLLOUT / batch_size)
-
-
-def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return compose("config", overrides=list(overrides))
-
-
-def _tiny(*overrides: str):
-    return _compose("algo=ppo", *TINY, *overrides)
-
-
-def _train(cfg, run_dir, **kwargs):
-    trainer = Trainer(cfg, run_dir, **kwargs)
-    try:
-        summary = trainer.train()
-    finally:
-        trainer.close()
-    return trainer, summary
-
-
-def _scalars(run_dir) -> dict[str, tuple[list[int], list[float]]]:
-    """Every scalar tag of the run's TensorBoard events: tag -> (steps, values)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: ([e.step for e in acc.Scalars(tag)], [e.value for e in acc.Scalars(tag)])
-            for tag in acc.Tags()["scalars"]}
 
 
 @pytest.fixture
@@ -117,8 +87,8 @@ SCHEDULES = {
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_scheduled_beta_is_logged_at_every_update_and_reaches_ops(tmp_path, spy_ops, name):
     overrides, expected = SCHEDULES[name]
-    trainer, summary = _train(_tiny(f"total_steps={TOTAL}", *overrides), tmp_path)
-    steps, logged = _scalars(tmp_path)["policy/beta"]
+    trainer, summary = train(tiny(f"total_steps={TOTAL}", *overrides), tmp_path)
+    steps, logged = scalars(tmp_path)["policy/beta"]
     updates = TOTAL // ROLLOUT
     assert summary["updates"] == updates
     assert steps == [ROLLOUT * (k + 1) for k in range(updates)]  # every update
@@ -128,8 +98,8 @@ def test_scheduled_beta_is_logged_at_every_update_and_reaches_ops(tmp_path, spy_
     assert used == pytest.approx(want, rel=1e-12, abs=1e-15)  # what ops computed with
     if name != "constant":
         assert len(set(used)) > 1  # the schedule moved within the run
-    scalars = _scalars(tmp_path)
-    assert "policy/target_entropy" not in scalars and "policy/temperature" not in scalars
+    tags = scalars(tmp_path)
+    assert "policy/target_entropy" not in tags and "policy/temperature" not in tags
 
 
 # ---------------------------------------------------------------- target entropy
@@ -150,10 +120,10 @@ def _dual_path(start: float, lr: float, f: float, entropies: list[float], h_max:
 @pytest.mark.parametrize("policy", ["softmax", "sparsemax"])
 def test_target_entropy_logs_target_and_entropy_and_steps_beta_on_them(tmp_path, spy_ops, policy):
     f, lr, start = random.uniform(0.3, 0.7), 0.3, 0.02
-    cfg = _tiny("total_steps=320", f"policy={policy}", f"beta={start}",
+    cfg = tiny("total_steps=320", f"policy={policy}", f"beta={start}",
                 f"beta_schedule.target_entropy={f}", f"beta_schedule.lr={lr}")
-    trainer, summary = _train(cfg, tmp_path)
-    sc = _scalars(tmp_path)
+    trainer, summary = train(cfg, tmp_path)
+    sc = scalars(tmp_path)
     h_steps, entropy = sc["entropy/mean"]
     t_steps, target = sc["policy/target_entropy"]
     b_steps, beta = sc["policy/beta"]
@@ -176,9 +146,15 @@ def test_target_entropy_logs_target_and_entropy_and_steps_beta_on_them(tmp_path,
     assert state["schedule"] == {"beta_schedule.target_entropy": f, "beta_schedule.lr": lr}
 
 
-def test_target_is_logged_at_every_update_from_the_same_batch_as_the_entropy(tmp_path, monkeypatch):
-    env_id = "entropy-rl-test/VariableMask-v0"
-    gym.register(env_id, entry_point=VariableMaskEnv)
+@pytest.fixture
+def variable_mask_env():
+    """2 to 4 of 5 actions allowed at random each step (a Dict observation with the mask)."""
+    with registered("entropy-rl-test/VariableMask-v0", MaskedEnv, kwargs={"allowed": (2, 4)}) as env_id:
+        yield env_id
+
+
+def test_target_is_logged_at_every_update_from_the_same_batch_as_the_entropy(
+        tmp_path, monkeypatch, variable_mask_env):
     h_max_of_batch = []
     max_entropy = ops.max_entropy
 
@@ -189,63 +165,24 @@ def test_target_is_logged_at_every_update_from_the_same_batch_as_the_entropy(tmp
 
     monkeypatch.setattr(ops, "max_entropy", spy_max_entropy)
     f = 0.5
-    try:
-        cfg = _tiny(f"env.id={env_id}", "env.solved_return=null", "total_steps=192", "beta=0.02",
-                    f"beta_schedule.target_entropy={f}", "beta_schedule.lr=0.3")
-        trainer, summary = _train(cfg, tmp_path)
-    finally:
-        del gym.registry[env_id]
-    sc = _scalars(tmp_path)
+    cfg = tiny(f"env.id={variable_mask_env}", "env.solved_return=null", "total_steps=192", "beta=0.02",
+               f"beta_schedule.target_entropy={f}", "beta_schedule.lr=0.3")
+    trainer, summary = train(cfg, tmp_path)
+    sc = scalars(tmp_path)
     assert len(h_max_of_batch) == summary["updates"]
     assert len(set(h_max_of_batch)) > 1  # masks vary, so does the batch's H_max
     assert sc["policy/target_entropy"][0] == sc["entropy/mean"][0]  # every update
     assert sc["policy/target_entropy"][1] == pytest.approx([f * h for h in h_max_of_batch], rel=1e-6)
 
 
-N_MASKED = 5
-
-
-class VariableMaskEnv(gym.Env):
-    """2 to 4 of 5 actions allowed at random each step (a Dict observation with the mask)."""
-
-    action_space = gym.spaces.Discrete(N_MASKED)
-    observation_space = gym.spaces.Dict({
-        "observation": gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
-        "action_mask": gym.spaces.Box(0, 1, (N_MASKED,), np.int8)})
-
-    def _out(self):
-        self.mask = np.zeros(N_MASKED, np.int8)
-        k = int(self.np_random.integers(2, 5))
-        self.mask[self.np_random.choice(N_MASKED, k, replace=False)] = 1
-        return {"observation": self.np_random.normal(size=3).astype(np.float32),
-                "action_mask": self.mask.copy()}, {}
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return self._out()
-
-    def step(self, action):
-        if not self.mask[int(action)]:
-            raise RuntimeError(f"invalid action {action} under mask {self.mask}")
-        self.t += 1
-        obs, info = self._out()
-        return obs, float(action == 0), False, self.t >= 8, info
-
-
-def test_target_under_masks_is_a_fraction_of_the_allowed_actions_maximum(tmp_path):
+def test_target_under_masks_is_a_fraction_of_the_allowed_actions_maximum(tmp_path, variable_mask_env):
     """With 2-4 of 5 actions allowed, H_max is the mean of log n_allowed over the batch, well
     below log 5; the target and the dual step use it."""
-    env_id = "entropy-rl-test/VariableMask-v0"
-    gym.register(env_id, entry_point=VariableMaskEnv)
     f, lr, start = 0.6, 0.3, 0.02
-    try:
-        cfg = _tiny(f"env.id={env_id}", "env.solved_return=null", "total_steps=192", f"beta={start}",
-                    f"beta_schedule.target_entropy={f}", f"beta_schedule.lr={lr}")
-        trainer, summary = _train(cfg, tmp_path)
-    finally:
-        del gym.registry[env_id]
-    sc = _scalars(tmp_path)
+    cfg = tiny(f"env.id={variable_mask_env}", "env.solved_return=null", "total_steps=192", f"beta={start}",
+               f"beta_schedule.target_entropy={f}", f"beta_schedule.lr={lr}")
+    trainer, summary = train(cfg, tmp_path)
+    sc = scalars(tmp_path)
     _, target = sc["policy/target_entropy"]
     _, entropy = sc["entropy/mean"]
     # E[log n] for n uniform on {2, 3, 4}, per row; a batch of ~60 rows scatters around it
@@ -261,11 +198,11 @@ def test_target_under_masks_is_a_fraction_of_the_allowed_actions_maximum(tmp_pat
 def test_temperature_schedule_reaches_ops_and_moves_the_entropy(tmp_path, spy_ops):
     # Piecewise temperature: very cold, then very hot. The entropy of softmax(z / T) follows it,
     # whatever the network's logits are: near 0 when cold, near log 2 when hot.
-    cfg = _tiny("total_steps=320", "beta=0.0", "policy.temperature=1.0",
+    cfg = tiny("total_steps=320", "beta=0.0", "policy.temperature=1.0",
                 "policy.temperature_schedule.kind=piecewise", "policy.temperature_schedule.boundaries=[160]",
                 "policy.temperature_schedule.values=[0.001,1000.0]")
-    trainer, summary = _train(cfg, tmp_path)
-    sc = _scalars(tmp_path)
+    trainer, summary = train(cfg, tmp_path)
+    sc = scalars(tmp_path)
     steps, temperature = sc["policy/temperature"]
     want = [0.001 if s - ROLLOUT < 160 else 1000.0 for s in steps]
     assert steps == [ROLLOUT * (k + 1) for k in range(summary["updates"])]
@@ -282,10 +219,10 @@ def test_temperature_schedule_reaches_ops_and_moves_the_entropy(tmp_path, spy_op
 
 def test_temperature_target_steps_the_temperature_on_the_entropy(tmp_path, spy_ops):
     f, lr, start = 0.3, 0.5, 1.0
-    cfg = _tiny("total_steps=320", "beta=0.0", f"policy.temperature={start}",
+    cfg = tiny("total_steps=320", "beta=0.0", f"policy.temperature={start}",
                 f"policy.temperature_schedule.target_entropy={f}", f"policy.temperature_schedule.lr={lr}")
-    trainer, summary = _train(cfg, tmp_path)
-    sc = _scalars(tmp_path)
+    trainer, summary = train(cfg, tmp_path)
+    sc = scalars(tmp_path)
     _, entropy = sc["entropy/mean"]
     steps, temperature = sc["policy/temperature"]
     assert len(steps) == summary["updates"]
@@ -299,10 +236,10 @@ def test_temperature_target_steps_the_temperature_on_the_entropy(tmp_path, spy_o
 
 
 def test_temperature_target_logs_its_target(tmp_path):
-    cfg = _tiny("total_steps=128", "policy.temperature_schedule.target_entropy=0.3",
+    cfg = tiny("total_steps=128", "policy.temperature_schedule.target_entropy=0.3",
                 "policy.temperature_schedule.lr=0.5")
-    _train(cfg, tmp_path)
-    sc = _scalars(tmp_path)
+    train(cfg, tmp_path)
+    sc = scalars(tmp_path)
     assert "policy/target_entropy" in sc
     assert sc["policy/target_entropy"][1] == pytest.approx([0.3 * math.log(2)] * 4, rel=1e-6)
 
@@ -327,7 +264,7 @@ def _no_envs(*args, **kwargs):
 
 @pytest.mark.parametrize("a, b, needle", INVALID)
 def test_invalid_schedule_is_refused_by_the_trainer_before_any_env(tmp_path, a, b, needle):
-    cfg = _tiny("total_steps=64", a, b)
+    cfg = tiny("total_steps=64", a, b)
     with pytest.raises(ValueError) as err:
         Trainer(cfg, tmp_path, make_envs=_no_envs, make_network=_no_envs)
     assert needle in str(err.value), str(err.value)
@@ -343,7 +280,8 @@ def test_invalid_schedule_is_refused_by_rl_train_before_training(tmp_path, monke
     from rl import train
 
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(sys, "argv", ["rl-train", *TINY, "total_steps=64", a, b, f"hydra.run.dir={run_dir}"])
+    monkeypatch.setattr(sys, "argv",
+                        ["rl-train", *TINY, *TINY_PPO, "total_steps=64", a, b, f"hydra.run.dir={run_dir}"])
     GlobalHydra.instance().clear()
     with pytest.raises(SystemExit) as exit_info:
         train.main()
@@ -370,8 +308,8 @@ RESUMES = {
 def test_resume_continues_schedule_and_dual_variable_exactly(tmp_path, name):
     """train 320 == train 160, checkpoint, resume, train 160: same betas, temperatures and dual
     state (CartPole, exact_env_resume)."""
-    cfg = _tiny("total_steps=320", "exact_env_resume=true", *RESUMES[name])
-    full, _ = _train(cfg, tmp_path / "full")
+    cfg = tiny("total_steps=320", "exact_env_resume=true", *RESUMES[name])
+    full, _ = train(cfg, tmp_path / "full")
     first = Trainer(cfg, tmp_path / "split")
     try:
         assert first.train(stop_at_step=160)["status"] == "interrupted"
@@ -380,11 +318,11 @@ def test_resume_continues_schedule_and_dual_variable_exactly(tmp_path, name):
     ckpt = tmp_path / "split" / CHECKPOINT_NAME
     saved = load_checkpoint(ckpt)
     assert saved["global_step"] == 160
-    resumed, summary = _train(cfg, tmp_path / "split", resume=str(ckpt))
+    resumed, summary = train(cfg, tmp_path / "split", resume=str(ckpt))
     assert summary["status"] == "completed" and summary["steps"] == 320
     for coef in ("beta_coef", "temperature_coef"):
         assert getattr(resumed, coef).state_dict() == getattr(full, coef).state_dict()
-    a, b = _scalars(tmp_path / "full"), _scalars(tmp_path / "split")
+    a, b = scalars(tmp_path / "full"), scalars(tmp_path / "split")
     for tag in ("policy/beta", "policy/temperature", "policy/target_entropy", "entropy/mean"):
         # the resumed curve continues with the same values (the checkpoint step's own event is
         # another matter: see test_resume_keeps_the_event_logged_at_the_checkpoint_step)
@@ -403,36 +341,36 @@ def _without(series, step):
 
 
 def test_resume_keeps_the_event_logged_at_the_checkpoint_step(tmp_path):
-    cfg = _tiny("total_steps=128", "beta=0.05", "beta_schedule.kind=linear", "beta_schedule.end=0.0")
+    cfg = tiny("total_steps=128", "beta=0.05", "beta_schedule.kind=linear", "beta_schedule.end=0.0")
     first = Trainer(cfg, tmp_path)
     try:
         first.train(stop_at_step=64)
     finally:
         first.close()
-    assert _scalars(tmp_path)["policy/beta"][0] == [32, 64]
-    _train(cfg, tmp_path, resume=str(tmp_path / CHECKPOINT_NAME))
-    steps, beta = _scalars(tmp_path)["policy/beta"]
+    assert scalars(tmp_path)["policy/beta"][0] == [32, 64]
+    train(cfg, tmp_path, resume=str(tmp_path / CHECKPOINT_NAME))
+    steps, beta = scalars(tmp_path)["policy/beta"]
     assert steps == [32, 64, 96, 128]
     assert beta == pytest.approx([0.05 * (1 - s / 128) for s in (0, 32, 64, 96)], rel=1e-6)
 
 
 def test_resume_under_a_different_schedule_is_refused_naming_the_field(tmp_path):
-    cfg = _tiny("total_steps=128", "beta=0.05", "beta_schedule.kind=linear", "beta_schedule.end=0.0")
+    cfg = tiny("total_steps=128", "beta=0.05", "beta_schedule.kind=linear", "beta_schedule.end=0.0")
     first = Trainer(cfg, tmp_path)
     try:
         first.train(stop_at_step=64)
     finally:
         first.close()
     ckpt = str(tmp_path / CHECKPOINT_NAME)
-    changed = _tiny("total_steps=128", "beta=0.05", "beta_schedule.kind=linear", "beta_schedule.end=0.01")
+    changed = tiny("total_steps=128", "beta=0.05", "beta_schedule.kind=linear", "beta_schedule.end=0.01")
     with pytest.raises(ValueError, match=r"beta_schedule.end=0.01.*checkpoint's beta_schedule.end=0.0"):
         Trainer(changed, tmp_path, resume=ckpt)
     # extending the run stretches a schedule whose horizon is total_steps: refused too
-    longer = _tiny("total_steps=256", "beta=0.05", "beta_schedule.kind=linear", "beta_schedule.end=0.0")
+    longer = tiny("total_steps=256", "beta=0.05", "beta_schedule.kind=linear", "beta_schedule.end=0.0")
     with pytest.raises(ValueError, match="beta_schedule.horizon=256"):
         Trainer(longer, tmp_path, resume=ckpt)
     # with the old horizon written out, the same extension resumes
-    pinned = _tiny("total_steps=256", "beta=0.05", "beta_schedule.kind=linear", "beta_schedule.end=0.0",
+    pinned = tiny("total_steps=256", "beta=0.05", "beta_schedule.kind=linear", "beta_schedule.end=0.0",
                    "beta_schedule.horizon=128")
     trainer = Trainer(pinned, tmp_path, resume=ckpt)
     try:

@@ -2,69 +2,25 @@
 
 import sys
 
-import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
+from rl_helpers import N_MASKED, MaskedEnv, registered
 
 import rl.envs as envs
+from rl.config import EnvSettings, env_settings
 from rl.envs import action_mask_from, env_info, make_envs, policy_obs
-
-N_ACTIONS = 5
-
-
-class MaskedEnv(gym.Env):
-    """A random-walk env whose allowed actions change every step.
-
-    ``where="obs"`` puts the mask in a Dict observation, ``where="info"`` in the info dict.
-    Taking a forbidden action raises, so a test that drives it with masked sampling fails
-    loudly if a masked action ever gets through.
-    """
-
-    def __init__(self, where="obs", horizon=7):
-        self.where, self.horizon = where, horizon
-        obs = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
-        if where == "obs":
-            mask = gym.spaces.Box(0, 1, (N_ACTIONS,), np.int8)
-            self.observation_space = gym.spaces.Dict({"observation": obs, "action_mask": mask})
-        else:
-            self.observation_space = obs
-        self.action_space = gym.spaces.Discrete(N_ACTIONS)
-
-    def _new_mask(self):
-        mask = self.np_random.random(N_ACTIONS) < 0.5
-        mask[self.np_random.integers(N_ACTIONS)] = True  # never all forbidden
-        self.mask = mask.astype(np.int8)
-
-    def _out(self):
-        x = self.np_random.normal(size=3).astype(np.float32)
-        if self.where == "obs":
-            return {"observation": x, "action_mask": self.mask.copy()}, {}
-        return x, {"action_mask": self.mask.copy()}
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        self._new_mask()
-        return self._out()
-
-    def step(self, action):
-        if not self.mask[int(action)]:
-            raise RuntimeError(f"forbidden action {action} taken; mask {self.mask}")
-        self.t += 1
-        self._new_mask()
-        obs, info = self._out()
-        return obs, float(action), self.t >= self.horizon, False, info
 
 
 @pytest.fixture
 def masked_ids():
-    ids = {"obs": "entropy-rl-test/MaskedObs-v0", "info": "entropy-rl-test/MaskedInfo-v0"}
-    for where, env_id in ids.items():
-        gym.register(env_id, entry_point=MaskedEnv, kwargs={"where": where})
-    yield ids
-    for env_id in ids.values():
-        del gym.registry[env_id]
+    """Ids of a `MaskedEnv` with the mask in the observation ("obs") and in the infos ("info");
+    episodes of 7 steps that terminate."""
+    with registered("entropy-rl-test/MaskedObs-v0", MaskedEnv,
+                    kwargs={"where": "obs", "horizon": 7, "terminate": True}) as obs, \
+            registered("entropy-rl-test/MaskedInfo-v0", MaskedEnv,
+                       kwargs={"where": "info", "horizon": 7, "terminate": True}) as info:
+        yield {"obs": obs, "info": info}
 
 
 def _unwrapped_type(vec):
@@ -221,13 +177,28 @@ def test_missing_ale_py_names_the_extra(monkeypatch):
         ({"id": "CartPole-v1", "distractor_actions": -1}, 2, "env.distractor_actions"),
         ({"id": "CartPole-v1", "max_episode_steps": 0}, 2, "env.max_episode_steps"),
         ({"id": ""}, 2, "env.id"),
+        ({"id": "CartPole-v1", "normalize_obs": "yes"}, 2, "env.normalize_obs='yes'"),
+        ({"id": "CartPole-v1", "kwargs": [1]}, 2, "env.kwargs"),
         ({"id": "CartPole-v1"}, 0, "num_envs"),
         ({"id": "Acrobot-v1", "vectorization": "vector_entry_point"}, 2, "vector entry"),
     ],
 )
 def test_bad_config_values(cfg, num_envs, culprit):
+    """A node or dict from Python goes through the schema's checks (rl.config.env_settings)."""
     with pytest.raises(ValueError, match=culprit):
         make_envs(cfg, num_envs, seed=0)
+
+
+def test_checked_settings_are_used_as_they_are():
+    settings = env_settings({"id": "CartPole-v1", "max_episode_steps": 9, "solved_return": 475})
+    assert settings == EnvSettings(id="CartPole-v1", max_episode_steps=9)
+    assert env_settings(settings) is settings
+    vec = make_envs(settings, 1, seed=0)
+    vec.reset(seed=0)
+    for t in range(9):
+        _, _, term, trunc, _ = vec.step(np.array([t % 2]))
+    assert trunc[0] and not term[0]
+    vec.close()
 
 
 @pytest.mark.parametrize("where", ["obs", "info"])
@@ -235,13 +206,13 @@ def test_action_mask_extraction(masked_ids, where):
     num_envs = 3
     vec = make_envs({"id": masked_ids[where]}, num_envs, seed=11)
     info = env_info(vec)
-    assert info.has_action_mask and info.n_actions == N_ACTIONS and info.obs_shape == (3,)
+    assert info.has_action_mask and info.n_actions == N_MASKED and info.obs_shape == (3,)
     assert info.observation_space.shape == (3,)
     rng = np.random.default_rng(0)
     obs, infos = vec.reset(seed=11)
     for _ in range(20):  # crosses several autoresets (horizon 7)
         mask = action_mask_from(obs, infos)
-        assert mask.dtype == bool and mask.shape == (num_envs, N_ACTIONS) and mask.any(axis=1).all()
+        assert mask.dtype == bool and mask.shape == (num_envs, N_MASKED) and mask.any(axis=1).all()
         assert policy_obs(obs).shape == (num_envs, 3)
         # the env raises if any forbidden action is taken
         actions = np.array([rng.choice(np.flatnonzero(row)) for row in mask])

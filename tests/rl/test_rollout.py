@@ -8,19 +8,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from rl_helpers import compose, registered
 
-from rl.config import register_configs
 from rl.rollout import RolloutBuffer, compute_gae
-from rl.train import CONF_DIR
 from rl.trainer import Trainer
-
-register_configs()
-
-
-def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return compose("config", overrides=list(overrides))
 
 
 def _col(*xs):
@@ -185,15 +176,14 @@ class KnownValueNet(torch.nn.Module):
 def chain(request):
     env_id = f"entropy-rl-test/Chain{request.param.capitalize()}-v0"
     truncate = request.param == "truncated"
-    gym.register(env_id, entry_point=ChainEnv, kwargs={"truncate": truncate},
-                 max_episode_steps=EPISODE if truncate else None)
-    yield env_id, request.param
-    del gym.registry[env_id]
+    with registered(env_id, ChainEnv, kwargs={"truncate": truncate},
+                    max_episode_steps=EPISODE if truncate else None):
+        yield env_id, request.param
 
 
 def test_trainer_bootstraps_truncation_from_the_final_observation_only(tmp_path, chain):
     env_id, kind = chain
-    cfg = _compose(f"env.id={env_id}", "env.solved_return=null", "num_envs=2", "algo.n_steps=10",
+    cfg = compose(f"env.id={env_id}", "env.solved_return=null", "num_envs=2", "algo.n_steps=10",
                    f"algo.gamma={GAMMA}", "algo.gae_lambda=0.0", "algo.norm_adv=false",
                    "total_steps=1000", "device=cpu", "progress=false")
     trainer = Trainer(cfg, tmp_path, make_network=KnownValueNet)
@@ -237,17 +227,15 @@ def test_trainer_bootstraps_truncation_from_the_final_observation_only(tmp_path,
 def test_trainer_same_step_autoreset_bootstraps_from_final_obs(tmp_path):
     """A vector env in SAME_STEP mode (injected; make_envs builds NEXT_STEP ones): every entry is
     a transition, and a truncated step bootstraps from V(infos["final_obs"])."""
-    env_id = "entropy-rl-test/ChainSameStep-v0"
-    gym.register(env_id, entry_point=ChainEnv, kwargs={"truncate": True}, max_episode_steps=EPISODE)
-
-    def make_envs(env_cfg, num_envs, seed, gamma=None):
-        return gym.make_vec(env_id, num_envs, vectorization_mode="sync",
+    def make_envs(env, num_envs, seed, gamma=None):
+        return gym.make_vec(env.id, num_envs, vectorization_mode="sync",
                             vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
 
-    try:
-        cfg = _compose(f"env.id={env_id}", "env.solved_return=null", "num_envs=2", "algo.n_steps=7",
-                       f"algo.gamma={GAMMA}", "algo.gae_lambda=0.0", "total_steps=1000", "device=cpu",
-                       "progress=false")
+    with registered("entropy-rl-test/ChainSameStep-v0", ChainEnv, kwargs={"truncate": True},
+                    max_episode_steps=EPISODE) as env_id:
+        cfg = compose(f"env.id={env_id}", "env.solved_return=null", "num_envs=2", "algo.n_steps=7",
+                      f"algo.gamma={GAMMA}", "algo.gae_lambda=0.0", "total_steps=1000", "device=cpu",
+                      "progress=false")
         trainer = Trainer(cfg, tmp_path, make_envs=make_envs, make_network=KnownValueNet)
         try:
             trainer._collect([])
@@ -256,8 +244,6 @@ def test_trainer_same_step_autoreset_bootstraps_from_final_obs(tmp_path):
             _, returns = buf.advantages_and_returns(GAMMA, 0.0)
         finally:
             trainer.close()
-    finally:
-        del gym.registry[env_id]
     assert buf.valid.all() and buf.truncated.sum() == 2 * (7 // EPISODE)
     assert np.all(t_state < EPISODE)  # the reset observation replaced the final one at once
     np.testing.assert_allclose(buf.final_values[buf.truncated], EPISODE, atol=1e-6)

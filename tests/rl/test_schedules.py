@@ -5,28 +5,17 @@ from __future__ import annotations
 import io
 import math
 import random
-from dataclasses import dataclass, field
 
 import pytest
 import torch
+from rl_helpers import entropy_oracle
 
 import ops
-from rl.schedules import KINDS, build_coefficient
+from rl.config import base_schedule as Sched  # the schema's schedule node, as a dataclass
+from rl.config import schedule_settings
+from rl.schedules import KINDS, Coefficient, build_coefficient
 
 ALPHAS = [1.0, 1.25, 1.5, 2.0, 3.0]
-
-
-@dataclass
-class Sched:
-    """Mirrors the trainer's ``base_schedule`` node (rl/config.py)."""
-
-    kind: str = "constant"
-    end: float = 0.0
-    horizon: int | None = None
-    boundaries: list = field(default_factory=list)
-    values: list = field(default_factory=list)
-    target_entropy: float | None = None
-    lr: float = 0.01
 
 
 # ---------------------------------------------------------------- schedule values
@@ -92,6 +81,18 @@ def test_accepts_dict_and_none_and_omegaconf():
 
 
 # ---------------------------------------------------------------- validation
+# The checks are the schema's (rl.config.schedule_settings); build_coefficient runs them on a
+# node, and rl.config.validate on the composed config (tests/rl/test_config.py).
+
+
+def test_checked_settings_are_used_as_they_are_and_nothing_else_is_taken():
+    node = Sched(kind="cosine", end=0.01, horizon=600)
+    settings = schedule_settings(0.05, node, 1000, "beta")
+    a, b = build_coefficient(settings), build_coefficient(0.05, node, 1000, "beta")
+    assert a.definition() == b.definition()
+    assert [a.step(s) for s in (0, 300, 600, 900)] == [b.step(s) for s in (0, 300, 600, 900)]
+    with pytest.raises(TypeError, match="ScheduleSettings"):
+        Coefficient({"kind": "linear", "end": 0.01})
 
 
 @pytest.mark.parametrize(
@@ -333,13 +334,6 @@ def test_load_refuses_other_mode():
 # ---------------------------------------------------------------- maximum entropy (ops)
 
 
-def _entropy_of(p, alpha):
-    """The alpha-family entropy written out independently of ops (0 log 0 = 0)."""
-    if alpha == 1.0:
-        return -(p * p.clamp_min(1e-300).log()).sum(-1)
-    return (1 - p.pow(alpha).sum(-1)) / (alpha * (alpha - 1))
-
-
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_max_entropy_closed_forms(alpha):
     for n in (1, 2, 3, 7, 100):
@@ -356,11 +350,11 @@ def test_max_entropy_beats_every_random_simplex_point(alpha):
         e = -torch.rand(3, 4000, n, generator=gen, dtype=torch.float64).log()
         g = torch.cat([e[0], e[1] ** 3, 1 + 0.05 * (e[2] - 1)])
         p = g / g.sum(-1, keepdim=True)
-        h = _entropy_of(p, alpha)
+        h = entropy_oracle(p, alpha)
         h_max = ops.max_entropy(alpha, n)
         assert float(h.max()) <= h_max + 1e-12
         # The uniform point attains it ...
-        assert float(_entropy_of(torch.full((n,), 1.0 / n, dtype=torch.float64), alpha)) == (
+        assert float(entropy_oracle(torch.full((n,), 1.0 / n, dtype=torch.float64), alpha)) == (
             pytest.approx(h_max, rel=1e-12))
         # ... and the supremum over the samples approaches it from below.
         assert float(h.max()) > h_max * 0.97
@@ -370,14 +364,14 @@ def test_max_entropy_beats_every_random_simplex_point(alpha):
 def test_max_entropy_by_grid_search_on_small_simplices(alpha):
     # Exhaustive grid: n=2 on a 1e-4 grid, n=3 on a 1/300 grid; the argmax is the uniform point.
     p1 = torch.linspace(0, 1, 10_001, dtype=torch.float64)
-    h2 = _entropy_of(torch.stack([p1, 1 - p1], -1), alpha)
+    h2 = entropy_oracle(torch.stack([p1, 1 - p1], -1), alpha)
     assert float(h2.max()) == pytest.approx(ops.max_entropy(alpha, 2), rel=1e-7)
     assert float(p1[h2.argmax()]) == pytest.approx(0.5, abs=1e-4)
     k = 300
     i, j = torch.meshgrid(torch.arange(k + 1), torch.arange(k + 1), indexing="ij")
     keep = i + j <= k
     p = torch.stack([i[keep], j[keep], k - i[keep] - j[keep]], -1).to(torch.float64) / k
-    h3 = _entropy_of(p, alpha)
+    h3 = entropy_oracle(p, alpha)
     assert float(h3.max()) == pytest.approx(ops.max_entropy(alpha, 3), rel=1e-9)
     assert p[h3.argmax()].tolist() == pytest.approx([1 / 3] * 3)
 
@@ -406,7 +400,7 @@ def test_max_entropy_respects_masks(alpha):
 @pytest.mark.parametrize("alpha", [1.0, 1.5, 2.0])
 def test_dual_tuning_closed_loop_with_ops(alpha, name):
     # One state with rewards r: the best response to beta, argmax_p <p, r> + beta H_alpha(p),
-    # is the mapping of r / beta (DESIGN.md: p = argmax <p, z> + H(p)), i.e. ops with
+    # is the mapping of r / beta (docs/DESIGN.md: p = argmax <p, z> + H(p)), i.e. ops with
     # temperature=beta; the same curve H(T) drives a scheduled temperature. Iterating the dual
     # update against it must settle the entropy at the target, for every mapping, with a mask.
     gen = torch.Generator().manual_seed(random.randrange(2**31))

@@ -15,31 +15,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from rl_helpers import MaskedEnv, compose, registered, tiny
 
 import ops
 from rl.checkpoint import env_snapshot_path, load_checkpoint
-from rl.config import register_configs
 from rl.logging import TAGS
 from rl.networks import ActorCritic
-from rl.train import CONF_DIR
 from rl.trainer import CHECKPOINT_NAME, SUMMARY_NAME, Trainer, TrainingDiverged
-
-register_configs()
-
-TINY = ("device=cpu", "progress=false", "policy.hidden_sizes=[16]", "num_envs=2", "algo.n_steps=16",
-        "histogram_interval=0", "checkpoint_interval=0")
-TINY_PPO = ("algo.batch_size=16", "algo.update_epochs=2")  # 2 minibatches per epoch
-
-
-def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return compose("config", overrides=list(overrides))
-
-
-def _tiny(*overrides: str, algo: str = "ppo"):
-    extra = TINY_PPO if algo == "ppo" else ()
-    return _compose(f"algo={algo}", *TINY, *extra, *overrides)
 
 
 def _run(cfg, run_dir, **kwargs):
@@ -99,7 +81,7 @@ SUMMARY_KEYS = {
 def learned(request, tmp_path_factory):
     algo = request.param
     steps, overrides = LEARNING[algo]
-    cfg = _compose(f"algo={algo}", f"total_steps={steps}", "seed=0", "device=cpu", "progress=false",
+    cfg = compose(f"algo={algo}", f"total_steps={steps}", "seed=0", "device=cpu", "progress=false",
                    "policy.hidden_sizes=[32,32]", "checkpoint_interval=0", *overrides)
     run_dir = tmp_path_factory.mktemp(f"learn_{algo}")
     trainer, summary, returns = _run(cfg, run_dir)
@@ -199,14 +181,14 @@ def test_tensorboard_tags(learned):
 
 
 def test_same_config_and_seed_give_identical_runs(tmp_path):
-    cfg = _tiny("total_steps=320", "beta=0.02")
+    cfg = tiny("total_steps=320", "beta=0.02")
     a, summary_a, returns_a = _run(cfg, tmp_path / "a")
     b, summary_b, returns_b = _run(cfg, tmp_path / "b")
     assert len(returns_a) > 5 and returns_a == returns_b
     _assert_same(a.net.state_dict(), b.net.state_dict())
     for key in ("final_mean_return", "steps", "episodes", "updates"):
         assert summary_a[key] == summary_b[key]
-    c, _, returns_c = _run(_tiny("total_steps=320", "beta=0.02", "seed=1"), tmp_path / "c")
+    c, _, returns_c = _run(tiny("total_steps=320", "beta=0.02", "seed=1"), tmp_path / "c")
     assert returns_c != returns_a  # the seed matters
 
 
@@ -214,7 +196,7 @@ def test_same_config_and_seed_give_identical_runs(tmp_path):
 
 
 def _resume_cfg(algo, *extra):
-    return _tiny("total_steps=320", "beta=0.05", "beta_schedule.kind=linear", "beta_schedule.end=0.0",
+    return tiny("total_steps=320", "beta=0.05", "beta_schedule.kind=linear", "beta_schedule.end=0.0",
                  "algo.anneal_lr=true", "exact_env_resume=true", *extra, algo=algo)
 
 
@@ -290,7 +272,7 @@ def test_resume_restores_schedules_optimizer_and_counters(tmp_path):
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
-    cfg = _tiny("total_steps=64")
+    cfg = tiny("total_steps=64")
     trainer = Trainer(cfg, tmp_path)
     try:
         trainer.train()
@@ -321,7 +303,7 @@ def test_signal_finishes_the_update_and_writes_a_checkpoint(tmp_path, sig):
 
     previous = signal.signal(sig, guard)
     try:
-        trainer = Trainer(_tiny("total_steps=100000"), tmp_path)
+        trainer = Trainer(tiny("total_steps=100000"), tmp_path)
         update = trainer._update
 
         def update_then_signal():
@@ -345,7 +327,7 @@ def test_signal_finishes_the_update_and_writes_a_checkpoint(tmp_path, sig):
 
 
 def test_request_stop_writes_a_checkpoint_and_resume_continues(tmp_path):
-    cfg = _tiny("total_steps=256")
+    cfg = tiny("total_steps=256")
     trainer = Trainer(cfg, tmp_path)
     update = trainer._update
 
@@ -401,7 +383,7 @@ def test_non_finite_loss_stops_with_step_and_term_and_keeps_the_last_checkpoint(
         pass
 
     Net.where = where
-    cfg = _tiny("total_steps=640", "checkpoint_interval=32")
+    cfg = tiny("total_steps=640", "checkpoint_interval=32")
     trainer = Trainer(cfg, tmp_path, make_network=Net)
     try:
         with pytest.raises(TrainingDiverged) as info:
@@ -438,69 +420,30 @@ class RewardBlowUpEnv(gym.Env):
 
 
 def test_non_finite_advantages_stop_with_the_step(tmp_path):
-    env_id = "entropy-rl-test/RewardBlowUp-v0"
-    gym.register(env_id, entry_point=RewardBlowUpEnv)
     RewardBlowUpEnv.total_steps = 0
-    try:
-        cfg = _tiny(f"env.id={env_id}", "env.solved_return=null", "total_steps=640", "checkpoint_interval=32")
+    with registered("entropy-rl-test/RewardBlowUp-v0", RewardBlowUpEnv) as env_id:
+        cfg = tiny(f"env.id={env_id}", "env.solved_return=null", "total_steps=640", "checkpoint_interval=32")
         trainer = Trainer(cfg, tmp_path)
         try:
             with pytest.raises(TrainingDiverged, match=r"env step \d+") as info:
                 trainer.train()
         finally:
             trainer.close()
-    finally:
-        del gym.registry[env_id]
     assert "advantage" in str(info.value) or "reward" in str(info.value)
     assert json.loads((tmp_path / SUMMARY_NAME).read_text())["status"] == "diverged"
 
 
 # ---------------------------------------------------------------- action masks
 
-N_MASKED = 5
-
-
-class MaskedEnv(gym.Env):
-    """Two allowed actions per step, drawn at random; a forbidden action raises. The mask comes
-    in a Dict observation, or in ``infos["action_mask"]`` with ``info_mask=True``."""
-
-    action_space = gym.spaces.Discrete(N_MASKED)
-
-    def __init__(self, info_mask=False):
-        self.info_mask = info_mask
-        inner = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
-        self.observation_space = inner if info_mask else gym.spaces.Dict(
-            {"observation": inner, "action_mask": gym.spaces.Box(0, 1, (N_MASKED,), np.int8)})
-
-    def _out(self):
-        self.mask = np.zeros(N_MASKED, np.int8)
-        self.mask[self.np_random.choice(N_MASKED, 2, replace=False)] = 1
-        obs = np.concatenate([self.mask[:3], [self.t / 10]]).astype(np.float32)[:3]
-        if self.info_mask:
-            return obs, {"action_mask": self.mask.copy()}
-        return {"observation": obs, "action_mask": self.mask.copy()}, {}
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return self._out()
-
-    def step(self, action):
-        if not self.mask[int(action)]:
-            raise RuntimeError(f"invalid action {action} under mask {self.mask}")
-        reward = float(action == int(np.flatnonzero(self.mask)[0]))  # the lower allowed action pays
-        self.t += 1
-        obs, info = self._out()
-        return obs, reward, False, self.t >= 8, info
-
-
 @pytest.fixture
 def masked_env(request):
+    """Two of five actions allowed per step, at random; a forbidden action raises. The mask
+    comes in a Dict observation ("dict"), or in ``infos["action_mask"]`` ("info")."""
     kind = request.param
-    env_id = f"entropy-rl-test/Masked{kind.capitalize()}-v0"
-    gym.register(env_id, entry_point=MaskedEnv, kwargs={"info_mask": kind == "info"})
-    yield env_id
-    del gym.registry[env_id]
+    where = "info" if kind == "info" else "obs"
+    with registered(f"entropy-rl-test/Masked{kind.capitalize()}-v0", MaskedEnv,
+                    kwargs={"where": where, "allowed": (2, 2)}) as env_id:
+        yield env_id
 
 
 @pytest.mark.parametrize("masked_env, algo, policy", [
@@ -541,7 +484,7 @@ def test_masked_env_never_gets_an_invalid_action_and_the_mask_reaches_ops(
     monkeypatch.setattr(ops, "probs", sampling_spy(ops.probs, no_mass_off_mask))
     monkeypatch.setattr(ops, "sample", sampling_spy(ops.sample, allowed))
     monkeypatch.setattr(ops, loss_name, spy_loss)
-    cfg = _tiny(f"env.id={masked_env}", "env.solved_return=null", f"policy={policy}", "total_steps=320",
+    cfg = tiny(f"env.id={masked_env}", "env.solved_return=null", f"policy={policy}", "total_steps=320",
                 "beta=0.01", algo=algo)
     trainer, summary, returns = _run(cfg, tmp_path)  # MaskedEnv raises on an invalid action
     assert summary["status"] == "completed" and len(returns) > 10
@@ -572,12 +515,9 @@ def _needs_box2d(**kwargs):
 
 @pytest.fixture
 def odd_envs():
-    ids = {"multi": "entropy-rl-test/MultiDiscrete-v0", "box2d": "entropy-rl-test/NeedsBox2D-v0"}
-    gym.register(ids["multi"], entry_point=MultiDiscreteEnv)
-    gym.register(ids["box2d"], entry_point=_needs_box2d)
-    yield ids
-    for i in ids.values():
-        del gym.registry[i]
+    with registered("entropy-rl-test/MultiDiscrete-v0", MultiDiscreteEnv) as multi, \
+            registered("entropy-rl-test/NeedsBox2D-v0", _needs_box2d) as box2d:
+        yield {"multi": multi, "box2d": box2d}
 
 
 @pytest.mark.parametrize("case", ["continuous", "multidiscrete", "unknown", "missing_dependency"])
@@ -588,7 +528,7 @@ def test_bad_env_fails_clearly_before_training(tmp_path, odd_envs, case):
         "unknown": ("CartPol-v1", r"env.id='CartPol-v1' is not a registered.*Did you mean 'CartPole-v1'"),
         "missing_dependency": (odd_envs["box2d"], r"entropy-rl\[envs\]"),
     }[case]
-    cfg = _tiny(f"env.id={env_id}", "total_steps=64")
+    cfg = tiny(f"env.id={env_id}", "total_steps=64")
     with pytest.raises(ValueError, match=pattern):
         Trainer(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # nothing written: no events, checkpoint or summary
