@@ -5,9 +5,10 @@ Both read as the paper's objective::
     loss = pg_loss - beta * entropy + vf_coef * v_loss
 
 ``ops.ppo_loss`` / ``ops.pg_loss`` compute ``pg_loss - beta * entropy`` as one fused op with
-the closed-form gradient of DESIGN.md section 1 (the policy mapping alpha, the temperature and
-beta reach it unchanged); the value term is added next to it. The returned `Losses` holds the
-differentiable ``loss`` and detached metrics for logging (STYLE.md 14).
+the closed-form gradient of docs/DESIGN.md section 1 (the policy mapping alpha, the temperature
+and beta reach it unchanged); the value term is added next to it. The returned `Losses` holds the
+differentiable ``loss`` and, detached, the metrics for logging (a logged number never holds the
+autograd graph).
 """
 
 from __future__ import annotations
