@@ -290,9 +290,9 @@ def make_envs(
     s = env_settings(env_cfg)  # returns EnvSettings as they are
     # Arguments, not fields of the env node: cheap guards for callers other than the trainer.
     if not _is_int(num_envs) or num_envs < 1:
-        raise ValueError(f"num_envs must be an integer >= 1; got {num_envs!r}")
+        raise ValueError(f"num_envs={num_envs!r} is not allowed; allowed: an integer >= 1")
     if not _is_int(seed):
-        raise ValueError(f"seed must be an integer; got {seed!r}")
+        raise ValueError(f"seed={seed!r} is not allowed; allowed: an integer")
     atari = s.atari or s.id.startswith("ALE/")
     spec = _find_spec(s.id, atari)
     try:
