@@ -3,7 +3,7 @@
     python scripts/check_gpu.py                  # every step below, in order (~10 min on one H200)
     python scripts/check_gpu.py --quick          # smaller shapes and subsets: a smoke run
     python scripts/check_gpu.py compile          # no GPU needed: AOT-compile for sm_90
-    python scripts/check_gpu.py cases big --out /tmp/check.json
+    python scripts/check_gpu.py warm cases big --out /tmp/check.json
 
 Every comparison is against ``ops.reference`` in float64 (the public API with
 ``ENTROPY_RL_OPS_BACKEND=torch`` on float64 copies of the inputs), with the float32 reference's
@@ -22,6 +22,10 @@ Steps:
   would apply (triton's own binder: divisibility by 16 of pointers and ints, ints equal to 1),
   pointers taken as 16-byte aligned (CUDA's caching allocator), ints by value. Prints ptxas'
   registers and spills. No GPU needed: run it under each triton the project supports (3.6, 3.9).
+* ``warm``: the steps below run once dry (``_rows.launch`` records each launch instead of
+  running it; the kernel tests likewise, in a child process) and the distinct variants are
+  compiled in ``--jobs`` processes into triton's cache for this GPU: the real launches then load
+  them instead of compiling a few hundred variants one at a time.
 * ``cases``: the bug classes one by one: per-row inputs (actions, advantages, old_log_prob,
   weights) as Python scalars, 0-d tensors, stride-0 broadcasts, strided columns and
   non-contiguous views; extreme finite logits (+-3e38) at temperature 1 and 0.7; fp16; alpha > 2
@@ -54,6 +58,7 @@ import argparse
 import contextlib
 import datetime
 import importlib
+import io
 import json
 import math
 import os
@@ -83,7 +88,11 @@ except ImportError:
     import ops
 from ops import reference  # noqa: E402  (the oracle)
 
-STEP_NAMES = ["compile", "cases", "iterations", "big", "large", "tests", "memcheck", "bench"]
+# relative shares of the time budget (the whole run must fit ~10 minutes on one H200)
+BUDGET_WEIGHTS = dict(compile=10, warm=22, cases=10, iterations=4, big=5, large=10, tests=16, memcheck=13,
+                      bench=10)
+KERNEL_TESTS = ROOT / "tests" / "ops" / "test_kernels.py"
+STEP_NAMES = ["compile", "warm", "cases", "iterations", "big", "large", "tests", "memcheck", "bench"]
 EPS32 = 2.0**-23
 INT_FILL = -77
 BACKEND_ENV = "ENTROPY_RL_OPS_BACKEND"
@@ -169,15 +178,28 @@ class Context:
         self.profile_name = profile
         self.device = torch.device(args.device)
         self.deadline = time.time() + args.budget
+        self.step_deadline = self.deadline
         self.seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
         self.interpreted = self.device.type == "cpu"
+        self.dry = False  # warm's dry run: launches recorded, nothing compared
+        self.names = list(STEP_NAMES)
+        self.warm_launches: list[dict] = []
 
     def left(self):
-        return self.deadline - time.time()
+        """Seconds left to the running step (its share of the budget)."""
+        return min(self.step_deadline, self.deadline) - time.time()
+
+    def start_step(self, name, names):
+        """The step's share of what is left: its weight among the steps still to run, so a
+        step that finishes early leaves its time to the later ones."""
+        rest = names[names.index(name):]
+        share = BUDGET_WEIGHTS[name] / sum(BUDGET_WEIGHTS[n] for n in rest)
+        self.step_deadline = time.time() + share * (self.deadline - time.time())
 
     def check_time(self, reserve=0.0):
         if self.left() < reserve:
-            raise OutOfTime(f"the run's time budget (--budget {self.args.budget:.0f} s) ran out")
+            raise OutOfTime(f"this step's share of the time budget (--budget {self.args.budget:.0f} s) "
+                            "ran out")
 
 
 def mapping_name(alpha):
@@ -621,6 +643,10 @@ def check_call(step, ctx, label, op, case, *, need_grad=True, grad_buffer=None, 
     elif grad_buffer == "carved":
         grad_buffer = guards.empty(case["logits"].shape, case["logits"].dtype, dev, name="grad_buffer")
     full = dict(label, op=op, seed=seed, need_grad=need_grad)
+    if ctx.dry:
+        with backend("triton"), contextlib.suppress(Exception):
+            run_op(op, case, need_grad=need_grad, grad_buffer=grad_buffer, leaf=leaf, grad_H=grad_H)
+        return None
     t0 = time.time()
     try:
         with backend("triton"), guarded_outputs(guards):
@@ -962,58 +988,86 @@ def _compile_calls(profile):
     return calls
 
 
-def _record_launches(out_path, profile):
-    """Child process (TRITON_INTERPRET=1, CPU tensors): runs the representative calls with
-    ``_rows.launch`` recording each launch instead of running it, the launch configuration
-    computed for a CUDA device, and zero-filled outputs (no kernel runs, the checks after the
-    launch see finite statistics). Writes the launches as JSON."""
-    from ops.kernels import _rows
+def _describe_arg(a):
+    if isinstance(a, torch.Tensor):
+        # the pointer's alignment is what the runtime specializes on (16 bytes: "D")
+        return {"tensor": dtype_name(a.dtype), "ptr_mod16": a.data_ptr() % 16}
+    if isinstance(a, bool):
+        return {"bool": a}
+    if isinstance(a, int):
+        return {"int": a}
+    if isinstance(a, float):
+        return {"float": a}
+    if a is None:
+        return {"none": True}
+    raise TypeError(f"unexpected launch argument {type(a).__name__}")
 
-    launches = []
 
-    def describe(a):
-        if isinstance(a, torch.Tensor):
-            return {"tensor": dtype_name(a.dtype)}
-        if isinstance(a, bool):
-            return {"bool": a}
-        if isinstance(a, int):
-            return {"int": a}
-        if isinstance(a, float):
-            return {"float": a}
-        if a is None:
-            return {"none": True}
-        raise TypeError(f"unexpected launch argument {type(a).__name__}")
-
-    def recorder(kernel, grid, *args, **kwargs):
-        fn = getattr(kernel, "fn", kernel)
-        launches.append(dict(kernel=f"{fn.__module__}:{fn.__name__}", grid=list(grid),
-                             args=[describe(a) for a in args],
-                             kwargs={k: v for k, v in kwargs.items()}, call=current[0]))
-
-    current = ["?"]
-    if not hasattr(_rows, "launch"):
-        raise RuntimeError("ops.kernels._rows.launch (the launch seam) is missing")
-    _rows.launch = recorder
-    _rows.empty = lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device)
-    # the launch configuration a CUDA device gets, wherever the launchers imported it from
-    original = _rows.launch_config
-
-    def on_gpu(N, V, device, *rest, **kw):
-        return original(N, V, torch.device("cuda"), *rest, **kw)
-
+def _patch_everywhere(name, replacement, prefix="ops"):
+    """Replaces the function ``name`` in every loaded module under ``prefix`` that holds it
+    (modules import it by name); returns what to restore."""
     import pkgutil
 
     import ops.kernels
 
     for info in pkgutil.iter_modules(ops.kernels.__path__):
         importlib.import_module(f"ops.kernels.{info.name}")
-    patched = 0
-    for name, mod in list(sys.modules.items()):
-        if name.startswith("ops.kernels") and getattr(mod, "launch_config", None) is original:
-            mod.launch_config = on_gpu
-            patched += 1
+    original = getattr(importlib.import_module("ops.kernels._rows" if name == "launch_config"
+                                               else "ops._validate"), name)
+    patched = []
+    for mod_name, mod in list(sys.modules.items()):
+        if (mod_name == prefix or mod_name.startswith(prefix + ".")) and getattr(mod, name, None) is original:
+            setattr(mod, name, replacement)
+            patched.append((mod, name, original))
+    return patched
+
+
+@contextlib.contextmanager
+def recording_launches(launches, call=lambda: "?", zeros=True):
+    """Inside: every kernel launch (``ops.kernels._rows.launch``) is appended to ``launches``
+    (kernel, grid, arguments, constexprs, warps) instead of running; the row checks after a
+    launch are off (its outputs were never written) and, with ``zeros``, the launchers' output
+    buffers are zero-filled. What runs around the launches (validation, the reference, the
+    caller's own code) runs as usual, so the launches are exactly those of a real run."""
+    from ops.kernels import _rows
+
+    if not hasattr(_rows, "launch"):
+        raise RuntimeError("ops.kernels._rows.launch (the launch seam) is missing: "
+                           "launches cannot be recorded")
+
+    def recorder(kernel, grid, *args, **kwargs):
+        fn = getattr(kernel, "fn", kernel)
+        launches.append(dict(kernel=f"{fn.__module__}:{fn.__name__}", grid=list(grid),
+                             args=[_describe_arg(a) for a in args], kwargs=dict(kwargs), call=call()))
+
+    saved = (_rows.launch, _rows.empty)
+    restore = _patch_everywhere("check_row_max", lambda row_max: None)
+    _rows.launch = recorder
+    if zeros:
+        _rows.empty = lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device)
+    try:
+        yield launches
+    finally:
+        _rows.launch, _rows.empty = saved
+        for mod, name, original in restore:
+            setattr(mod, name, original)
+
+
+def _record_launches(out_path, profile):
+    """Child process of ``compile`` (TRITON_INTERPRET=1, CPU tensors): the representative calls
+    with their launches recorded, not run, and the launch configuration a CUDA device gets."""
+    from ops.kernels import _rows
+
+    original = _rows.launch_config
+
+    def on_gpu(N, V, device, *rest, **kw):
+        return original(N, V, torch.device("cuda"), *rest, **kw)
+
+    patched = _patch_everywhere("launch_config", on_gpu)
+    launches = []
+    current = ["?"]
     g = torch.Generator().manual_seed(0)
-    with backend("triton"):
+    with backend("triton"), recording_launches(launches, call=lambda: current[0]):
         for op, dtype, (N, V), alpha, masked, need_grad in _compile_calls(PROFILES[profile]):
             current[0] = f"{op} {mapping_name(alpha)} {N}x{V} {dtype_name(dtype)}" + (
                 " mask" if masked else "") + ("" if need_grad else " need_grad=False")
@@ -1031,21 +1085,44 @@ def _record_launches(out_path, profile):
                 ops.pg_loss(z, actions, torch.ones(N), beta=0.1, **kw)
             else:
                 ops.ppo_loss(z, actions, torch.ones(N), torch.zeros(N), beta=0.1, **kw)
-    Path(out_path).write_text(json.dumps(dict(launches=launches, launch_config_patched=patched)))
+    for launch in launches:  # CPU tensors: take the alignment of CUDA's caching allocator
+        for a in launch["args"]:
+            if "tensor" in a:
+                a["ptr_mod16"] = 0
+    Path(out_path).write_text(json.dumps(dict(launches=launches, launch_config_patched=len(patched))))
+
+
+def _record_pytest(out_path, pytest_args):
+    """Child process of ``warm``: the kernel tests with their launches recorded, not run."""
+    import pytest
+
+    launches = []
+    with recording_launches(launches, zeros=False):
+        pytest.main(pytest_args)
+    Path(out_path).write_text(json.dumps(dict(launches=launches)))
 
 
 def _mock_arg(desc):
     from triton.runtime.jit import MockTensor
 
+    class Pointer(MockTensor):
+        """A tensor argument as the runtime's binder sees it: a dtype and an address."""
+
+        def __init__(self, dtype, ptr_mod16):
+            super().__init__(dtype)
+            self.ptr_mod16 = ptr_mod16
+
+        def data_ptr(self):
+            return self.ptr_mod16
+
     if "tensor" in desc:
-        # data_ptr() 0: 16-byte aligned, as every tensor from CUDA's caching allocator
-        return MockTensor(getattr(torch, desc["tensor"]))
+        return Pointer(getattr(torch, desc["tensor"]), desc.get("ptr_mod16", 0))
     if "none" in desc:
         return None
     return next(iter(desc.values()))
 
 
-def _compile_one(launch, arch):
+def _compile_one(launch, arch, usage=True):
     """AOT-compiles one recorded launch with the runtime's own binder (worker process)."""
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
@@ -1060,7 +1137,14 @@ def _compile_one(launch, arch):
     be = make_backend(target)
     args = [_mock_arg(a) for a in launch["args"]]
     kwargs = dict(launch["kwargs"])
-    # what JITFunction.run does before it specializes: the same binder, the same packing
+    # what JITFunction.run does before it specializes: the same options, binder and packing (so
+    # that the result lands under the runtime's own cache key)
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        kwargs["debug"] = kwargs.get("debug", getattr(kernel, "debug", None)) or knobs.runtime.debug
+        for name in ("instrumentation_mode", "fpsan_homomorphic_casts"):
+            if hasattr(knobs.compilation, name):
+                kwargs[name] = getattr(knobs.compilation, name)
     binder = tjit.create_function_from_signature(kernel.signature, kernel.params, be)
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(be, kwargs, bound, specialization, options)
@@ -1070,10 +1154,10 @@ def _compile_one(launch, arch):
     divisible = sorted(names[k[0]] for k, v in attrs.items() if ["tt.divisibility", 16] in v)
     equal_1 = sorted(names[k[0]] for k, v in constexprs.items()
                      if not kernel.params[k[0]].is_constexpr and v == 1)
-    usage = _ptxas_usage(Path(triton.__file__).parent / "backends" / "nvidia" / "bin",
-                         compiled.asm["ptx"])
+    regs = _ptxas_usage(Path(triton.__file__).parent / "backends" / "nvidia" / "bin",
+                        compiled.asm["ptx"]) if usage else {}
     return dict(seconds=round(time.time() - t0, 1), divisible_by_16=divisible, equal_to_1=equal_1,
-                **usage)
+                **regs)
 
 
 def _ptxas_usage(bin_dir, ptx):
@@ -1099,74 +1183,141 @@ def _variant_key(launch):
     return json.dumps([launch["kernel"], launch["args"], sorted(launch["kwargs"].items())])
 
 
+def _child_env(**extra):
+    """The environment of a child process: it imports the same ops as this one."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(ops.__file__).resolve().parents[1])] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def compile_launches(step, ctx, launches, arch, usage):
+    """AOT-compiles the distinct variants among ``launches`` in ``--jobs`` processes (into
+    triton's cache, where a later launch of the same variant finds it); one table row each."""
+    variants = {}
+    for launch in launches:
+        variants.setdefault(_variant_key(launch), launch)
+    items = list(variants.items())
+    step.numbers["launches"] = len(launches)
+    step.numbers["variants"] = len(variants)
+    print(f"      {len(launches)} launches, {len(variants)} distinct variants, sm_{arch}", flush=True)
+    results = {}
+    jobs = max(1, min(ctx.args.jobs, len(variants)))
+    if jobs == 1:
+        for key, launch in items:
+            if ctx.left() < 5:
+                break
+            results[key] = _compile_guarded(launch, arch, usage)
+    elif items:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_compile_guarded, launch, arch, usage): key for key, launch in items}
+            try:
+                for fut in cf.as_completed(futures, timeout=max(1.0, ctx.left() - 5)):
+                    results[futures[fut]] = fut.result()
+            except cf.TimeoutError:
+                pool.shutdown(wait=False, cancel_futures=True)
+    table = []
+    for key, launch in items:
+        r = results.get(key, dict(error="not compiled: the time budget ran out"))
+        kw = launch["kwargs"]
+        name = launch["kernel"].split(":")[1]
+        table.append(dict(kernel=name, call=launch["call"], constexprs=kw, **r))
+        step.checked += 1
+        if "error" in r:
+            step.fail("compile failed", kernel=name, call=launch["call"],
+                      constexprs=" ".join(f"{k}={v}" for k, v in kw.items()), error=r["error"])
+        elif usage:
+            print(f"ok    {name:28s} {launch['call']:42s} {kw.get('num_warps', '?'):>2} warps "
+                  f"{r['registers']} regs {r['spill_store_bytes']} B spills ({r['seconds']} s)", flush=True)
+    return table
+
+
 def step_compile(step, ctx):
     import triton
 
     step.numbers["triton"] = triton.__version__
     step.numbers["arch"] = f"sm_{ctx.args.arch}"
+    step.numbers["calls"] = len(_compile_calls(ctx.profile))
     with tempfile.TemporaryDirectory() as tmp:
         rec = Path(tmp) / "launches.json"
-        env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
-        # the child imports the same ops as this process
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(Path(ops.__file__).resolve().parents[1])] + [p for p in [env.get("PYTHONPATH")] if p])
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--record-launches", str(rec)]
-        res = subprocess.run(cmd + ["--record-profile", ctx.profile_name], env=env, cwd=ROOT,
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--record-launches", str(rec),
+               "--record-profile", ctx.profile_name]
+        res = subprocess.run(cmd, env=_child_env(TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES=""), cwd=ROOT,
                              capture_output=True, text=True, timeout=max(30, ctx.left()))
         if res.returncode != 0:
             step.fail("recording the launches failed", output=res.stderr[-3000:])
             return
         recorded = json.loads(rec.read_text())
-    launches = recorded["launches"]
     if not recorded["launch_config_patched"]:
         step.fail("launch_config not found in ops.kernels: the recorded launch configurations "
                   "would be the interpreter's, not a GPU's")
         return
-    variants = {}
-    for launch in launches:
-        variants.setdefault(_variant_key(launch), launch)
-    step.numbers["calls"] = len(_compile_calls(ctx.profile))
-    step.numbers["launches"] = len(launches)
-    step.numbers["variants"] = len(variants)
-    print(f"triton {triton.__version__}, sm_{ctx.args.arch}: {len(launches)} launches, "
-          f"{len(variants)} distinct variants", flush=True)
-    results = {}
-    jobs = max(1, min(ctx.args.jobs, len(variants)))
-    items = list(variants.items())
-    if jobs == 1:
-        for key, launch in items:
-            ctx.check_time()
-            results[key] = _compile_guarded(launch, ctx.args.arch)
-    else:
-        import concurrent.futures as cf
-        import multiprocessing as mp
-
-        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_compile_guarded, launch, ctx.args.arch): key for key, launch in items}
-            for fut in cf.as_completed(futures, timeout=max(1.0, ctx.left())):
-                results[futures[fut]] = fut.result()
-    table = []
-    for key, launch in items:
-        r = results.get(key, dict(error="not compiled (out of time)"))
-        kw = launch["kwargs"]
-        name = launch["kernel"].split(":")[1]
-        cx = " ".join(f"{k}={v}" for k, v in kw.items())
-        row = dict(kernel=name, call=launch["call"], constexprs=kw, **r)
-        table.append(row)
-        step.checked += 1
-        if "error" in r:
-            step.fail("compile failed", kernel=name, call=launch["call"], constexprs=cx, error=r["error"])
-        else:
-            print(f"ok    {name:28s} {launch['call']:42s} {kw.get('num_warps', '?'):>2} warps "
-                  f"{r['registers']} regs {r['spill_store_bytes']} B spills ({r['seconds']} s)", flush=True)
+    print(f"triton {triton.__version__}, target sm_{ctx.args.arch}", flush=True)
+    table = compile_launches(step, ctx, recorded["launches"], ctx.args.arch, usage=True)
     step.numbers["variants_table"] = table
     spills = [r["spill_store_bytes"] for r in table if r.get("spill_store_bytes") is not None]
     step.numbers["max_spill_store_bytes"] = max(spills) if spills else None
 
 
-def _compile_guarded(launch, arch):
+WARMED = ["cases", "iterations", "big", "large"]
+
+
+def step_warm(step, ctx):
+    """Triton compiles a variant on its first launch, one at a time and for seconds each: the
+    later steps launch a few hundred. Here they run once with every launch recorded instead of
+    run (``recording_launches``), the kernel tests likewise in a child process, and the distinct
+    variants are compiled in ``--jobs`` processes into triton's cache for this GPU, where the
+    real launches then find them. A variant that fails to compile here fails this step."""
+    launches = []
+    current = ["?"]
+    ctx.dry = True
     try:
-        return _compile_one(launch, arch)
+        for name in [n for n in WARMED if n in ctx.names]:
+            t0 = time.time()
+            current[0] = name
+            # quiet: the dry run's comparisons see unwritten outputs and mean nothing
+            with recording_launches(launches, call=lambda: current[0]), \
+                    contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    STEPS[name](Step(name), ctx)
+                except OutOfTime:
+                    raise
+                except Exception as err:  # the real step reports it
+                    step.notes.append(f"dry run of {name} stopped early: {type(err).__name__}: {err}")
+            step.numbers[f"dry {name} s"] = round(time.time() - t0, 1)
+    finally:
+        ctx.dry = False
+    if {"tests", "memcheck"} & set(ctx.names):
+        t0 = time.time()
+        with tempfile.TemporaryDirectory() as tmp:
+            rec = Path(tmp) / "launches.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--record-pytest", str(rec)]
+            try:
+                res = subprocess.run(cmd, env=_child_env(**{k: v for k, v in _cuda_env().items()}),
+                                     cwd=ROOT, capture_output=True, text=True,
+                                     timeout=max(10, ctx.left() * 0.4))
+                if rec.exists():
+                    launches += json.loads(rec.read_text())["launches"]
+                else:
+                    step.notes.append("dry run of the kernel tests wrote nothing: " + res.stderr[-1500:])
+            except subprocess.TimeoutExpired:
+                step.notes.append("dry run of the kernel tests did not finish in time")
+        step.numbers["dry tests s"] = round(time.time() - t0, 1)
+    ctx.warm_launches = launches
+    if ctx.device.type != "cuda":
+        step.numbers["launches"] = len(launches)
+        step.skip(f"recorded {len(launches)} launches; the interpreter compiles nothing")
+        return
+    major, minor = torch.cuda.get_device_capability(ctx.device)
+    compile_launches(step, ctx, launches, 10 * major + minor, usage=False)
+
+
+def _compile_guarded(launch, arch, usage=True):
+    try:
+        return _compile_one(launch, arch, usage)
     except Exception as err:
         return dict(error=f"{type(err).__name__}: {err}"[:4000])
 
@@ -1186,7 +1337,7 @@ def _pytest(step, ctx, cmd_prefix, extra, env, timeout):
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
         cmd = cmd_prefix + [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            f"--junitxml={xml}", str(ROOT / "tests" / "ops" / "test_kernels.py")] + extra
+                            f"--junitxml={xml}", str(KERNEL_TESTS)] + extra
         print("      " + " ".join(cmd), flush=True)
         try:
             res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -1225,7 +1376,7 @@ def _junit_counts(xml):
 
 
 def step_tests(step, ctx):
-    res = _pytest(step, ctx, [], [], _cuda_env(), timeout=max(10, ctx.left() - 60))
+    res = _pytest(step, ctx, [], [], _cuda_env(), timeout=max(10, ctx.left()))
     if res is not None and res.returncode not in (0, 1) and not step.failures:
         step.fail("pytest failed to run", returncode=res.returncode,
                   output=res.stdout[-2000:] + res.stderr[-2000:])
@@ -1261,7 +1412,8 @@ def step_memcheck(step, ctx):
     probe = base + [sys.executable, "-c",
                     "import torch; x = torch.ones(1000, device='cuda'); print(float((x * 2).sum()))"]
     try:
-        res = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=min(180, ctx.left()))
+        res = subprocess.run(probe, env=env, capture_output=True, text=True,
+                             timeout=max(10, ctx.left() * 0.4))
     except subprocess.TimeoutExpired:
         step.skip("compute-sanitizer did not finish a 1000-element torch probe in time")
         return
@@ -1271,7 +1423,7 @@ def step_memcheck(step, ctx):
                   + out[-800:].strip())
         return
     res = _pytest(step, ctx, base, ["-x", "-k", ctx.profile["memcheck_k"]], env,
-                  timeout=max(10, ctx.left() - 30))
+                  timeout=max(10, ctx.left()))
     if res is None:
         return
     out = res.stdout + res.stderr
@@ -1313,7 +1465,7 @@ def step_bench(step, ctx):
 # Driver
 # ==========================================================================================
 
-STEPS = {"compile": step_compile, "cases": step_cases, "iterations": step_iterations,
+STEPS = {"compile": step_compile, "warm": step_warm, "cases": step_cases, "iterations": step_iterations,
          "big": step_big, "large": step_large, "tests": step_tests, "memcheck": step_memcheck,
          "bench": step_bench}
 NEEDS_CUDA = {"tests", "memcheck", "bench"}
@@ -1356,12 +1508,13 @@ def run_steps(ctx, names):
         step = Step(name)
         print(f"=== {name}", flush=True)
         t0 = time.time()
+        ctx.start_step(name, names)
         try:
             if name in NEEDS_CUDA and ctx.device.type != "cuda":
                 step.skip(f"needs CUDA (--device {ctx.device})")
             elif name in NEEDS_CUDA and not torch.cuda.is_available():
                 step.skip("needs CUDA: torch.cuda.is_available() is False")
-            elif ctx.left() < 5:
+            elif ctx.deadline - time.time() < 5:
                 step.fail("not run: the time budget ran out before this step")
             else:
                 STEPS[name](step, ctx)
@@ -1394,6 +1547,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=None, help="replay a run's seed (printed in the JSON)")
     parser.add_argument("--record-launches", default=None, help=argparse.SUPPRESS)  # compile's child
     parser.add_argument("--record-profile", default="full", choices=list(PROFILES), help=argparse.SUPPRESS)
+    parser.add_argument("--record-pytest", default=None, help=argparse.SUPPRESS)  # warm's child
     args = parser.parse_args(argv)
     bad = [s for s in args.steps if s not in STEPS]
     if bad:
@@ -1405,6 +1559,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.record_launches:
         _record_launches(args.record_launches, args.record_profile)
+        return 0
+    if args.record_pytest:
+        _record_pytest(args.record_pytest, ["-q", "--tb=no", "-p", "no:cacheprovider", str(KERNEL_TESTS)])
         return 0
     names = args.steps or list(STEP_NAMES)
     device = torch.device(args.device)
@@ -1421,6 +1578,7 @@ def main(argv=None):
         raise SystemExit(f"--device {args.device!r} is not allowed; allowed: cuda, cuda:N, cpu")
     profile = "tiny" if device.type == "cpu" else "quick" if args.quick else "full"
     ctx = Context(args, profile)
+    ctx.names = names
     t0 = time.time()
     env = environment(ctx)
     results = run_steps(ctx, names)

@@ -182,6 +182,31 @@ def test_check_call_passes_the_kernels_and_fails_planted_bugs(cg, tmp_path, monk
     assert any(f["what"] == "guard region written" for f in step.failures), step.failures
 
 
+def test_warm_records_the_launches_of_the_later_steps_without_running_them(cg, tmp_path, monkeypatch):
+    """warm runs the steps dry: every launch is recorded (arguments, constexprs, warps), none
+    runs, and the seams are restored afterwards (on a GPU the variants then go to the compiler;
+    under the interpreter there is nothing to compile: skipped)."""
+    from ops.kernels import _rows
+
+    ran = []
+    monkeypatch.setattr(_rows, "launch", lambda *a, **k: ran.append(a))
+    seams = (_rows.launch, _rows.empty)
+    ctx = _ctx(cg, tmp_path)
+    ctx.names = ["warm", "iterations", "big"]
+    step = cg.Step("warm")
+    cg.step_warm(step, ctx)
+    assert ran == [] and (_rows.launch, _rows.empty) == seams and not ctx.dry
+    launches = ctx.warm_launches
+    assert {x["call"] for x in launches} == {"iterations", "big"}
+    assert step.status == "skip" and step.numbers["launches"] == len(launches)  # CPU: nothing compiled
+    kernels = {x["kernel"].split(":")[1] for x in launches}
+    assert {"_policy_loss_forward_kernel", "_entropy_forward_kernel"} <= kernels
+    first = launches[0]
+    assert {"num_warps", "BLOCK_V"} <= set(first["kwargs"])
+    assert {"tensor": "float32", "ptr_mod16": 0} in first["args"] and {"int": 300} in first["args"]
+    assert step.failures == [] and step.numbers["dry big s"] >= 0
+
+
 def test_time_budget_stops_a_step_and_fails_it(cg, tmp_path):
     ctx = _ctx(cg, tmp_path, "--budget", "0")
     results = cg.run_steps(ctx, ["iterations"])
