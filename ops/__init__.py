@@ -22,13 +22,8 @@ import torch
 
 from ops import _validate as V
 from ops import reference
-from ops.functions import (
-    EntropyFunction,
-    PGLossFunction,
-    PPOLossFunction,
-    ProbsFunction,
-    backend_for,
-)
+from ops._contract import LossInput, Rows, mapping
+from ops.functions import EntropyFunction, ProbsFunction, _LossFunction, backend_for
 
 __all__ = [
     "LossOutput",
@@ -42,7 +37,6 @@ __all__ = [
     "probs",
     "sample",
 ]
-
 
 @dataclass(frozen=True)
 class LossOutput:
@@ -75,20 +69,17 @@ class LossOutput:
     clipped: torch.Tensor | None = None
 
 
-def _prepare(logits, alpha, temperature, mask):
+def _rows(logits, alpha, temperature, mask) -> Rows:
+    """Validated arguments as the backends' ``Rows``: (N, V) logits and mask, and the mapping."""
     V.check_logits(logits)
     alpha = V.check_alpha(alpha)
     temperature = V.check_positive("temperature", temperature)
     mask = V.check_mask(mask, logits)
-    return alpha, temperature, mask
-
-
-def _flat(logits, mask):
     n_act = logits.shape[-1]
     flat = logits if logits.dim() == 2 else logits.reshape(-1, n_act)
-    if not flat.is_contiguous():
-        flat = flat.contiguous()
-    return flat, (None if mask is None else mask.reshape(-1, n_act).contiguous())
+    flat_mask = None if mask is None else mask.reshape(-1, n_act)
+    # Rows makes both contiguous (a no-op for the usual input)
+    return Rows(flat, flat_mask, mapping(alpha, temperature))
 
 
 def probs(logits, alpha=1.0, temperature=1.0, mask=None):
@@ -98,14 +89,13 @@ def probs(logits, alpha=1.0, temperature=1.0, mask=None):
     ``p_i = [(alpha-1) z_i - tau]_+^{1/(alpha-1)}`` with ``z = logits / temperature``.
     Masked actions get exactly 0.
     """
-    alpha, temperature, mask = _prepare(logits, alpha, temperature, mask)
-    flat, flat_mask = _flat(logits, mask)
+    rows = _rows(logits, alpha, temperature, mask)
+    backend = backend_for(rows.logits)
     if not (logits.requires_grad and torch.is_grad_enabled()):
         # No graph to record (a rollout step): the same forward without autograd.Function's
         # bookkeeping, which is most of the cost for a handful of rows.
-        p = reference.probs_forward(flat, flat_mask, alpha, temperature)
-        return p.to(logits.dtype).reshape(logits.shape)
-    return ProbsFunction.apply(flat, flat_mask, alpha, temperature).reshape(logits.shape)
+        return backend.probs_forward(rows=rows).probs.reshape(logits.shape)
+    return ProbsFunction.apply(rows.logits, rows, backend).reshape(logits.shape)
 
 
 def entropy(logits, alpha=1.0, temperature=1.0, mask=None):
@@ -114,9 +104,8 @@ def entropy(logits, alpha=1.0, temperature=1.0, mask=None):
     Shannon ``-sum p log p`` for alpha = 1, Tsallis ``(1 - sum p^alpha) / (alpha (alpha-1))``
     for alpha > 1 (``(1 - sum p^2) / 2`` for sparsemax). float32 for half-precision inputs.
     """
-    alpha, temperature, mask = _prepare(logits, alpha, temperature, mask)
-    flat, flat_mask = _flat(logits, mask)
-    H, _ = EntropyFunction.apply(flat, flat_mask, alpha, temperature)
+    rows = _rows(logits, alpha, temperature, mask)
+    H, _ = EntropyFunction.apply(rows.logits, rows, backend_for(rows.logits))
     return H.reshape(logits.shape[:-1])
 
 
@@ -133,14 +122,19 @@ def _row_scale(weights, logits, cdt):
     return w / total if n and bool(total > 0) else torch.zeros_like(w)
 
 
-def _loss_inputs(logits, actions, advantages, alpha, temperature, mask, weights, grad_buffer):
-    alpha, temperature, mask = _prepare(logits, alpha, temperature, mask)
+def _loss_input(logits, actions, advantages, alpha, temperature, mask, weights, grad_buffer,
+                beta, grad_norms, old_log_prob=None, clip_eps=None) -> LossInput:
+    """Validated arguments of ``pg_loss`` / ``ppo_loss`` as the backends' ``LossInput``."""
+    beta = V.check_positive("beta", beta, allow_zero=True)
+    if clip_eps is not None:
+        clip_eps = V.check_positive("clip_eps", clip_eps)
+    rows = _rows(logits, alpha, temperature, mask)
     cdt = V.compute_dtype(logits.dtype)
     # masked actions and non-finite values are caught after the op by _verify
-    actions = V.check_actions(actions, logits, mask, check_masked=False).view(-1)
-    advantages = V.check_rows("advantages", advantages, logits, dtype=cdt, finite=False).view(-1)
-    row_scale = _row_scale(weights, logits, cdt)
-    flat, flat_mask = _flat(logits, mask)
+    actions = V.check_actions(actions, logits, None, check_masked=False)
+    advantages = V.check_rows("advantages", advantages, logits, dtype=cdt, finite=False)
+    if old_log_prob is not None:
+        old_log_prob = V.check_rows("old_log_prob", old_log_prob, logits, dtype=cdt, finite=False)
     grad_out = None
     if grad_buffer is not None:
         if (not isinstance(grad_buffer, torch.Tensor) or grad_buffer.shape != logits.shape
@@ -149,37 +143,59 @@ def _loss_inputs(logits, actions, advantages, alpha, temperature, mask, weights,
                 "grad_buffer must be a contiguous tensor with the logits' shape "
                 f"{tuple(logits.shape)} and dtype {logits.dtype}"
             )
-        grad_out = grad_buffer.detach().view(flat.shape)
-    return alpha, temperature, flat, flat_mask, actions, advantages, row_scale, grad_out
+        grad_out = grad_buffer.detach().view(rows.logits.shape)
+    # LossInput makes every per-row tensor a contiguous (N,) tensor (scalars and views included)
+    return LossInput(rows, actions, advantages, _row_scale(weights, logits, cdt), beta,
+                     need_grad=logits.requires_grad and torch.is_grad_enabled(),
+                     grad_out=grad_out, need_norms=bool(grad_norms), old_log_prob=old_log_prob,
+                     clip_eps=clip_eps)
 
 
-def _verify(loss, flat, flat_mask, actions, advantages, old_log_prob):
+def _chosen_logits(inp: LossInput):
+    """The taken actions' logits; gathered before the op when its gradient may overwrite them."""
+    if inp.actions.numel() == 0:
+        return None
+    return inp.rows.logits.detach().gather(-1, inp.actions.view(-1, 1)).view(-1)
+
+
+def _run_loss(inp: LossInput):
+    # A grad_buffer may be the logits themselves: what _verify reads of them is taken first.
+    chosen = _chosen_logits(inp) if inp.grad_out is not None else None
+    out = _LossFunction.apply(inp.rows.logits, inp, backend_for(inp.rows.logits))
+    if chosen is None:
+        chosen = _chosen_logits(inp)
+    _verify(out[0], inp, chosen)
+    return out
+
+
+def _verify(loss, inp: LossInput, chosen):
     """Raises the precise error for bad inputs the op ran on, with one synchronisation.
 
     NaN, +inf or all-masked logits rows and non-finite advantages make the loss NaN or inf; a
-    masked taken action shows as a -inf chosen logit or a False chosen mask entry; a
-    non-finite ``old_log_prob`` shows in its sum (it can hide in a clipped row of the loss).
-    Only when one of these is off are the detailed (slower) checks run.
+    masked taken action shows as a -inf chosen logit (``chosen``, read before a gradient could
+    overwrite the logits) or a False chosen mask entry; a non-finite ``old_log_prob`` shows in
+    its sum (it can hide in a clipped row of the loss). Only when one of these is off are the
+    detailed (slower) checks run.
     """
-    if actions.numel() == 0:
+    if chosen is None:
         return
-    idx = actions.view(-1, 1)
-    chosen_min = flat.detach().gather(-1, idx).amin()
+    flat, flat_mask, actions = inp.rows.logits, inp.rows.mask, inp.actions
+    chosen_min = chosen.amin()
     probes = [loss.detach(), chosen_min if chosen_min.dtype == loss.dtype else chosen_min.to(loss.dtype)]
-    if old_log_prob is not None:
-        probes.append(old_log_prob.sum())
+    if inp.old_log_prob is not None:
+        probes.append(inp.old_log_prob.sum())
     loss_value, chosen_value, *old_sum = torch.stack(probes).tolist()
     ok = math.isfinite(loss_value + sum(old_sum)) and chosen_value != float("-inf")
     if ok and flat_mask is not None:
-        ok = bool(flat_mask.gather(-1, idx).all())
+        ok = bool(flat_mask.gather(-1, actions.view(-1, 1)).all())
     if ok:
         return
     masked = flat if flat_mask is None else flat.detach().masked_fill(~flat_mask, float("-inf"))
     V.check_row_max(masked.detach().amax(dim=-1))
-    V.check_allowed(actions, flat, flat_mask)
-    V.check_finite("advantages", advantages)
-    if old_log_prob is not None:
-        V.check_finite("old_log_prob", old_log_prob)
+    V.check_allowed(actions, flat, flat_mask, chosen=chosen)
+    V.check_finite("advantages", inp.advantages)
+    if inp.old_log_prob is not None:
+        V.check_finite("old_log_prob", inp.old_log_prob)
     # none of the inputs is at fault: the loss overflowed; return it for the caller to see
 
 
@@ -210,13 +226,9 @@ def pg_loss(logits, actions, advantages, beta=0.0, alpha=1.0, temperature=1.0, m
     grad_norms : compute ``grad_norm_policy`` / ``grad_norm_entropy`` (a few ops on the PyTorch
         path; free in the kernels). When False they are reported as 0.
     """
-    beta = V.check_positive("beta", beta, allow_zero=True)
-    alpha, temperature, flat, flat_mask, actions, advantages, row_scale, grad_out = _loss_inputs(
-        logits, actions, advantages, alpha, temperature, mask, weights, grad_buffer)
-    loss, H, log_p, support, gn_pol, gn_ent = PGLossFunction.apply(
-        flat, flat_mask, actions, advantages, row_scale, beta, alpha, temperature, grad_out,
-        bool(grad_norms))
-    _verify(loss, flat, flat_mask, actions, advantages, None)
+    inp = _loss_input(logits, actions, advantages, alpha, temperature, mask, weights,
+                      grad_buffer, beta, grad_norms)
+    loss, H, log_p, support, gn_pol, gn_ent = _run_loss(inp)
     if logits.dim() != 2:
         lead = logits.shape[:-1]
         H, log_p, support = H.reshape(lead), log_p.reshape(lead), support.reshape(lead)
@@ -234,17 +246,12 @@ def ppo_loss(logits, actions, advantages, old_log_prob, beta=0.0, clip_eps=0.2, 
     term is as in ``pg_loss``. Parameters as in ``pg_loss``, plus ``old_log_prob`` (...) finite
     and ``clip_eps > 0``.
     """
-    beta = V.check_positive("beta", beta, allow_zero=True)
-    clip_eps = V.check_positive("clip_eps", clip_eps)
-    alpha, temperature, flat, flat_mask, actions, advantages, row_scale, grad_out = _loss_inputs(
-        logits, actions, advantages, alpha, temperature, mask, weights, grad_buffer)
-    cdt = V.compute_dtype(logits.dtype)
-    old_log_prob = V.check_rows("old_log_prob", old_log_prob, logits, dtype=cdt,
-                                finite=False).view(-1)
-    loss, H, log_p, support, gn_pol, gn_ent, ratio, clipped = PPOLossFunction.apply(
-        flat, flat_mask, actions, advantages, old_log_prob, row_scale, beta, clip_eps, alpha,
-        temperature, grad_out, bool(grad_norms))
-    _verify(loss, flat, flat_mask, actions, advantages, old_log_prob)
+    if clip_eps is None:
+        V.check_positive("clip_eps", clip_eps)  # the error a None deserves, not PG's path
+    inp = _loss_input(logits, actions, advantages, alpha, temperature, mask, weights,
+                      grad_buffer, beta, grad_norms, old_log_prob=old_log_prob,
+                      clip_eps=clip_eps)
+    loss, H, log_p, support, gn_pol, gn_ent, ratio, clipped = _run_loss(inp)
     if logits.dim() != 2:
         lead = logits.shape[:-1]
         H, log_p, support = H.reshape(lead), log_p.reshape(lead), support.reshape(lead)
@@ -260,21 +267,18 @@ def sample(logits, alpha=1.0, temperature=1.0, mask=None, generator=None):
     ``softmax(z)``; alpha > 1: inverse transform on the sparse probabilities
     (``torch.multinomial``), which never returns a zero-probability or masked action.
     """
-    alpha, temperature, mask = _prepare(logits, alpha, temperature, mask)
-    flat, flat_mask = _flat(logits, mask)
-    if flat.shape[0] == 0:
+    rows = _rows(logits, alpha, temperature, mask)
+    if rows.n_rows == 0:
         return torch.empty(logits.shape[:-1], dtype=torch.int64, device=logits.device)
-    if alpha == 1.0:
-        from ops.reference import _shifted_logits
-
-        x, _ = _shifted_logits(flat, flat_mask, temperature)
+    if rows.mapping.alpha == 1.0:
+        # Gumbel-max needs the shifted logits, not the probabilities
+        x = reference._shifted_logits(rows.logits, rows.mask, rows.mapping.temperature)
         noise = torch.empty_like(x).exponential_(generator=generator)
         actions = x.sub_(noise.log_()).argmax(dim=-1)
     else:
-        from ops.reference import probs_forward
-
-        p = probs_forward(flat, flat_mask, alpha, temperature)
-        actions = torch.multinomial(p, 1, generator=generator).squeeze(-1)
+        p = backend_for(rows.logits).probs_forward(rows=rows).probs
+        actions = torch.multinomial(p.to(V.compute_dtype(p.dtype)), 1,
+                                    generator=generator).squeeze(-1)
     return actions.reshape(logits.shape[:-1])
 
 

@@ -133,10 +133,17 @@ def check_actions(actions, logits: torch.Tensor, mask: torch.Tensor | None,
     return actions
 
 
-def check_allowed(actions: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None) -> None:
-    """Every taken action is allowed: its mask entry is True and its logit is not -inf."""
+def check_allowed(actions: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None,
+                  chosen: torch.Tensor | None = None) -> None:
+    """Every taken action is allowed: its mask entry is True and its logit is not -inf.
+
+    ``chosen``: the taken actions' logits if already gathered (before a gradient written over
+    the logits could hide a -inf).
+    """
     idx = actions.unsqueeze(-1)
-    invalid = logits.detach().gather(-1, idx).squeeze(-1) == float("-inf")
+    if chosen is None:
+        chosen = logits.detach().gather(-1, idx).squeeze(-1)
+    invalid = chosen.reshape(actions.shape) == float("-inf")
     if mask is not None:
         invalid = invalid | ~mask.gather(-1, idx).squeeze(-1)
     if bool(invalid.any()):

@@ -1,13 +1,18 @@
-"""``torch.autograd.Function`` per fused op, and the choice of backend.
+"""``torch.autograd.Function`` per op, and the choice of backend.
 
-Backends share one interface (flattened ``(N, V)`` raw logits, see ``ops.reference``):
-``ops.reference`` is plain PyTorch, ``ops.kernels.backend`` holds the Triton kernels. The
-environment variable ``ENTROPY_RL_OPS_BACKEND`` picks:
+Backends implement ``ops._contract.Backend`` (keyword-only typed inputs, typed results):
+``ops.reference`` is plain PyTorch, ``ops.kernels.backend`` holds the Triton kernels. Each
+Function keeps the backend it ran its forward with on ``ctx`` and hands that backend's own
+``saved`` back to it. The environment variable ``ENTROPY_RL_OPS_BACKEND`` picks:
 
 * ``auto`` (default): Triton for CUDA tensors when triton imports, PyTorch otherwise;
 * ``torch``: always the PyTorch closed forms;
-* ``triton``: always the kernels (on CPU tensors this needs ``TRITON_INTERPRET=1`` set before
-  triton is imported: how CI tests the kernels without a GPU).
+* ``triton``: the kernels (on CPU tensors this needs ``TRITON_INTERPRET=1`` set before triton
+  is imported: how CI tests the kernels without a GPU).
+
+Under ``auto`` and ``triton``, float64 logits and empty batches go to the PyTorch path: the
+kernels accumulate in float32, which would silently lose the precision a float64 caller asked
+for, and an empty batch has nothing to launch.
 
 The fused losses compute their gradient in the forward pass (the closed form costs one more
 pass over data already in hand) and save only that gradient: the backward is one multiply by
@@ -22,6 +27,7 @@ import os
 import torch
 
 from ops import reference
+from ops._contract import Backend, LossInput, Rows
 
 _BACKEND_ENV = "ENTROPY_RL_OPS_BACKEND"
 _BACKEND_CHOICES = ("auto", "torch", "triton")
@@ -39,7 +45,7 @@ def _load_triton_backend():
     return _triton_backend
 
 
-def backend_for(logits: torch.Tensor):
+def backend_for(logits: torch.Tensor) -> Backend:
     """The backend module that will run an op on ``logits``."""
     choice = os.environ.get(_BACKEND_ENV, "auto").strip().lower() or "auto"
     if choice not in _BACKEND_CHOICES:
@@ -50,12 +56,12 @@ def backend_for(logits: torch.Tensor):
         return reference
     if choice == "triton" or logits.is_cuda:
         backend = _load_triton_backend()
-        if backend is not None:
-            return backend
-        if choice == "triton":
+        if backend is None and choice == "triton":
             raise RuntimeError(
                 f"{_BACKEND_ENV}=triton but the Triton backend failed to import: {_triton_error!r}"
             )
+        if backend is not None and logits.dtype != torch.float64 and logits.numel():
+            return backend
     return reference
 
 
@@ -67,99 +73,85 @@ def _scale_grad(grad: torch.Tensor, grad_loss: torch.Tensor, in_place: bool) -> 
     return grad.mul_(g) if in_place else grad * g
 
 
-class PGLossFunction(torch.autograd.Function):
-    """Mean policy-gradient loss with entropy bonus; gradient from DESIGN.md's closed form."""
+def _save(ctx, backend, saved):
+    """Keeps a backend's opaque ``saved`` (a NamedTuple of tensors or None) for its backward:
+    tensors through ``save_for_backward`` (version checks, no reference cycles), its type on ctx."""
+    ctx.backend, ctx.saved_type = backend, type(saved)
+    ctx.save_for_backward(*saved)
+
+
+def _saved(ctx):
+    return ctx.saved_type(*ctx.saved_tensors)
+
+
+class _LossFunction(torch.autograd.Function):
+    """Mean fused loss (pg or ppo) with entropy bonus; the gradient from DESIGN.md's closed form
+    is computed in the forward and scaled in the backward.
+
+    ``apply(logits, inp, backend)``: ``inp.rows.logits`` is ``logits`` (the tensor autograd
+    tracks). Returns the loss, then the detached statistics: entropy, log_prob, support, the
+    two gradient norms and, for PPO, ratio and clipped.
+    """
 
     @staticmethod
-    def forward(ctx, logits, mask, actions, advantages, row_scale, beta, alpha, temperature,
-                grad_out, need_norms):
-        backend = backend_for(logits)
-        out = backend.pg(
-            logits, mask, actions, advantages, row_scale, beta, alpha, temperature,
-            ctx.needs_input_grad[0], grad_out=grad_out, **_norms_kwarg(backend, need_norms),
-        )
-        return _finish(ctx, out, row_scale, grad_out, ppo=False)
+    def forward(ctx, logits, inp: LossInput, backend: Backend):
+        out = backend.ppo(inp=inp) if inp.is_ppo else backend.pg(inp=inp)
+        loss = torch.dot(out.loss_rows, inp.row_scale)
+        ctx.in_place = inp.grad_out is not None
+        ctx.set_materialize_grads(False)  # no zero tensors for the statistics' (absent) gradients
+        ctx.save_for_backward(out.grad)
+        stats = [out.entropy, out.log_prob, out.support, out.grad_policy_sq.sqrt(),
+                 out.grad_entropy_sq.sqrt()]
+        if inp.is_ppo:
+            stats += [out.ratio, out.clipped]
+        ctx.mark_non_differentiable(*stats)
+        return (loss, *stats)
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
         (grad,) = ctx.saved_tensors
         if grad_loss is None:
-            return (None,) * 10
-        return (_scale_grad(grad, grad_loss, ctx.in_place),) + (None,) * 9
-
-
-class PPOLossFunction(torch.autograd.Function):
-    """Mean PPO clipped-surrogate loss with entropy bonus; closed-form gradient through p_a."""
-
-    @staticmethod
-    def forward(ctx, logits, mask, actions, advantages, old_log_prob, row_scale, beta, clip_eps,
-                alpha, temperature, grad_out, need_norms):
-        backend = backend_for(logits)
-        out = backend.ppo(
-            logits, mask, actions, advantages, old_log_prob, row_scale, beta, clip_eps, alpha,
-            temperature, ctx.needs_input_grad[0], grad_out=grad_out,
-            **_norms_kwarg(backend, need_norms),
-        )
-        return _finish(ctx, out, row_scale, grad_out, ppo=True)
-
-    @staticmethod
-    def backward(ctx, grad_loss, *_):
-        (grad,) = ctx.saved_tensors
-        if grad_loss is None:
-            return (None,) * 12
-        return (_scale_grad(grad, grad_loss, ctx.in_place),) + (None,) * 11
-
-
-def _norms_kwarg(backend, need_norms):
-    # The kernels get the two gradient norms for free in-register; the PyTorch path saves a few
-    # ops per call (which matter at RL batch sizes) when they are not asked for.
-    return {"need_norms": need_norms} if backend is reference else {}
-
-
-def _finish(ctx, out, row_scale, grad_out, *, ppo):
-    loss = torch.dot(out["loss_rows"], row_scale)
-    ctx.in_place = grad_out is not None
-    ctx.set_materialize_grads(False)  # no zero tensors for the statistics' (absent) gradients
-    ctx.save_for_backward(out["grad"])
-    stats = [out["entropy"], out["log_prob"], out["support"],
-             out["grad_policy_sq"].sqrt(), out["grad_entropy_sq"].sqrt()]
-    if ppo:
-        stats += [out["ratio"], out["clipped"]]
-    ctx.mark_non_differentiable(*stats)
-    return (loss, *stats)
+            return None, None, None
+        return _scale_grad(grad, grad_loss, ctx.in_place), None, None
 
 
 class EntropyFunction(torch.autograd.Function):
-    """Per-row entropy of the mapping; backward is the closed-form ``dH/dz`` (DESIGN.md)."""
+    """Per-row entropy of the mapping; backward is the closed-form ``dH/dz`` (DESIGN.md).
+
+    ``apply(logits, rows, backend)`` with ``rows.logits is logits``; returns ``H, support``.
+    """
 
     @staticmethod
-    def forward(ctx, logits, mask, alpha, temperature):
-        backend = backend_for(logits)
-        H, support, saved = backend.entropy_forward(logits, mask, alpha, temperature)
-        ctx.backend, ctx.alpha, ctx.temperature = backend, alpha, temperature
-        ctx.out_dtype = logits.dtype
-        ctx.save_for_backward(*saved)
-        ctx.mark_non_differentiable(support)
-        return H, support
+    def forward(ctx, logits, rows: Rows, backend: Backend):
+        out = backend.entropy_forward(rows=rows)
+        _save(ctx, backend, out.saved)
+        ctx.mapping, ctx.out_dtype = rows.mapping, logits.dtype
+        ctx.mark_non_differentiable(out.support)
+        return out.entropy, out.support
 
     @staticmethod
     def backward(ctx, grad_H, _):
-        grad = ctx.backend.entropy_backward(ctx.saved_tensors, grad_H, ctx.alpha, ctx.temperature)
-        return grad.to(ctx.out_dtype), None, None, None
+        grad = ctx.backend.entropy_backward(saved=_saved(ctx), grad_entropy=grad_H,
+                                            mapping=ctx.mapping)
+        return grad.to(ctx.out_dtype), None, None
 
 
 class ProbsFunction(torch.autograd.Function):
-    """The mapping itself; backward is its closed-form vector-Jacobian product (DESIGN.md)."""
+    """The mapping itself; backward is its closed-form vector-Jacobian product (DESIGN.md).
+
+    ``apply(logits, rows, backend)`` with ``rows.logits is logits``; returns ``p`` in the
+    logits' dtype.
+    """
 
     @staticmethod
-    def forward(ctx, logits, mask, alpha, temperature):
-        p = reference.probs_forward(logits, mask, alpha, temperature)
-        ctx.alpha, ctx.temperature, ctx.out_dtype = alpha, temperature, logits.dtype
-        ctx.save_for_backward(p)
-        return p.to(logits.dtype)
+    def forward(ctx, logits, rows: Rows, backend: Backend):
+        out = backend.probs_forward(rows=rows)
+        _save(ctx, backend, out.saved)
+        ctx.mapping, ctx.out_dtype = rows.mapping, logits.dtype
+        return out.probs
 
     @staticmethod
     def backward(ctx, grad_p):
-        (p,) = ctx.saved_tensors
-        grad = reference.probs_backward(p, grad_p, ctx.alpha, ctx.temperature)
-        return grad.to(ctx.out_dtype), None, None, None
+        grad = ctx.backend.probs_backward(saved=_saved(ctx), grad_probs=grad_p,
+                                          mapping=ctx.mapping)
+        return grad.to(ctx.out_dtype), None, None

@@ -9,16 +9,30 @@ and its regularizer ``H``. The alpha family covers them all (DESIGN.md section 1
   alpha = 1.5 has an exact sort-based threshold (Peters, Niculae & Martins 2019), any other
   alpha is solved by bisection.
 
-Every function here takes flattened, validated ``(N, V)`` logits (raw: not yet divided by the
-temperature) and follows the backend interface of ``ops.functions``. Gradients are the closed
+The public functions implement ``ops._contract.Backend``: keyword-only ``Rows`` / ``LossInput``
+in (flattened, validated ``(N, V)`` raw logits, not yet divided by the temperature), typed
+results out. Gradients are the closed
 forms of DESIGN.md section 1, never autograd through the mapping, and are divided by the
 temperature T because the mapping sees ``z = logits / T``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from typing import NamedTuple
+
 import torch
 
+from ops._contract import (
+    Algorithm,
+    EntropyResult,
+    LossInput,
+    LossRows,
+    Mapping,
+    ProbsResult,
+    Rows,
+)
 from ops._validate import check_row_max, compute_dtype
 
 # Below tau_min = -1 nothing is in the support (tau >= max - 1 after shifting the max to 0,
@@ -49,13 +63,13 @@ def _rowdot(a, b):
 # ---------------------------------------------------------------------------------------------
 
 
-def _shifted_logits(logits, mask, temperature, check=True, find_neg_inf=True):
-    """``x = z - max z`` with ``z = logits / T``, in the compute dtype, masked entries at -inf.
+def _shifted_logits(logits, mask, temperature, check=True):
+    """``x = (z - max z) / T``, in the compute dtype, masked entries at -inf: a fresh tensor the
+    caller may overwrite. ``check=False`` skips the row checks for callers that detect bad rows
+    from a NaN result instead.
 
-    Returns ``x`` (a fresh tensor the caller may overwrite) and whether any entry may be -inf
-    (always True with a mask; otherwise from the row minimum, or True without looking when
-    ``find_neg_inf=False``). ``check=False`` skips the row checks for callers that detect bad
-    rows from a NaN result instead.
+    Finite logits may still give ``x = -inf`` (``z - max z`` overflows, e.g. +-3e38 in fp32), so
+    every consumer treats -inf in ``x``, not only in the logits, as "probability 0".
     """
     cdt = compute_dtype(logits.dtype)
     src = logits.detach()
@@ -70,27 +84,7 @@ def _shifted_logits(logits, mask, temperature, check=True, find_neg_inf=True):
         x = src.to(cdt).sub_(row_max.to(cdt).unsqueeze(-1))
     if temperature != 1.0:
         x.mul_(1.0 / temperature)
-    if mask is not None or not find_neg_inf:
-        return x, True
-    # amin is a vectorised reduction (torch.aminmax is several times slower on the CPU)
-    has_neg_inf = bool(src.shape[0]) and bool(src.amin() == float("-inf"))
-    return x, has_neg_inf
-
-
-def _softmax(x, has_neg_inf):
-    """Softmax of shifted logits ``x`` (max 0). Returns ``p, log_s, H``.
-
-    ``log p = x - log_s`` and ``H = -sum p log p = log_s - sum p x``. -inf entries are floored
-    to a huge finite negative (in place) so that ``p x`` is 0 for masked actions, not ``0 * -inf``.
-    """
-    if has_neg_inf:
-        x.clamp_(min=torch.finfo(x.dtype).min / 4)
-    p = torch.exp(x)
-    s = p.sum(dim=-1)
-    p.mul_((1.0 / s).unsqueeze(-1))
-    log_s = s.log()
-    H = log_s - _rowdot(p, x)
-    return p, log_s, H
+    return x
 
 
 # -inf (masked) log-probabilities are floored to a huge finite negative so that p log p is
@@ -176,26 +170,26 @@ def _bisect_threshold(x, alpha):
     return 0.5 * (lo + hi)
 
 
-def _entmax(x, alpha):
+def _entmax(x, mapping):
     """entmax-alpha of shifted logits ``x`` (max 0; overwritten). Returns ``p``, exactly normalised."""
+    alpha = mapping.alpha
     x = x.mul_(alpha - 1.0).clamp_(min=_ENTMAX_FLOOR)
-    if alpha in (1.5, 2.0):
-        tau = _sort_threshold(x, alpha)
-    else:
-        tau = _bisect_threshold(x, alpha)
+    exact = mapping.algorithm in (Algorithm.SPARSEMAX, Algorithm.ENTMAX15)
+    tau = _sort_threshold(x, alpha) if exact else _bisect_threshold(x, alpha)
     p = x.sub_(tau.unsqueeze(-1)).clamp_(min=0)
-    if alpha != 2.0:
+    if mapping.algorithm != Algorithm.SPARSEMAX:
         p.pow_(1.0 / (alpha - 1.0))
-    if alpha not in (1.5, 2.0):
+    if not exact:
         p.div_(p.sum(dim=-1, keepdim=True))  # bisection leaves sum p = 1 up to its last step
     return p
 
 
-def _alpha_stats(p, alpha):
+def _alpha_stats(p, mapping):
     """Tsallis entropy, ``q_hat = q / sum q`` with ``q = p^{2-alpha}`` on the support, and |S|."""
+    alpha = mapping.alpha
     support = p > 0
     n = support.sum(dim=-1, dtype=p.dtype)
-    if alpha == 2.0:
+    if mapping.algorithm == Algorithm.SPARSEMAX:
         q = support.to(p.dtype)
         H = 0.5 * (1.0 - _rowdot(p, p))
     else:
@@ -205,33 +199,42 @@ def _alpha_stats(p, alpha):
     return H, q_hat, n
 
 
-def probs_forward(logits, mask, alpha, temperature):
-    """Probabilities in the compute dtype (float32 for half inputs)."""
-    # Neither mapping needs the -inf scan: torch.softmax takes -inf (masked) entries as they
-    # are, and needs none of _softmax's entropy terms (at rollout sizes, 8 x 2, the number of
-    # ops is the cost, not the flops); _entmax floors -inf itself.
-    x, _ = _shifted_logits(logits, mask, temperature, find_neg_inf=False)
-    if alpha == 1.0:
-        return torch.softmax(x, dim=-1)
-    return _entmax(x, alpha)
+class ProbsSaved(NamedTuple):
+    p: torch.Tensor  # probabilities in the compute dtype
 
 
-def probs_backward(p, grad_p, alpha, temperature):
+class EntropySaved(NamedTuple):
+    p: torch.Tensor  # probabilities in the compute dtype
+    H: torch.Tensor  # per-row entropy
+
+
+def probs_forward(*, rows: Rows) -> ProbsResult:
+    """The mapping's probabilities (logits' dtype); saves them in the compute dtype."""
+    m = rows.mapping
+    # at rollout sizes (8 x 2) the number of ops is the cost, not the flops: torch.softmax
+    # takes -inf (masked or overflowed) entries as they are; _entmax floors them itself
+    x = _shifted_logits(rows.logits, rows.mask, m.temperature)
+    p = torch.softmax(x, dim=-1) if m.algorithm == Algorithm.SOFTMAX else _entmax(x, m)
+    return ProbsResult(p.to(rows.logits.dtype), ProbsSaved(p))
+
+
+def probs_backward(*, saved: ProbsSaved, grad_probs, mapping: Mapping):
     """VJP of the mapping (DESIGN.md, Jacobians), divided by T.
 
     softmax: ``g -> p * (g - <p, g>)``; alpha > 1: ``g -> q * (g - <q_hat, g>)``.
     """
-    g = grad_p.to(p.dtype)
-    if alpha == 1.0:
+    p = saved.p
+    g = grad_probs.to(p.dtype)
+    if mapping.algorithm == Algorithm.SOFTMAX:
         w = p
-    elif alpha == 2.0:
+    elif mapping.algorithm == Algorithm.SPARSEMAX:
         w = (p > 0).to(p.dtype)
     else:
-        w = torch.where(p > 0, p.pow(2.0 - alpha), 0.0)
+        w = torch.where(p > 0, p.pow(2.0 - mapping.alpha), 0.0)
     w_hat = w / w.sum(dim=-1, keepdim=True)
     out = w * (g - _rowdot(w_hat, g).unsqueeze(-1))
-    if temperature != 1.0:
-        out.div_(temperature)
+    if mapping.temperature != 1.0:
+        out.div_(mapping.temperature)
     return out
 
 
@@ -240,39 +243,43 @@ def probs_backward(p, grad_p, alpha, temperature):
 # ---------------------------------------------------------------------------------------------
 
 
-def entropy_forward(logits, mask, alpha, temperature):
+def entropy_forward(*, rows: Rows) -> EntropyResult:
     """Per-row entropy of the mapping's own regularizer, support size, and what backward needs."""
-    x, has_neg_inf = _shifted_logits(logits, mask, temperature)
-    if alpha == 1.0:
-        p, _, H = _softmax(x, has_neg_inf)
-        support = _allowed_count(logits, mask)
+    m = rows.mapping
+    if m.algorithm == Algorithm.SOFTMAX:
+        _, p, H = _log_softmax(rows.logits, rows.mask, m.temperature)
+        if H.numel() and not math.isfinite(H.sum(dtype=torch.float64).item()):
+            # NaN, +inf or all-masked rows come out NaN: name the row (one more pass, only here)
+            src = rows.logits.detach()
+            if rows.mask is not None:
+                src = src.masked_fill(~rows.mask, float("-inf"))
+            check_row_max(src.amax(dim=-1))
+        support = _allowed_count(rows.logits, rows.mask)
     else:
-        p = _entmax(x, alpha)
-        H, _, n = _alpha_stats(p, alpha)
+        p = _entmax(_shifted_logits(rows.logits, rows.mask, m.temperature), m)
+        H, _, n = _alpha_stats(p, m)
         support = n.to(torch.int32)
-    return H, support, (p, H)
+    return EntropyResult(H, support, EntropySaved(p, H))
 
 
-def entropy_backward(saved, grad_H, alpha, temperature):
+def entropy_backward(*, saved: EntropySaved, grad_entropy, mapping: Mapping):
     """``dH/dz``: Shannon ``-p (log p + H)``; Tsallis ``(q_hat - p) / (alpha-1)``; times grad_H / T."""
     p, H = saved
-    g = grad_H.to(p.dtype).unsqueeze(-1)
-    if alpha == 1.0:
+    g = grad_entropy.to(p.dtype).unsqueeze(-1)
+    if mapping.algorithm == Algorithm.SOFTMAX:
         # xlogy keeps 0 log 0 = 0 where a probability underflowed or was masked.
         dH = torch.xlogy(p, p).add_(p * H.unsqueeze(-1)).neg_()
     else:
-        _, q_hat, _ = _alpha_stats(p, alpha)
-        dH = q_hat.sub_(p).div_(alpha - 1.0)
+        _, q_hat, _ = _alpha_stats(p, mapping)
+        dH = q_hat.sub_(p).div_(mapping.alpha - 1.0)
     dH.mul_(g)
-    if temperature != 1.0:
-        dH.div_(temperature)
+    if mapping.temperature != 1.0:
+        dH.div_(mapping.temperature)
     return dH
 
 
-def _allowed_count(logits, mask, has_neg_inf=True):
+def _allowed_count(logits, mask):
     """Support size of softmax: every allowed action has p > 0 in exact arithmetic."""
-    if mask is None and not has_neg_inf:
-        return torch.full(logits.shape[:1], logits.shape[1], dtype=torch.int32, device=logits.device)
     allowed = logits.detach() != float("-inf")
     if mask is not None:
         allowed = allowed & mask
@@ -284,53 +291,51 @@ def _allowed_count(logits, mask, has_neg_inf=True):
 # ---------------------------------------------------------------------------------------------
 
 
-_ROW_KEYS = ("loss_rows", "entropy", "log_prob", "support", "ratio", "clipped")
+def _block(inp: LossInput, b: slice) -> LossInput:
+    """The rows ``b`` of a loss input (row slices of contiguous tensors stay contiguous)."""
+    rows = inp.rows
+    return dataclasses.replace(
+        inp, rows=Rows(rows.logits[b], None if rows.mask is None else rows.mask[b], rows.mapping),
+        actions=inp.actions[b], advantages=inp.advantages[b], row_scale=inp.row_scale[b],
+        grad_out=None if inp.grad_out is None else inp.grad_out[b],
+        old_log_prob=None if inp.old_log_prob is None else inp.old_log_prob[b])
 
 
-def _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperature, need_grad,
-           grad_out, old_log_prob=None, clip_eps=None, need_norms=True):
+def _fused(inp: LossInput) -> LossRows:
     """``_fused_rows`` over blocks of rows on the CPU, writing one logits-sized gradient.
 
     Every per-row quantity depends on its own row only, so blocking changes no value; the batch
     sums (the two squared gradient norms) add the blocks' partial sums.
     """
+    logits = inp.rows.logits
     n, n_act = logits.shape
     rows = max(1, _CPU_BLOCK_ELEMS // max(n_act, 1))
     if logits.device.type != "cpu" or n <= rows:
-        return _fused_rows(logits, mask, actions, advantages, row_scale, beta, alpha, temperature,
-                           need_grad, grad_out, old_log_prob, clip_eps, need_norms)
-    grad = None
-    if need_grad:
-        grad = grad_out if grad_out is not None else torch.empty_like(
-            logits, memory_format=torch.contiguous_format)
+        return _fused_rows(inp)
+    if inp.need_grad and inp.grad_out is None:
+        inp = dataclasses.replace(inp, grad_out=torch.empty_like(
+            logits, memory_format=torch.contiguous_format))
     out = None
     for r0 in range(0, n, rows):
         b = slice(r0, r0 + rows)
-        part = _fused_rows(
-            logits[b], None if mask is None else mask[b], actions[b], advantages[b],
-            row_scale[b], beta, alpha, temperature, need_grad,
-            None if grad is None else grad[b],
-            None if old_log_prob is None else old_log_prob[b], clip_eps, need_norms)
+        part = _fused_rows(_block(inp, b))
         if out is None:
             # outputs allocated once, before any block's temporaries: a block leaves nothing
             # behind on the heap, so the allocator reuses the same memory for every block
             # (small per-block results kept alive between them fragment it and grow the RSS)
-            out = {k: part[k].new_empty((n,)) for k in _ROW_KEYS if k in part}
-            for k in ("grad_policy_sq", "grad_entropy_sq"):
-                out[k] = part[k].clone()
+            out = {k: (v.new_empty((n,)) if v.dim() == 1 else v.clone())
+                   for k, v in part._asdict().items() if v is not None and k != "grad"}
         else:
-            for k in ("grad_policy_sq", "grad_entropy_sq"):
-                out[k].add_(part[k])
-        for k in _ROW_KEYS:
-            if k in part:
-                out[k][b] = part[k]
+            out["grad_policy_sq"].add_(part.grad_policy_sq)
+            out["grad_entropy_sq"].add_(part.grad_entropy_sq)
+        for k, v in part._asdict().items():
+            if v is not None and v.dim() == 1:
+                out[k][b] = v
         del part
-    out["grad"] = grad
-    return out
+    return LossRows(grad=inp.grad_out, **out)
 
 
-def _fused_rows(logits, mask, actions, advantages, row_scale, beta, alpha, temperature,
-                need_grad, grad_out, old_log_prob=None, clip_eps=None, need_norms=True):
+def _fused_rows(inp: LossInput) -> LossRows:
     """Shared body of ``pg`` and ``ppo``: one pass of the mapping, then the closed-form gradient.
 
     Per row (DESIGN.md, fused loss and PPO): ``l = -A log p_a - beta H`` for pg, and
@@ -344,93 +349,88 @@ def _fused_rows(logits, mask, actions, advantages, row_scale, beta, alpha, tempe
     public API turns into a precise error with one synchronisation per call. RL minibatches
     are small, so the op count here is kept low: each op costs microseconds of dispatch.
     """
+    logits, mask, m = inp.rows.logits, inp.rows.mask, inp.rows.mapping
+    alpha, temperature, beta = m.alpha, m.temperature, inp.beta
     cdt = compute_dtype(logits.dtype)
-    idx = actions.unsqueeze(-1)
-    if alpha == 1.0:
+    idx = inp.actions.unsqueeze(-1)
+    if m.algorithm == Algorithm.SOFTMAX:
         log_p, p, H = _log_softmax(logits, mask, temperature)
         log_p_a = log_p.gather(-1, idx).view(-1)
-        # softmax's support is every allowed action: only floored (masked) entries drop out.
-        # On the CPU (no sync cost) a row-min check skips the count when nothing is masked.
-        floored = _LOG_FLOOR[cdt] / 2
-        if logits.device.type == "cpu" and bool(log_p.amin(dim=-1).gt(floored).all()):
+        # softmax's support is every allowed action. On the CPU (no sync cost) a row-min check
+        # skips the count when no log p is floored (nothing masked, nothing overflowed).
+        if logits.device.type == "cpu" and bool(log_p.amin(dim=-1).gt(_LOG_FLOOR[cdt] / 2).all()):
             support = torch.full_like(log_p_a, log_p.shape[-1], dtype=torch.int32)
         else:
-            support = (log_p > floored).sum(dim=-1, dtype=torch.int32)
+            support = _allowed_count(logits, mask)
         w_a = None
     else:
-        x, _ = _shifted_logits(logits, mask, temperature, check=False)
-        p = _entmax(x, alpha)
-        H, q_hat, n = _alpha_stats(p, alpha)
+        p = _entmax(_shifted_logits(logits, mask, temperature, check=False), m)
+        H, q_hat, n = _alpha_stats(p, m)
         support = n.to(torch.int32)
         p_a = p.gather(-1, idx).view(-1)
         log_p_a = p_a.log()
         in_support = p_a > 0
         w_a = torch.where(in_support, p_a.clamp(min=torch.finfo(cdt).tiny).pow(1.0 - alpha), 0.0)
 
-    A = advantages
-    out = {"entropy": H, "log_prob": log_p_a, "support": support}
-    if old_log_prob is None:
+    A = inp.advantages
+    ratio = clipped = None
+    if not inp.is_ppo:
         policy_rows = log_p_a * A
         if w_a is not None:  # an action outside the support contributes no policy term
             policy_rows = torch.where(in_support, policy_rows, 0.0)
-        out["loss_rows"] = torch.add(policy_rows, H, alpha=beta).neg_()
+        loss_rows = torch.add(policy_rows, H, alpha=beta).neg_()
         coef = A
     else:
-        ratio = torch.exp(log_p_a - old_log_prob)
+        clip_eps = inp.clip_eps
+        ratio = torch.exp(log_p_a - inp.old_log_prob)
         surrogate = torch.minimum(ratio * A, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * A)
         clipped = torch.where(A > 0, ratio > 1.0 + clip_eps, ratio < 1.0 - clip_eps)
         coef = torch.where(clipped, 0.0, A * ratio)
-        out["ratio"] = ratio
-        out["clipped"] = clipped
-        out["loss_rows"] = torch.add(surrogate, H, alpha=beta).neg_()
+        loss_rows = torch.add(surrogate, H, alpha=beta).neg_()
 
     zero = torch.zeros((), dtype=cdt, device=logits.device)
-    out["grad_policy_sq"] = out["grad_entropy_sq"] = zero
-    if not need_grad:
-        out["grad"] = None
-        return out
+    pol_sq_total = ent_sq_total = zero
+    if not inp.need_grad:
+        return LossRows(loss_rows, H, log_p_a, support, None, zero, zero, ratio, clipped)
 
-    scale = row_scale if temperature == 1.0 else row_scale / temperature
+    scale = inp.row_scale if temperature == 1.0 else inp.row_scale / temperature
     pol_c = coef * scale  # d(sum_i c_i l_i)/d logits = c_i / T * dl_i/dz
-    if alpha == 1.0:
+    if m.algorithm == Algorithm.SOFTMAX:
         # entropy part  -beta dH/dz = beta p (log p + H), built in log_p's buffer
         ent = log_p.add_(H.unsqueeze(-1)).mul_(p).mul_((beta * scale).unsqueeze(-1))
-        if need_norms:
+        if inp.need_norms:
             # ||c (p - e_a)||^2 = c^2 (sum p^2 - 2 p_a + 1): no policy vector is built
             pol_sq = _rowdot(p, p).sub_(p.gather(-1, idx).view(-1), alpha=2.0).add_(1.0)
-            out["grad_policy_sq"] = torch.dot(pol_c * pol_c, pol_sq)
-            out["grad_entropy_sq"] = torch.dot(ent.view(-1), ent.view(-1))
+            pol_sq_total = torch.dot(pol_c * pol_c, pol_sq)
+            ent_sq_total = torch.dot(ent.view(-1), ent.view(-1))
         grad = ent.addcmul_(p, pol_c.unsqueeze(-1))
     else:
         # entropy part  -beta dH/dz = beta (p - q_hat) / (alpha - 1)
         pol_c = pol_c * w_a
         ent = p.sub_(q_hat).mul_((beta / (alpha - 1.0) * scale).unsqueeze(-1))
-        if need_norms:
+        if inp.need_norms:
             q_a = q_hat.gather(-1, idx).view(-1)
             pol_sq = _rowdot(q_hat, q_hat).sub_(q_a, alpha=2.0).add_(1.0)
-            out["grad_policy_sq"] = torch.dot(pol_c * pol_c, pol_sq)
-            out["grad_entropy_sq"] = torch.dot(ent.view(-1), ent.view(-1))
+            pol_sq_total = torch.dot(pol_c * pol_c, pol_sq)
+            ent_sq_total = torch.dot(ent.view(-1), ent.view(-1))
         grad = ent.addcmul_(q_hat, pol_c.unsqueeze(-1))
     grad.scatter_add_(-1, idx, pol_c.neg().unsqueeze(-1))
-    if grad_out is not None:
-        grad_out.copy_(grad)
-        grad = grad_out
+    if inp.grad_out is not None:
+        inp.grad_out.copy_(grad)
+        grad = inp.grad_out
     elif grad.dtype != logits.dtype:
         grad = grad.to(logits.dtype)
-    out["grad"] = grad
-    return out
+    return LossRows(loss_rows, H, log_p_a, support, grad, pol_sq_total, ent_sq_total, ratio,
+                    clipped)
 
 
-def pg(logits, mask, actions, advantages, row_scale, beta, alpha, temperature, need_grad,
-       grad_out=None, need_norms=True):
+def pg(*, inp: LossInput) -> LossRows:
     """Policy-gradient loss rows ``-A log p_a - beta H`` and the gradient of ``sum c_i l_i``."""
-    return _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperature,
-                  need_grad, grad_out, need_norms=need_norms)
+    return _fused(inp)
 
 
-def ppo(logits, mask, actions, advantages, old_log_prob, row_scale, beta, clip_eps, alpha,
-        temperature, need_grad, grad_out=None, need_norms=True):
+def ppo(*, inp: LossInput) -> LossRows:
     """PPO clipped-surrogate rows, ratio, clipped flags and the gradient of ``sum c_i l_i``."""
-    return _fused(logits, mask, actions, advantages, row_scale, beta, alpha, temperature,
-                  need_grad, grad_out, old_log_prob=old_log_prob, clip_eps=clip_eps,
-                  need_norms=need_norms)
+    if not inp.is_ppo:
+        raise ValueError("ppo needs a LossInput with old_log_prob and clip_eps")
+    return _fused(inp)

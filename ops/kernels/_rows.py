@@ -350,6 +350,21 @@ def check_layout(logits, *others):
                 f"per-row operand {tuple(t.shape)} strides {t.stride()} (need contiguous, N = {N})"
 
 
+def _interpreted():
+    """Whether triton decorated the kernels for its interpreter (TRITON_INTERPRET=1 at import)."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover - layout of other triton versions
+        return False
+    return isinstance(_interpreted_probe, InterpretedFunction)
+
+
+@triton.jit
+def _interpreted_probe(x_ptr):
+    """Never launched: its type tells whether ``@triton.jit`` ran under the interpreter."""
+    pass
+
+
 def empty(shape, dtype, device):
     """Every output buffer of the launchers; a seam so that tests and ``scripts/check_gpu.py``
     can hand the kernels NaN-filled buffers and prove that every element gets written."""

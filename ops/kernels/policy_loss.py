@@ -14,12 +14,29 @@ for single-tile rows; longer rows re-read it, mostly from L2), the gradient pass
 and then writes its gradient, so ``grad_out`` may alias the logits.
 """
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
 from ops.kernels import _rows
 from ops.kernels._rows import _load_x, _mapping_tile, _row_statistics, launch_config
+
+
+class PolicyLossLaunch(NamedTuple):
+    """The launch's outputs: per-row fp32 (``support`` int32, ``clipped`` bool; PPO only:
+    ``ratio``, ``clipped``), the gradient or None, the per-row squared norms (N, 2) or None."""
+
+    loss_rows: torch.Tensor
+    entropy: torch.Tensor
+    log_prob: torch.Tensor
+    support: torch.Tensor
+    ratio: torch.Tensor | None
+    clipped: torch.Tensor | None
+    row_max: torch.Tensor
+    grad: torch.Tensor | None
+    grad_sq: torch.Tensor | None
 
 
 @triton.jit
@@ -136,8 +153,7 @@ def _policy_loss_forward_kernel(
 def _policy_loss_forward(logits, mask, actions, advantages, old_log_prob, row_scale, beta,
                          clip_eps, alpha, temperature, need_grad, grad_out, mapping, newton,
                          max_block_v=None, max_iters=64):
-    """Launches the kernel; returns per-row tensors (fp32), the gradient or None, and the
-    per-row squared norms (N, 2)."""
+    """Launches the kernel; returns its outputs as a ``PolicyLossLaunch``."""
     N, V = logits.shape
     dev = logits.device
     f32 = dict(dtype=torch.float32, device=dev)
@@ -172,8 +188,6 @@ def _policy_loss_forward(logits, mask, actions, advantages, old_log_prob, row_sc
         num_warps=cfg["num_warps"],
     )
     _rows.record("ppo" if is_ppo else "pg", alpha, N, V, iters)
-    out = dict(loss_rows=loss, entropy=H, log_prob=log_p, support=support, row_max=row_max,
-               grad=grad, grad_sq=grad_sq if need_grad else None)
-    if is_ppo:
-        out.update(ratio=ratio, clipped=clipped.bool())
-    return out
+    return PolicyLossLaunch(loss, H, log_p, support, ratio if is_ppo else None,
+                            clipped.bool() if is_ppo else None, row_max, grad,
+                            grad_sq if need_grad else None)

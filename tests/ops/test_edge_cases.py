@@ -9,19 +9,13 @@ empty batches through every public function.
 
 from __future__ import annotations
 
-import zlib
-
 import pytest
 import torch
+from ops_helpers import ALPHAS
+from ops_helpers import gen as _gen
 
 import ops
 from ops import reference
-
-ALPHAS = [1.0, 1.25, 1.5, 2.0, 3.0]
-
-
-def _gen(*key):
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
 def _case(key, shape, alpha, dtype=torch.float64, masked=True, scale=1.0):

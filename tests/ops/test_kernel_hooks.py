@@ -52,8 +52,8 @@ def test_every_launch_goes_through_launch(monkeypatch, triton_backend, alpha):
     z, a, A, old = _inputs()
     _every_op(z, a, A, old, alpha)
     names = set(seen)
-    assert {"_entropy_forward_kernel", "_entropy_backward_kernel",
-            "_policy_loss_forward_kernel"} <= names, names
+    assert {"_entropy_forward_kernel", "_entropy_backward_kernel", "_probs_forward_kernel",
+            "_probs_backward_kernel", "_policy_loss_forward_kernel"} <= names, names
 
 
 def test_launch_is_the_only_way_kernels_run(monkeypatch, triton_backend):
@@ -77,7 +77,7 @@ def test_record_iterations(triton_backend, alpha):
     with record_iterations() as records:
         _every_op(z, a, A, old, alpha)
     ops_seen = [r["op"] for r in records]
-    assert sorted(ops_seen) == ["entropy", "pg", "ppo"], ops_seen
+    assert sorted(ops_seen) == ["entropy", "pg", "ppo", "probs"], ops_seen
     for r in records:
         assert r["alpha"] == alpha and r["N"] == 6 and r["V"] == 300
         it = r["iterations"]

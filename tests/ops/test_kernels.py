@@ -19,14 +19,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
+from ops_helpers import rows, run_loss  # noqa: E402
+
 import ops  # noqa: E402
 from ops import reference  # noqa: E402
+from ops._contract import mapping  # noqa: E402
 from ops.kernels import _rows  # noqa: E402
 from ops.kernels import backend as kb  # noqa: E402
 
@@ -109,7 +113,7 @@ def make_case(seed, N, V, dtype, mask_kind, alpha, temperature, weighted):
             z = z.masked_fill(~allowed & (torch.rand(N, V, generator=g) < 0.3), float("nan"))
         else:
             z = z.masked_fill(~allowed, float("-inf"))
-    p = reference.probs_forward(z.double(), mask, alpha, temperature)
+    p = reference.probs_forward(rows=rows(z.double(), mask, alpha, temperature)).probs
     sampled = torch.multinomial(p, 1, generator=g).squeeze(-1)
     uniform = torch.multinomial(allowed.double(), 1, generator=g).squeeze(-1)
     actions = torch.where(torch.arange(N) % 2 == 0, sampled, uniform)
@@ -130,15 +134,8 @@ def make_case(seed, N, V, dtype, mask_kind, alpha, temperature, weighted):
 
 def loss_oracles(case, loss, beta, alpha, temperature, clip_eps=0.2):
     """The reference on float64 and on float32 copies of the same logits."""
-    out = []
-    for dt in (torch.float64, torch.float32):
-        args = [case["logits"].to(dt), case["mask"], case["actions"], case["advantages"].to(dt)]
-        if loss == "ppo":
-            args += [case["old_log_prob"].to(dt), case["row_scale"].to(dt), beta, clip_eps]
-        else:
-            args += [case["row_scale"].to(dt), beta]
-        out.append(getattr(reference, loss)(*args, alpha, temperature, True))
-    return out
+    return [run_loss(reference, case, loss, beta, alpha, temperature, clip_eps=clip_eps, dtype=dt)
+            for dt in (torch.float64, torch.float32)]
 
 
 EPS32 = 2.0**-23
@@ -149,13 +146,13 @@ def grad_terms(out64, advantages, row_scale, temperature, beta, alpha):
     combine: fp32 rounds each term, and a row's terms may cancel (``p_a - 1`` when ``p_a`` is
     near 1), so the rounding allowed scales with them, not with the result."""
     c = advantages.double()
-    if "ratio" in out64:
-        c = torch.where(out64["clipped"], 0.0, c * out64["ratio"])
-    log_p_a = out64["log_prob"]
+    if out64.ratio is not None:
+        c = torch.where(out64.clipped, 0.0, c * out64.ratio)
+    log_p_a = out64.log_prob
     if alpha != 1.0:  # p_a^(1-alpha), 0 off the support
         c = c * torch.where(torch.isfinite(log_p_a), ((1 - alpha) * log_p_a).exp(), 0.0)
     scale = row_scale.double() / temperature
-    ent = 1.0 + out64["entropy"] if alpha == 1.0 else torch.full_like(c, 1.0 / (alpha - 1.0))
+    ent = 1.0 + out64.entropy if alpha == 1.0 else torch.full_like(c, 1.0 / (alpha - 1.0))
     return ((2 * c * scale).abs()[:, None].cpu(), (beta * scale * ent).abs()[:, None].cpu())
 
 
@@ -224,36 +221,32 @@ def test_loss_matches_reference(loss, alpha, V, config, seed):
     ref64, ref32 = loss_oracles(case, loss, beta, alpha, temperature, clip_eps)
     kw = dict(max_block_v=_small_blocks(V) if tiles else None)
     c = case
-    if loss == "pg":
-        out = kb.pg(c["logits"], c["mask"], c["actions"], c["advantages"], c["row_scale"], beta,
-                    alpha, temperature, True, **kw)
-    else:
-        out = kb.ppo(c["logits"], c["mask"], c["actions"], c["advantages"], c["old_log_prob"],
-                     c["row_scale"], beta, clip_eps, alpha, temperature, True, **kw)
+    out = run_loss(kb, c, loss, beta, alpha, temperature, clip_eps=clip_eps, **kw)
 
     f32 = torch.float32
     for key in ("loss_rows", "entropy", "log_prob"):
-        assert out[key].dtype == f32
-        assert_close(key, out[key], ref64[key], ref32[key], f32, seed)
-    assert out["support"].dtype == torch.int32
-    assert_support(out["support"], ref64["support"], ref32["support"], seed)
-    assert out["grad"].dtype == dtype and out["grad"].shape == c["logits"].shape
+        assert getattr(out, key).dtype == f32
+        assert_close(key, getattr(out, key), getattr(ref64, key), getattr(ref32, key), f32, seed)
+    assert out.support.dtype == torch.int32
+    assert_support(out.support, ref64.support, ref32.support, seed)
+    assert out.grad.dtype == dtype and out.grad.shape == c["logits"].shape
     pol, ent = grad_terms(ref64, c["advantages"], c["row_scale"], temperature, beta, alpha)
-    assert_close("grad", out["grad"], ref64["grad"], ref32["grad"], dtype, seed, row_wise=True,
+    assert_close("grad", out.grad, ref64.grad, ref32.grad, dtype, seed, row_wise=True,
                  atol=8 * EPS32 * (pol + ent))
     if mask_kind is not None:  # a masked action's gradient is exactly 0
         allowed = c["logits"] > float("-inf") if c["mask"] is None else c["mask"]
-        assert bool((out["grad"][~allowed] == 0).all())
+        assert bool((out.grad[~allowed] == 0).all())
     for key, terms in (("grad_policy_sq", pol), ("grad_entropy_sq", ent)):
-        assert out[key].dim() == 0
-        assert_close(key, out[key], ref64[key], ref32[key], f32, seed, atol=sq_norm_atol(terms, V))
+        assert getattr(out, key).dim() == 0
+        assert_close(key, getattr(out, key), getattr(ref64, key), getattr(ref32, key), f32, seed,
+                     atol=sq_norm_atol(terms, V))
     if loss == "ppo":
-        assert_close("ratio", out["ratio"], ref64["ratio"], ref32["ratio"], f32, seed)
-        assert out["clipped"].dtype == torch.bool
+        assert_close("ratio", out.ratio, ref64.ratio, ref32.ratio, f32, seed)
+        assert out.clipped.dtype == torch.bool
         # a ratio within rounding of a clip boundary may fall either way
-        r = ref64["ratio"].cpu()
+        r = ref64.ratio.cpu()
         near = ((r - (1 + clip_eps)).abs() < 1e-5) | ((r - (1 - clip_eps)).abs() < 1e-5)
-        differ = out["clipped"].cpu() != ref64["clipped"].cpu()
+        differ = out.clipped.cpu() != ref64.clipped.cpu()
         assert not bool((differ & ~near).any()), f"clipped (seed={seed})"
 
 
@@ -266,29 +259,25 @@ def test_zero_probability_actions_get_zero_policy_gradient(loss, alpha, seed):
     case = make_case(seed, 8, 300, torch.float32, None, alpha, 1.0, False)
     c = case
     c["logits"] = c["logits"] * 4  # (alpha-1) x spans more than 1: the smallest is off the support
-    p = reference.probs_forward(c["logits"].double(), None, alpha, 1.0)
+    p = reference.probs_forward(rows=rows(c["logits"].double(), None, alpha, 1.0)).probs
     out_of_support = p.argmin(-1)  # p = 0 there: row scales >= 0.3 over 300 actions
     assert bool((p.gather(-1, out_of_support[:, None]) == 0).all())
     c["actions"] = torch.where(torch.arange(8, device=DEVICE) < 5, out_of_support, p.argmax(-1))
     ref64, ref32 = loss_oracles(c, loss, 0.0, alpha, 1.0)
-    if loss == "pg":
-        out = kb.pg(c["logits"], None, c["actions"], c["advantages"], c["row_scale"], 0.0, alpha,
-                    1.0, True, max_block_v=128)
-    else:
-        out = kb.ppo(c["logits"], None, c["actions"], c["advantages"], c["old_log_prob"],
-                     c["row_scale"], 0.0, 0.2, alpha, 1.0, True, max_block_v=128)
-        assert bool((out["ratio"][:5] == 0).all())
+    out = run_loss(kb, c, loss, 0.0, alpha, 1.0, max_block_v=128)
+    if loss == "ppo":
+        assert bool((out.ratio[:5] == 0).all())
         A = c["advantages"][:5]
-        assert torch.equal(out["loss_rows"][:5], -torch.minimum(0.0 * A, 0.8 * A))
-    assert bool((out["grad"][:5] == 0).all())
-    assert bool(torch.isfinite(out["grad"]).all())
-    assert bool((out["log_prob"][:5] == float("-inf")).all())
+        assert torch.equal(out.loss_rows[:5], -torch.minimum(0.0 * A, 0.8 * A))
+    assert bool((out.grad[:5] == 0).all())
+    assert bool(torch.isfinite(out.grad).all())
+    assert bool((out.log_prob[:5] == float("-inf")).all())
     if loss == "pg":
-        assert bool((out["loss_rows"][:5] == 0).all())
+        assert bool((out.loss_rows[:5] == 0).all())
     pol, ent = grad_terms(ref64, c["advantages"], c["row_scale"], 1.0, 0.0, alpha)
-    assert_close("grad", out["grad"], ref64["grad"], ref32["grad"], torch.float32, seed,
+    assert_close("grad", out.grad, ref64.grad, ref32.grad, torch.float32, seed,
                  row_wise=True, atol=8 * EPS32 * (pol + ent))
-    assert_close("loss_rows", out["loss_rows"], ref64["loss_rows"], ref32["loss_rows"],
+    assert_close("loss_rows", out.loss_rows, ref64.loss_rows, ref32.loss_rows,
                  torch.float32, seed)
 
 
@@ -297,15 +286,10 @@ def test_without_grad_only_statistics(loss, seed):
     case = make_case(seed, 5, 40, torch.float32, "bool", 1.5, 1.0, False)
     c = case
     ref64, ref32 = loss_oracles(c, loss, 0.1, 1.5, 1.0)
-    if loss == "pg":
-        out = kb.pg(c["logits"], c["mask"], c["actions"], c["advantages"], c["row_scale"], 0.1,
-                    1.5, 1.0, False)
-    else:
-        out = kb.ppo(c["logits"], c["mask"], c["actions"], c["advantages"], c["old_log_prob"],
-                     c["row_scale"], 0.1, 0.2, 1.5, 1.0, False)
-    assert out["grad"] is None
-    assert float(out["grad_policy_sq"]) == 0.0 and float(out["grad_entropy_sq"]) == 0.0
-    assert_close("loss_rows", out["loss_rows"], ref64["loss_rows"], ref32["loss_rows"],
+    out = run_loss(kb, c, loss, 0.1, 1.5, 1.0, need_grad=False)
+    assert out.grad is None
+    assert float(out.grad_policy_sq) == 0.0 and float(out.grad_entropy_sq) == 0.0
+    assert_close("loss_rows", out.loss_rows, ref64.loss_rows, ref32.loss_rows,
                  torch.float32, seed)
 
 
@@ -322,15 +306,13 @@ def test_grad_out_may_alias_logits(alpha, dtype, tiles, seed):
     case = make_case(seed, N_ROWS, V, dtype, "bool", alpha, 0.8, True)
     c = case
     kw = dict(max_block_v=_small_blocks(V) if tiles else None)
-    args = (c["mask"], c["actions"], c["advantages"], c["old_log_prob"], c["row_scale"], 0.2,
-            0.2, alpha, 0.8, True)
-    expected = kb.ppo(c["logits"], *args, **kw)
+    expected = run_loss(kb, c, "ppo", 0.2, alpha, 0.8, **kw)
     z = c["logits"].clone()
-    out = kb.ppo(z, *args, grad_out=z, **kw)
-    assert out["grad"].data_ptr() == z.data_ptr()
-    assert torch.equal(out["grad"], expected["grad"])  # bit-identical: same arithmetic
+    out = run_loss(kb, dict(c, logits=z), "ppo", 0.2, alpha, 0.8, grad_out=z, **kw)
+    assert out.grad.data_ptr() == z.data_ptr()
+    assert torch.equal(out.grad, expected.grad)  # bit-identical: same arithmetic
     for key in ("loss_rows", "entropy", "log_prob", "support", "ratio", "clipped"):
-        assert torch.equal(out[key], expected[key]), key
+        assert torch.equal(getattr(out, key), getattr(expected, key)), key
 
 
 def test_grad_buffer_through_public_api(monkeypatch, seed):
@@ -363,14 +345,15 @@ def test_entropy_matches_reference(alpha, V, config, seed):
     case = make_case(seed, N_ROWS, V, dtype, mask_kind, alpha, temperature, False)
     z, mask = case["logits"], case["mask"]
     kw = dict(max_block_v=_small_blocks(V) if tiles else None)
-    H, support, saved = kb.entropy_forward(z, mask, alpha, temperature, **kw)
+    H, support, saved = kb.entropy_forward(rows=rows(z, mask, alpha, temperature), **kw)
     grad_H = torch.randn(N_ROWS, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
-    grad = kb.entropy_backward(saved, grad_H, alpha, temperature, **kw)
+    m = mapping(alpha, temperature)
+    grad = kb.entropy_backward(saved=saved, grad_entropy=grad_H, mapping=m, **kw)
     refs = []
     for dt in (torch.float64, torch.float32):
-        H_r, s_r, saved_r = reference.entropy_forward(z.to(dt), mask, alpha, temperature)
-        refs.append((H_r, s_r, reference.entropy_backward(saved_r, grad_H.to(dt), alpha,
-                                                          temperature)))
+        H_r, s_r, saved_r = reference.entropy_forward(rows=rows(z.to(dt), mask, alpha, temperature))
+        refs.append((H_r, s_r, reference.entropy_backward(saved=saved_r,
+                                                          grad_entropy=grad_H.to(dt), mapping=m)))
     (H64, s64, g64), (H32, s32, g32) = refs
     assert H.dtype == torch.float32 and support.dtype == torch.int32
     assert_close("entropy", H, H64, H32, torch.float32, seed)
@@ -406,43 +389,46 @@ def test_extreme_rows(alpha, seed):
                 row_scale=torch.full((6,), 1 / 6).to(DEVICE),
                 old_log_prob=(-torch.rand(6, generator=g)).to(DEVICE))
     ref64, ref32 = loss_oracles(case, "ppo", 0.5, alpha, 1.0)
-    out = kb.ppo(case["logits"], None, case["actions"], case["advantages"],
-                 case["old_log_prob"], case["row_scale"], 0.5, 0.2, alpha, 1.0, True,
-                 max_block_v=16)
+    out = run_loss(kb, case, "ppo", 0.5, alpha, 1.0, max_block_v=16)
     for key in ("loss_rows", "entropy", "log_prob", "ratio"):
-        assert_close(key, out[key], ref64[key], ref32[key], torch.float32, seed)
+        assert_close(key, getattr(out, key), getattr(ref64, key), getattr(ref32, key), torch.float32, seed)
     pol, ent = grad_terms(ref64, case["advantages"], case["row_scale"], 1.0, 0.5, alpha)
-    assert_close("grad", out["grad"], ref64["grad"], ref32["grad"], torch.float32, seed,
+    assert_close("grad", out.grad, ref64.grad, ref32.grad, torch.float32, seed,
                  row_wise=True, atol=8 * EPS32 * (pol + ent))
-    assert out["support"].tolist()[1] == V and out["support"].tolist()[3] == 1
-    assert_support(out["support"], ref64["support"], ref32["support"], seed)
+    assert out.support.tolist()[1] == V and out.support.tolist()[3] == 1
+    assert_support(out.support, ref64.support, ref32.support, seed)
     # V = 2
     z2 = case["logits"][:, :2].contiguous()
     c2 = dict(case, logits=z2, actions=case["actions"] % 2)
     ref64, ref32 = loss_oracles(dict(c2, logits=z2.nan_to_num(neginf=-1.0)), "pg", 0.5, alpha, 1.0)
-    out = kb.pg(z2.nan_to_num(neginf=-1.0), None, c2["actions"], c2["advantages"],
-                c2["row_scale"], 0.5, alpha, 1.0, True)
+    out = run_loss(kb, dict(c2, logits=z2.nan_to_num(neginf=-1.0)), "pg", 0.5, alpha, 1.0)
     pol, ent = grad_terms(ref64, c2["advantages"], c2["row_scale"], 1.0, 0.5, alpha)
-    assert_close("grad V=2", out["grad"], ref64["grad"], ref32["grad"], torch.float32, seed,
+    assert_close("grad V=2", out.grad, ref64.grad, ref32.grad, torch.float32, seed,
                  row_wise=True, atol=8 * EPS32 * (pol + ent))
 
 
-def test_float64_and_empty_batches_use_the_reference(seed):
-    """float64 logits keep float64 (the kernels accumulate in float32); N = 0 launches nothing."""
+def test_float64_and_empty_batches_use_the_reference(monkeypatch, seed):
+    """float64 logits keep float64 (the kernels accumulate in float32) and N = 0 launches
+    nothing: ``backend_for`` sends both to the reference, and the kernels refuse them."""
+    monkeypatch.setenv("ENTROPY_RL_OPS_BACKEND", "triton")
     case = make_case(seed, 4, 9, torch.float64, None, 1.5, 1.0, False)
-    c = case
-    args = (c["mask"], c["actions"], c["advantages"].double(), c["row_scale"].double(), 0.1, 1.5,
-            1.0, True)
-    out = kb.pg(c["logits"], *args)
-    ref = reference.pg(c["logits"], *args)
-    assert out["grad"].dtype == torch.float64 and torch.equal(out["grad"], ref["grad"])
-    H, support, saved = kb.entropy_forward(c["logits"], None, 1.5, 1.0)
-    assert H.dtype == torch.float64
-    assert kb.entropy_backward(saved, torch.ones_like(H), 1.5, 1.0).dtype == torch.float64
-    empty = torch.empty(0, 9, device=DEVICE)
+    c = dict(case, advantages=case["advantages"].double(), row_scale=case["row_scale"].double())
+    assert ops.backend_for(c["logits"]) is reference
+    assert ops.backend_for(torch.empty(0, 9, device=DEVICE)) is reference
+    assert ops.backend_for(c["logits"].float()) is kb
+    with pytest.raises(ValueError, match="float64"):
+        run_loss(kb, c, "pg", 0.1, 1.5, 1.0)
+    with pytest.raises(ValueError, match=r"\(0, 9\)"):
+        kb.entropy_forward(rows=rows(torch.empty(0, 9, device=DEVICE), None, 1.5, 1.0))
+    z = c["logits"].clone().requires_grad_()
+    H = ops.entropy(z, alpha=1.5)
+    H.sum().backward()
+    assert H.dtype == torch.float64 and z.grad.dtype == torch.float64
+    empty = torch.empty(0, 9, device=DEVICE, requires_grad=True)
     e = torch.empty(0, device=DEVICE)
-    out = kb.ppo(empty, None, e.long(), e, e, e, 0.1, 0.2, 1.0, 1.0, True)
-    assert out["grad"].shape == (0, 9) and out["loss_rows"].shape == (0,)
+    out = ops.ppo_loss(empty, e.long(), e, e, beta=0.1)
+    out.loss.backward()
+    assert empty.grad.shape == (0, 9) and out.entropy.shape == (0,)
 
 
 @pytest.mark.parametrize("alpha", [1.0, 2.0, 1.3])
@@ -462,9 +448,10 @@ def test_bad_rows_raise(alpha, bad):
     a = torch.zeros(5, dtype=torch.long, device=DEVICE)
     A = torch.ones(5, device=DEVICE)
     with pytest.raises(ValueError, match=f"row 3 .*{why}"):
-        kb.pg(z, mask, a, A, A / 5, 0.1, alpha, 1.0, True, max_block_v=16)
+        run_loss(kb, dict(logits=z, mask=mask, actions=a, advantages=A, row_scale=A / 5), "pg",
+                 0.1, alpha, 1.0, max_block_v=16)
     with pytest.raises(ValueError, match=f"row 3 .*{why}"):
-        kb.entropy_forward(z, mask, alpha, 1.0)
+        kb.entropy_forward(rows=rows(z, mask, alpha, 1.0))
 
 
 # ------------------------------------------------------------------------------------------
@@ -521,9 +508,10 @@ def test_public_api_dispatches_to_kernels(monkeypatch, alpha, V, seed):
         ref, ref_loss, ref_grad = want[name]
         ref32, ref32_loss, ref32_grad = want32[name]
         assert_close(f"{name} loss", loss, ref_loss, ref32_loss, f32, seed)
-        stats64 = {k: getattr(ref, k).reshape(-1) for k in ("log_prob", "entropy")}
+        stats64 = SimpleNamespace(log_prob=ref.log_prob.reshape(-1),
+                                  entropy=ref.entropy.reshape(-1), ratio=None, clipped=None)
         if name == "ppo":
-            stats64.update(ratio=ref.ratio.reshape(-1), clipped=ref.clipped.reshape(-1))
+            stats64.ratio, stats64.clipped = ref.ratio.reshape(-1), ref.clipped.reshape(-1)
         w = weights.double().reshape(-1)
         pol, ent = grad_terms(stats64, advantages.reshape(-1), w / w.sum(), 1.4, 0.3, alpha)
         assert_close(f"{name} grad", grad.view(-1, V), ref_grad.view(-1, V),

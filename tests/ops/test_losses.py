@@ -8,16 +8,21 @@ gradient the fused closed form must reproduce.
 
 from __future__ import annotations
 
-import zlib
-
-import entmax
 import pytest
 import torch
 import torch.nn.functional as F
+from ops_helpers import (
+    ALPHAS,
+    composite_probs,
+    draw_logits,
+    entropy_of_probs,
+    random_mask,
+    sample_actions,
+)
+from ops_helpers import gen as _gen
 
 import ops
 
-ALPHAS = [1.0, 1.25, 1.5, 2.0, 3.0]
 MASK_TEMPERATURE = [(False, 1.0), (True, 0.7), (False, 0.7), (True, 1.0)]
 DTYPE_TOL = {  # (atol, rtol) against the float64 composite on the same rounded logits
     torch.float64: (1e-10, 1e-9),
@@ -27,42 +32,16 @@ DTYPE_TOL = {  # (atol, rtol) against the float64 composite on the same rounded 
 }
 
 
-def _gen(*key):
-    """A generator seeded from the test's parameters: fresh inputs per case, reproducible runs."""
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
-
-
 # ------------------------------------------------------------------------------------------
 # Oracles
 # ------------------------------------------------------------------------------------------
-
-
-def composite_probs(z, alpha, temperature=1.0, mask=None):
-    z = z.to(torch.float64) / temperature
-    if mask is not None:
-        z = z.masked_fill(~mask, float("-inf"))
-    if alpha == 1.0:
-        return torch.softmax(z, dim=-1)
-    if alpha == 2.0:
-        return entmax.sparsemax(z, dim=-1)
-    if alpha == 1.5:
-        return entmax.entmax15(z, dim=-1)
-    return entmax.entmax_bisect(z, alpha, dim=-1, n_iter=200)
-
-
-def composite_entropy(p, alpha):
-    if alpha == 1.0:
-        # 0 log 0 = 0; the clamp keeps the log finite where p = 0 (masked), and the softmax
-        # Jacobian multiplies that entry's gradient by p = 0
-        return -(p * p.clamp(min=1e-300).log()).sum(-1)
-    return (1.0 - (p ** alpha).sum(-1)) / (alpha * (alpha - 1.0))
 
 
 def composite_terms(z, actions, advantages, alpha, temperature=1.0, mask=None,
                     old_log_prob=None, clip_eps=0.2):
     """Per-row (policy term, H, p, p_a[, ratio, clipped]) with autograd through the composite."""
     p = composite_probs(z, alpha, temperature, mask)
-    H = composite_entropy(p, alpha)
+    H = entropy_of_probs(p, alpha)
     p_a = p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     A = advantages
     out = {"p": p, "H": H, "p_a": p_a}
@@ -78,45 +57,6 @@ def composite_terms(z, actions, advantages, alpha, temperature=1.0, mask=None,
 
 def _wmean(rows, weights):
     return rows.mean() if weights is None else (weights * rows).sum() / weights.sum()
-
-
-def support_margin(z, alpha, temperature=1.0, mask=None):
-    """Per row, min over allowed j of |(alpha-1) z_j / T - tau| (see test_mappings.py)."""
-    with torch.no_grad():
-        x = (alpha - 1.0) * z.to(torch.float64) / temperature
-        p = composite_probs(z, alpha, temperature, mask)
-        i = p.argmax(-1, keepdim=True)
-        tau = x.gather(-1, i) - p.gather(-1, i) ** (alpha - 1.0)
-        d = (x - tau).abs()
-        if mask is not None:
-            d = d.masked_fill(~mask, float("inf"))
-        return d.amin(-1)
-
-
-def draw_logits(gen, shape, alpha, temperature=1.0, mask=None, scale=1.5, margin=0.02):
-    """Random normal logits, rows redrawn while closer than ``margin`` to a support change."""
-    z = torch.randn(shape, generator=gen, dtype=torch.float64) * scale
-    if alpha == 1.0:
-        return z
-    for _ in range(200):
-        bad = support_margin(z, alpha, temperature, mask) < margin
-        if not bool(bad.any()):
-            return z
-        z[bad] = torch.randn(z[bad].shape, generator=gen, dtype=torch.float64) * scale
-    raise RuntimeError("could not draw logits away from the support boundary")
-
-
-def random_mask(gen, shape):
-    mask = torch.rand(shape, generator=gen) > 0.35
-    first = torch.randint(0, shape[-1], shape[:-1], generator=gen)
-    mask.scatter_(-1, first.unsqueeze(-1), True)
-    return mask
-
-
-def sample_actions(gen, p):
-    """Actions drawn from p (so p_a > 0 even for sparse mappings), leading shape of p."""
-    flat = p.detach().reshape(-1, p.shape[-1]).to(torch.float64)
-    return torch.multinomial(flat, 1, generator=gen).reshape(p.shape[:-1])
 
 
 def make_case(key, shape, alpha, temperature, masked, ppo, clipped_rows=True):
@@ -385,7 +325,7 @@ def test_sparse_zero_probability_action(alpha, beta):
         assert bool(torch.isfinite(out.entropy).all())
         # only -beta H remains on the zero-probability rows
         z_ent = base.clone().requires_grad_()
-        (-beta * composite_entropy(composite_probs(z_ent, alpha), alpha)).mean().backward()
+        (-beta * entropy_of_probs(composite_probs(z_ent, alpha), alpha)).mean().backward()
         torch.testing.assert_close(z.grad[:2], z_ent.grad[:2], atol=1e-14, rtol=1e-12)
         if beta == 0.0:
             assert bool((z.grad[:2] == 0).all())

@@ -7,16 +7,22 @@ them. The closed-form backward of ops must match autograd through those composit
 
 from __future__ import annotations
 
-import zlib
-
 import entmax
 import pytest
 import torch
+from ops_helpers import (
+    ALPHAS,
+    composite_entropy,
+    composite_probs,
+    draw_logits,
+    random_mask,
+    rows,
+)
+from ops_helpers import gen as _gen
 
 import ops
 from ops import reference
 
-ALPHAS = [1.0, 1.25, 1.5, 2.0, 3.0]
 DTYPE_TOL = {  # (atol, rtol) against the float64 composite on the same rounded logits
     torch.float64: (1e-10, 1e-9),
     torch.float32: (2e-6, 1e-5),
@@ -28,80 +34,6 @@ DTYPE_TOL = {  # (atol, rtol) against the float64 composite on the same rounded 
 # ------------------------------------------------------------------------------------------
 # Oracles: the composite written the textbook way
 # ------------------------------------------------------------------------------------------
-
-
-def composite_probs(z, alpha, temperature=1.0, mask=None):
-    """p of the mapping applied to ``z / T`` with masked entries at -inf, float64, autograd."""
-    z = z.to(torch.float64) / temperature
-    if mask is not None:
-        z = z.masked_fill(~mask, float("-inf"))
-    if alpha == 1.0:
-        return torch.softmax(z, dim=-1)
-    if alpha == 2.0:
-        return entmax.sparsemax(z, dim=-1)
-    if alpha == 1.5:
-        return entmax.entmax15(z, dim=-1)
-    return entmax.entmax_bisect(z, alpha, dim=-1, n_iter=200)
-
-
-def composite_entropy(z, alpha, temperature=1.0, mask=None):
-    """Shannon (alpha = 1) or Tsallis-alpha entropy of the composite mapping, float64, autograd."""
-    if alpha == 1.0:
-        zz = z.to(torch.float64) / temperature
-        if mask is not None:
-            zz = zz.masked_fill(~mask, float("-inf"))
-        log_p = torch.log_softmax(zz, dim=-1)
-        p = log_p.exp()
-        # 0 log 0 = 0: masked entries have log_p = -inf; zero them before the product
-        return -(p * log_p.masked_fill(p == 0, 0.0)).sum(-1)
-    p = composite_probs(z, alpha, temperature, mask)
-    return (1.0 - (p ** alpha).sum(-1)) / (alpha * (alpha - 1.0))
-
-
-def support_margin(z, alpha, temperature=1.0, mask=None):
-    """Per row, min over allowed j of |(alpha-1) z_j / T - tau|: the distance to a support change.
-
-    tau is recovered from the most probable action: ``p_i^{alpha-1} = (alpha-1) z_i - tau``.
-    """
-    with torch.no_grad():
-        x = (alpha - 1.0) * z.to(torch.float64) / temperature
-        p = composite_probs(z, alpha, temperature, mask)
-        i = p.argmax(-1, keepdim=True)
-        tau = x.gather(-1, i) - p.gather(-1, i) ** (alpha - 1.0)
-        d = (x - tau).abs()
-        if mask is not None:
-            d = d.masked_fill(~mask, float("inf"))
-        return d.amin(-1)
-
-
-def draw_logits(gen, shape, alpha, temperature=1.0, mask=None, scale=1.5, margin=0.02):
-    """Random normal logits whose rows stay ``margin`` away from a support boundary (alpha > 1).
-
-    gradcheck perturbs each logit by 1e-6; a sparse mapping is not differentiable where an
-    action enters or leaves the support, so rows too close to that are redrawn.
-    """
-    z = torch.randn(shape, generator=gen, dtype=torch.float64) * scale
-    if alpha == 1.0:
-        return z
-    for _ in range(200):
-        bad = support_margin(z, alpha, temperature, mask) < margin
-        if not bool(bad.any()):
-            return z
-        z[bad] = torch.randn(z[bad].shape, generator=gen, dtype=torch.float64) * scale
-    raise RuntimeError("could not draw logits away from the support boundary")
-
-
-def random_mask(gen, shape):
-    """A bool mask with about a third of the actions masked and at least one allowed per row."""
-    mask = torch.rand(shape, generator=gen) > 0.35
-    first = torch.randint(0, shape[-1], shape[:-1], generator=gen)
-    mask.scatter_(-1, first.unsqueeze(-1), True)
-    return mask
-
-
-def _gen(*key):
-    """A generator seeded from the test's parameters: fresh inputs per case, reproducible runs."""
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
 # ------------------------------------------------------------------------------------------
@@ -266,7 +198,7 @@ def test_support_size_through_entropy_function():
     z = torch.randn(6, 9, generator=gen, dtype=torch.float64) * 2
     mask = random_mask(gen, (6, 9))
     for alpha in ALPHAS:
-        H, support, _ = reference.entropy_forward(z, mask, alpha, 1.0)
+        H, support, _ = reference.entropy_forward(rows=rows(z, mask, alpha, 1.0))
         p = composite_probs(z, alpha, 1.0, mask)
         assert torch.equal(support.long(), (p > 0).sum(-1))
 
@@ -465,5 +397,5 @@ def test_backend_torch_is_what_runs(monkeypatch):
     gen = _gen("backend-run")
     z = torch.randn(5, 6, generator=gen)
     for alpha in ALPHAS:
-        H, _, _ = reference.entropy_forward(z, None, alpha, 1.3)
+        H, _, _ = reference.entropy_forward(rows=rows(z, None, alpha, 1.3))
         assert torch.equal(ops.entropy(z, alpha=alpha, temperature=1.3), H)

@@ -13,11 +13,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ops_helpers import ALPHAS
 
 import ops
 
 SETTINGS = settings(max_examples=50, deadline=None, derandomize=True, database=None)
-ALPHAS = [1.0, 1.25, 1.5, 2.0, 3.0]
 
 alphas = st.one_of(st.sampled_from(ALPHAS), st.floats(1.05, 4.0))
 temperatures = st.one_of(st.just(1.0), st.floats(0.2, 5.0))

@@ -8,20 +8,15 @@ the standard error of a frequency near 0.2 is 0.0013.
 
 from __future__ import annotations
 
-import zlib
-
 import pytest
 import torch
+from ops_helpers import ALPHAS
+from ops_helpers import gen as _gen
 
 import ops
 
-ALPHAS = [1.0, 1.25, 1.5, 2.0, 3.0]
 DRAWS = 100_000
 P_MIN = 1e-4
-
-
-def _gen(*key):
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
 def chi_square_p_value(counts, p):
