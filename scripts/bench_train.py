@@ -51,10 +51,11 @@ def _run_ours(seed: int, overrides: list[str], stop_at_solve: bool) -> dict:
     from hydra import compose, initialize_config_dir
 
     from rl.config import register_configs
+    from rl.train import CONF_DIR
     from rl.trainer import Trainer
 
     register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = compose("config", overrides=["progress=false", f"seed={seed}", "threads=1", *overrides])
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, run_dir)

@@ -1,7 +1,7 @@
 """Run directories and what they hold: Hydra config, summary, TensorBoard scalars.
 
 A run directory is one holding ``.hydra/config.yaml`` (what ``rl-train`` leaves); its
-``summary.json`` (`rl.sweep.SUMMARY_FILE`) is written when the run ends, ``failed.json``
+``summary.json`` (`rl.checkpoint.SUMMARY_FILE`) is written when the run ends, ``failed.json``
 (`rl.sweep.FAILED_FILE`) when it raised, and its TensorBoard event files lie anywhere below it.
 """
 
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from rl.sweep import FAILED_FILE, SUMMARY_FILE
+from rl.checkpoint import SUMMARY_FILE
+from rl.sweep import FAILED_FILE
 
 # Summary fields worth a row of the tidy table (numbers only; identifiers are columns).
 SUMMARY_KEYS = ("final_mean_return", "best_mean_return", "solved_at_step", "solved_at_seconds",

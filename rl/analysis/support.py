@@ -29,7 +29,6 @@ import torch
 from rl.analysis.runs import read_overrides, read_summary
 from rl.trainer import CHECKPOINT_NAME
 
-ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = Path(CHECKPOINT_NAME)  # the trainer's last checkpoint, relative to the run
 
 
@@ -59,9 +58,10 @@ def measure(run: Path, obs: torch.Tensor, action: int) -> dict:
 
     import ops
     from rl.checkpoint import load_checkpoint
+    from rl.train import CONF_DIR
     from rl.trainer import Trainer
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = compose("config", overrides=["+experiment=distractors", *sweep_overrides(run),
                                            "progress=false"])
     alpha = float(cfg.policy.alpha)
@@ -73,7 +73,8 @@ def measure(run: Path, obs: torch.Tensor, action: int) -> dict:
             with torch.no_grad():
                 for when in ("init", "final"):
                     if when == "final":
-                        trainer.net.load_state_dict(load_checkpoint(run / CHECKPOINT)["model"])
+                        state = load_checkpoint(run / CHECKPOINT, require=("format", "model"))
+                        trainer.net.load_state_dict(state["model"])
                     logits = trainer.net.logits(obs)
                     n_actions = logits.shape[-1]
                     if not 0 <= action < n_actions:

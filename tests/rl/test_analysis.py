@@ -321,12 +321,13 @@ def test_support_measures_a_real_run_at_init_and_from_its_checkpoint(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from rl.config import register_configs
+    from rl.train import CONF_DIR
     from rl.trainer import Trainer
 
     register_configs()
     overrides = ["env.distractor_actions=3", "policy=sparsemax", "seed=1", "total_steps=256"]
     run = tmp_path / "runs" / "k3"
-    with initialize_config_dir(config_dir=str(support.ROOT / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = compose("config", overrides=["+experiment=distractors", *overrides, "progress=false"])
     trainer = Trainer(cfg, run)
     try:
