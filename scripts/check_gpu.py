@@ -111,7 +111,8 @@ BACKEND_ENV = "ENTROPY_RL_OPS_BACKEND"
 # ==========================================================================================
 
 COMPILE_SHAPES = [(65536, 6), (2048, 1024), (2, 5000), (1, 40000)]
-COMPILE_CALLS = ["ppo-fp32-mask", "pg-bf16", "pg-fp16-mask-nograd", "entropy-fp32-mask", "entropy-bf16"]
+COMPILE_CALLS = ["ppo-fp32-mask", "pg-bf16", "pg-fp16-mask-nograd", "entropy-fp32-mask", "entropy-bf16",
+                 "probs-fp32-mask", "probs-bf16-nograd"]
 PROFILES = {
     "full": dict(
         form_shape=(32, 1000), form_tiled=(8, 20000), extreme_shapes=[(8, 1000), (4, 20000)],
@@ -503,7 +504,9 @@ def make_case(seed, shape, dtype, alpha, temperature, mask_kind, device, *, extr
 
 
 def run_op(op, case, *, need_grad=True, grad_buffer=None, leaf=None, grad_H=None):
-    """One public call (``ops.pg_loss`` / ``ops.ppo_loss`` / ``ops.entropy``) and its gradient.
+    """One public call (``ops.pg_loss`` / ``ops.ppo_loss`` / ``ops.entropy`` / ``ops.probs``) and
+    its gradient (of ``sum grad_H * H`` for the entropy, of ``sum_ij grad_H_i (1 + sin j) p_ij``
+    for probs: a weight that varies along the row, as sum_j p_ij = 1 has gradient 0).
 
     Returns the outputs as a dict of tensors; ``grad`` is the logits' gradient (read from
     ``grad_buffer`` when one is given: it is written during the forward).
@@ -513,6 +516,16 @@ def run_op(op, case, *, need_grad=True, grad_buffer=None, leaf=None, grad_H=None
         leaf = c["logits"].detach().clone()
     leaf.requires_grad_(need_grad)
     kw = dict(alpha=c["alpha"], temperature=c["temperature"], mask=c["mask"])
+    if op == "probs":
+        p = ops.probs(leaf, **kw)
+        out = dict(probs=p.detach())
+        if need_grad:
+            cols = torch.arange(p.shape[-1], device=p.device, dtype=torch.float64)
+            # the upstream gradient reaches the kernels in p's dtype: the oracle gets it rounded alike
+            w = (grad_H.double()[..., None] * (1.0 + cols.sin())).to(c.get("upstream_dtype", p.dtype))
+            (p * w.to(p.dtype)).sum().backward()
+            out["grad"] = leaf.grad
+        return out
     if op == "entropy":
         H = ops.entropy(leaf, **kw)
         out = dict(entropy=H.detach())
@@ -558,7 +571,7 @@ def oracles(op, case, need_grad, grad_H):
     out = []
     dense = dense_case(case)
     for dt in (torch.float64, torch.float32):
-        c = dict(dense, logits=dense["logits"].to(dt))
+        c = dict(dense, logits=dense["logits"].to(dt), upstream_dtype=dense["logits"].dtype)
         for key in ("advantages", "old_log_prob", "weights"):
             if dense.get(key) is not None:
                 c[key] = dense[key].to(dt)
@@ -574,13 +587,14 @@ def _grad_terms(op, case, ref64, grad_H):
     each is rounded in fp32 and they may cancel, so the rounding allowed scales with them."""
     a, T = case["alpha"], case["temperature"]
     dense = dense_case(case)
+    if op == "probs":  # d(w p_i)/dz = w p_i (e_i - p) / T (softmax), q_hat-weighted for alpha > 1
+        return (4 * grad_H.double().reshape(-1).abs() / T)[:, None].cpu(), 0.0
     ent_factor = (1.0 + ref64["entropy"].double().reshape(-1)) if a == 1.0 else 1.0 / (a - 1.0)
     if op == "entropy":
         return (grad_H.double().reshape(-1).abs() / T * ent_factor)[:, None].cpu(), 0.0
     c = dense["advantages"].double().reshape(-1)
     w = dense["weights"].double().reshape(-1) if dense.get("weights") is not None else torch.ones_like(c)
     row_scale = w / w.sum() if float(w.sum()) > 0 else torch.zeros_like(w)
-    c = dense["advantages"].double().reshape(-1)
     if op == "ppo":
         c = torch.where(ref64["clipped"].reshape(-1), 0.0, c * ref64["ratio"].double().reshape(-1))
     log_p_a = ref64["log_prob"].double().reshape(-1)
@@ -597,12 +611,15 @@ def check_outputs(op, case, got, ref64, ref32, grad_H, interpreted):
     f32 = torch.float32
     dtype = case["logits"].dtype
     V = case["logits"].shape[-1]
-    fields = ["entropy"] if op == "entropy" else ["loss", "entropy", "log_prob"]
+    fields = {"entropy": ["entropy"], "probs": []}.get(op, ["loss", "entropy", "log_prob"])
     if op == "ppo":
         fields.append("ratio")
     for key in fields:
         bad.append(compare(key, got[key], ref64[key], ref32[key], f32, interpreted=interpreted))
-    if op != "entropy":
+    if op == "probs":  # in the logits' dtype
+        bad.append(compare("probs", got["probs"].reshape(-1, V), ref64["probs"].reshape(-1, V),
+                           ref32["probs"].reshape(-1, V), dtype, interpreted=interpreted, row_wise=True))
+    if op in ("pg", "ppo"):
         bad.append(compare_support(got["support_size"], ref64["support_size"], ref32["support_size"]))
     if op == "ppo":
         bad.append(compare_clipped(got["clipped"], ref64["clipped"], ref64["ratio"], case["clip_eps"]))
@@ -619,7 +636,7 @@ def check_outputs(op, case, got, ref64, ref32, grad_H, interpreted):
                 if bool(nz.any()):
                     bad.append(dict(field="grad", problem="nonzero at masked actions",
                                     count=int(nz.sum())))
-            if op != "entropy":
+            if op in ("pg", "ppo"):
                 for key, terms in (("grad_norm_policy", pol), ("grad_norm_entropy", ent)):
                     d2 = float((V * (8 * EPS32 * terms) ** 2).sum())
                     bad.append(compare(f"{key}^2", got[key] ** 2, ref64[key] ** 2, ref32[key] ** 2, f32,
@@ -639,7 +656,7 @@ def check_call(step, ctx, label, op, case, *, need_grad=True, grad_buffer=None, 
     dev = case["logits"].device
     N = math.prod(case["logits"].shape[:-1])
     grad_H = None
-    if op == "entropy" and need_grad:
+    if op in ("entropy", "probs") and need_grad:
         grad_H = torch.linspace(-1.0, 2.0, N, device=dev).view(case["logits"].shape[:-1])
     guards = GuardedBuffers()
     leaf = None
@@ -732,7 +749,7 @@ def step_cases(step, ctx):
         for dtype in (torch.float32, torch.bfloat16):
             for T in (1.0, 0.7):
                 for alpha in prof["alphas"]:
-                    for op in ("entropy", "pg", "ppo"):
+                    for op in ("entropy", "probs", "pg", "ppo"):
                         seed = _seed(ctx, "extreme", N, V, dtype, T, alpha, op)
                         case = make_case(seed, (N, V), dtype, alpha, T, None, dev, extreme=True)
                         label = dict(mapping=mapping_name(alpha), dtype=dtype_name(dtype),
@@ -742,7 +759,7 @@ def step_cases(step, ctx):
     # 3. fp16 logits; 4. alpha > 2 (bisection)
     for N, V in prof["fp16_shapes"]:
         for alpha in prof["alphas"]:
-            for op in ("entropy", "pg", "ppo"):
+            for op in ("entropy", "probs", "pg", "ppo"):
                 seed = _seed(ctx, "fp16", N, V, alpha, op)
                 case = make_case(seed, (N, V), torch.float16, alpha, 1.3, "bool", dev)
                 label = dict(mapping=mapping_name(alpha), dtype="float16", shape=[N, V])
@@ -750,7 +767,7 @@ def step_cases(step, ctx):
     for N, V in prof["bisect_shapes"]:
         for alpha in (2.5, 3.0, 4.0):
             for dtype, mask_kind in ((torch.float32, "bool"), (torch.bfloat16, "neginf")):
-                for op in ("entropy", "pg", "ppo"):
+                for op in ("entropy", "probs", "pg", "ppo"):
                     seed = _seed(ctx, "bisect", N, V, alpha, dtype, op)
                     case = make_case(seed, (N, V), dtype, alpha, 0.9, mask_kind, dev)
                     label = dict(mapping=mapping_name(alpha), dtype=dtype_name(dtype), shape=[N, V],
@@ -767,7 +784,7 @@ def step_cases(step, ctx):
     if dev.type == "cuda" and torch.cuda.device_count() > 1:
         other = torch.device("cuda", (torch.cuda.current_device() + 1) % torch.cuda.device_count())
         for alpha in (1.0, 1.5):
-            for op in ("entropy", "pg", "ppo"):
+            for op in ("entropy", "probs", "pg", "ppo"):
                 seed = _seed(ctx, "device", alpha, op)
                 case = make_case(seed, (64, 5000), torch.float32, alpha, 1.0, "bool", other)
                 label = dict(mapping=mapping_name(alpha), dtype="float32", shape=[64, 5000],
@@ -944,12 +961,12 @@ def step_large(step, ctx):
         for dtype in (torch.float32, torch.bfloat16):
             for alpha in prof["large_alphas"]:
                 for mask_kind in ("bool", "neginf"):
-                    for op in ("pg", "ppo", "entropy"):
+                    for op in ("pg", "ppo", "entropy", "probs"):
                         seed = _seed(ctx, "large", N, V, dtype, alpha, mask_kind, op)
                         case = make_case(seed, (N, V), dtype, alpha, 0.9, mask_kind, dev)
                         label = dict(mapping=mapping_name(alpha), dtype=dtype_name(dtype), shape=[N, V],
                                      mask=mask_kind)
-                        if op == "entropy":
+                        if op in ("entropy", "probs"):
                             check_call(step, ctx, label, op, case, seed=seed)
                             continue
                         aliased = check_call(step, ctx, dict(label, grad_buffer="logits"), op, case,
@@ -985,7 +1002,9 @@ def _compile_calls(profile):
              "pg-bf16": ("pg", torch.bfloat16, False, True),
              "pg-fp16-mask-nograd": ("pg", torch.float16, True, False),
              "entropy-fp32-mask": ("entropy", torch.float32, True, True),
-             "entropy-bf16": ("entropy", torch.bfloat16, False, True)}
+             "entropy-bf16": ("entropy", torch.bfloat16, False, True),
+             "probs-fp32-mask": ("probs", torch.float32, True, True),
+             "probs-bf16-nograd": ("probs", torch.bfloat16, False, False)}
     calls = []
     for alpha in profile["compile_alphas"]:
         for shape in profile["compile_shapes"]:
@@ -1088,6 +1107,10 @@ def _record_launches(out_path, profile):
                 H = ops.entropy(z, **kw)
                 if need_grad:
                     H.sum().backward()
+            elif op == "probs":
+                p = ops.probs(z, **kw)
+                if need_grad:
+                    (p * torch.rand(N, V, generator=g)).sum().backward()
             elif op == "pg":
                 ops.pg_loss(z, actions, torch.ones(N), beta=0.1, **kw)
             else:
