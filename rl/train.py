@@ -90,14 +90,16 @@ def _train(cfg: DictConfig) -> float | None:
 
 _hydra_main = hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")(task)
 
-# Command-line options that can bring in a config setting hydra.mode (a user's config folder).
+# Command-line options that can bring in a config setting hydra.mode (a user's config folder;
+# hydra.searchpath does the same from an override).
 _OTHER_CONFIG_OPTIONS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
 
 
 def _mode_comes_from_the_flags(argv: list[str]) -> bool:
     """True when only ``-m``/``--multirun`` decides run vs multirun: no override of ``hydra.mode``
     and no other config folder. The shipped configs never set it (tests/rl/test_train_cli.py)."""
-    return not any("hydra.mode" in arg or arg.split("=", 1)[0] in _OTHER_CONFIG_OPTIONS for arg in argv)
+    return not any("hydra.mode" in arg or "hydra.searchpath" in arg
+                   or arg.split("=", 1)[0] in _OTHER_CONFIG_OPTIONS for arg in argv)
 
 
 def run_composing_once(app) -> None:

@@ -177,6 +177,7 @@ def test_a_run_composes_once_and_imports_no_compiler(tmp_path, monkeypatch):
     (["hydra.mode=MULTIRUN", "seed=0,1"], False),
     (["--config-dir", "/elsewhere", "beta=0.1"], False),
     (["-cd=/elsewhere"], False),
+    (["hydra.searchpath=[file:///elsewhere]", "+experiment=mine"], False),
 ])
 def test_the_mode_compose_is_skipped_only_when_the_flags_decide(argv, expected):
     from rl.train import _mode_comes_from_the_flags
