@@ -89,9 +89,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     return path
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomically writes `obj` as indented JSON (values JSON lacks are written with ``str``)."""
-    text = json.dumps(obj, indent=2, default=str)
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Atomically writes `obj` as JSON plus a newline (values JSON lacks are written with ``str``).
+
+    The writer of every JSON file of the project: run summaries, failure records, benchmark
+    results."""
+    text = json.dumps(obj, indent=indent, default=str) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 

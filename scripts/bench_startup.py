@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ import time
 from pathlib import Path
 
 from rl.analysis.machine import machine_info
+from rl.checkpoint import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 256
@@ -153,8 +153,7 @@ def main() -> None:
         "summary": summary, "times_s": {k: v for k, v in times.items() if v},
     }
     out = args.out or ROOT / "benchmarks" / "results" / f"startup_{started:%Y-%m-%d}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out, result, indent=1)
     print()
     print(table(summary))
     print(f"\nwrote {out}")

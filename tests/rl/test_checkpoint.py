@@ -50,6 +50,8 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
 def test_write_json_round_trips_and_stringifies_the_rest(tmp_path):
     path = write_json(tmp_path / SUMMARY_FILE, {"x": [1, 2.5, None], "p": Path("a/b")})
     assert json.loads(path.read_text()) == {"x": [1, 2.5, None], "p": "a/b"}
+    assert path.read_text().endswith("}\n")
+    assert write_json(path, {"a": 1}, indent=None).read_text() == '{"a": 1}\n'
 
 
 def test_one_summary_name_everywhere():
