@@ -1295,8 +1295,8 @@ def step_compile(step, ctx):
         rec = Path(tmp) / "launches.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--record-launches", str(rec),
                "--record-profile", ctx.profile_name]
-        res = subprocess.run(cmd, env=_child_env(TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES=""), cwd=ROOT,
-                             capture_output=True, text=True, timeout=max(30, ctx.left()))
+        res = run_group(cmd, env=_child_env(TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES=""), cwd=ROOT,
+                        timeout=max(30, ctx.left()))
         if res.returncode != 0:
             step.fail("recording the launches failed", output=res.stderr[-3000:])
             return
@@ -1346,8 +1346,7 @@ def step_warm(step, ctx):
             rec = Path(tmp) / "launches.jsonl"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--record-pytest", str(rec)]
             try:
-                res = subprocess.run(cmd, env=_child_env(_cuda_env()), cwd=ROOT, capture_output=True,
-                                     text=True, timeout=max(10, ctx.left() * 0.4))
+                res = run_group(cmd, env=_child_env(_cuda_env()), cwd=ROOT, timeout=max(10, ctx.left() * 0.4))
                 if not rec.exists():
                     step.notes.append("dry run of the kernel tests recorded nothing: " + res.stderr[-1500:])
             except subprocess.TimeoutExpired:
@@ -1379,6 +1378,23 @@ def _compile_guarded(launch, arch, usage=True):
 # ==========================================================================================
 
 
+def run_group(cmd, *, timeout, capture=True, **kw):
+    """``subprocess.run`` in its own process group, the whole group killed at the timeout
+    (compute-sanitizer and pytest start children that would otherwise keep the GPU busy)."""
+    import signal
+
+    out = subprocess.PIPE if capture else None
+    with subprocess.Popen(cmd, stdout=out, stderr=out, text=True, start_new_session=True, **kw) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            raise subprocess.TimeoutExpired(cmd, timeout, output=stdout, stderr=stderr) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout or "", stderr or "")
+
+
 def _cuda_env():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.pop(BACKEND_ENV, None)
@@ -1392,15 +1408,16 @@ def _pytest(step, ctx, cmd_prefix, extra, env, timeout):
                             f"--junitxml={xml}", str(KERNEL_TESTS)] + extra
         print("      " + " ".join(cmd), flush=True)
         try:
-            res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+            res = run_group(cmd, cwd=ROOT, env=env, timeout=timeout)
         except subprocess.TimeoutExpired as err:
-            out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
-            step.fail("did not finish in time", seconds=round(timeout), output_tail=out[-2000:])
+            step.fail("did not finish in time", seconds=round(timeout),
+                      output_tail=(err.stdout or "")[-2000:])
             return None
         counts = _junit_counts(xml)
+    failed = counts.pop("failed_tests", [])
     step.numbers.update(counts)
     print(res.stdout[-3000:], flush=True)
-    for case in counts.pop("failed_tests", []):
+    for case in failed:
         step.fail("test failed", **case)
     return res
 
@@ -1464,8 +1481,7 @@ def step_memcheck(step, ctx):
     probe = base + [sys.executable, "-c",
                     "import torch; x = torch.ones(1000, device='cuda'); print(float((x * 2).sum()))"]
     try:
-        res = subprocess.run(probe, env=env, capture_output=True, text=True,
-                             timeout=max(10, ctx.left() * 0.4))
+        res = run_group(probe, env=env, timeout=max(10, ctx.left() * 0.4))
     except subprocess.TimeoutExpired:
         step.skip("compute-sanitizer did not finish a 1000-element torch probe in time")
         return
@@ -1506,7 +1522,7 @@ def step_bench(step, ctx):
     for i, cmd in enumerate(runs):
         print("      " + " ".join(cmd), flush=True)
         try:
-            res = subprocess.run(cmd, cwd=ROOT, env=env, timeout=max(10, ctx.left()))
+            res = run_group(cmd, cwd=ROOT, env=env, timeout=max(10, ctx.left()), capture=False)
         except subprocess.TimeoutExpired:
             step.fail("bench did not finish in time", run=i, command=" ".join(cmd[1:]))
             return
