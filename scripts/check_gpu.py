@@ -442,7 +442,7 @@ def as_form(values, form):
     raise ValueError(f"form={form!r} is not allowed; allowed: {', '.join(FORMS)}")
 
 
-def make_case(seed, shape, dtype, alpha, temperature, mask_kind, device, *, extreme=False):
+def make_case(seed, shape, dtype, alpha, temperature, mask_kind, device, *, extreme=False, light=False):
     """Logits (row scales 0.3-4 and row offsets, so supports range from one action to most of V),
     a mask (bool: 30% of the masked entries hold NaN, which the mask must hide; neginf: -inf
     logits), actions (half sampled from the policy, half uniform over allowed actions: for
@@ -451,6 +451,8 @@ def make_case(seed, shape, dtype, alpha, temperature, mask_kind, device, *, extr
 
     ``extreme``: the first rows hold finite logits at +-3e38 (fp32 / bf16 range): alternating
     signs, a tie at the top, 3e38 next to moderate values, -3e38 everywhere but one entry.
+    ``light``: actions uniform over allowed ones and old log-probabilities -1 (no float64 policy
+    computed: the shapes of the iteration counts).
     """
     *lead, V = shape
     N = math.prod(lead)
@@ -484,16 +486,23 @@ def make_case(seed, shape, dtype, alpha, temperature, mask_kind, device, *, extr
             z = z.masked_fill(~allowed, float("-inf"))
         else:
             raise ValueError(f"mask_kind={mask_kind!r} is not allowed; allowed: None, 'bool', 'neginf'")
-    with backend("torch"):
-        p = ops.probs(z.double(), alpha=alpha, temperature=temperature, mask=mask)
-    sampled = torch.multinomial(p, 1, generator=g).squeeze(-1)
-    uniform = torch.multinomial(allowed.double(), 1, generator=g).squeeze(-1)
+    uniform = torch.multinomial(allowed.float(), 1, generator=g).squeeze(-1)
+    if light:
+        p = None
+        sampled = uniform
+    else:
+        with backend("torch"):
+            p = ops.probs(z.double(), alpha=alpha, temperature=temperature, mask=mask)
+        sampled = torch.multinomial(p, 1, generator=g).squeeze(-1)
     take_sampled = torch.arange(N, device=device) % 2 == 0
     if extreme:  # an action at -3e38 has log p below fp32's range: sample the extreme rows
         take_sampled |= torch.arange(N, device=device) < 4
     actions = torch.where(take_sampled, sampled, uniform)
-    p_a = p.gather(-1, actions[:, None]).squeeze(-1)
-    old = torch.where(p_a > 0, p_a.clamp(min=1e-30).log(), -3.0 + randn(N).double())
+    if p is None:
+        old = torch.full((N,), -1.0, dtype=torch.float64, device=device)
+    else:
+        p_a = p.gather(-1, actions[:, None]).squeeze(-1)
+        old = torch.where(p_a > 0, p_a.clamp(min=1e-30).log(), -3.0 + randn(N).double())
     weights = rand(N)
     weights[N // 2] = 0.0
     case = dict(logits=z.view(*lead, V), mask=None if mask is None else mask.view(*lead, V),
@@ -849,7 +858,7 @@ def step_iterations(step, ctx):
     for alpha in (1.1, 1.3, 1.5, 1.7, 2.0, 2.5, 3.0, 4.0):
         ctx.check_time()
         seed = _seed(ctx, "iterations", alpha)
-        case = make_case(seed, (N, V), torch.float32, alpha, 1.0, None, ctx.device)
+        case = make_case(seed, (N, V), torch.float32, alpha, 1.0, None, ctx.device, light=True)
         z = case["logits"]
         with backend("triton"), record() as recs:
             ops.entropy(z, alpha=alpha)
