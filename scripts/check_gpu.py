@@ -96,7 +96,7 @@ except ImportError:
 from ops import reference  # noqa: E402  (the oracle)
 
 # relative shares of the time budget (the whole run must fit ~10 minutes on one H200)
-BUDGET_WEIGHTS = dict(compile=9, warm=20, cases=10, iterations=4, big=5, large=11, tests=14, memcheck=15,
+BUDGET_WEIGHTS = dict(compile=12, warm=17, cases=10, iterations=4, big=5, large=11, tests=14, memcheck=15,
                       bench=12)
 KERNEL_TESTS = ROOT / "tests" / "ops" / "test_kernels.py"
 STEP_NAMES = ["compile", "warm", "cases", "iterations", "big", "large", "tests", "memcheck", "bench"]
@@ -691,7 +691,8 @@ def check_call(step, ctx, label, op, case, *, need_grad=True, grad_buffer=None, 
         raise
     except ValueError as err:
         if may_reject and may_reject in str(err):
-            step.numbers.setdefault("rejected_forms", []).append(f"{label.get('form')} ({op}): {err}")
+            rejected = step.numbers.setdefault("rejected_forms", {})
+            rejected[f"{label.get('form')} ({op})"] = str(err)
             print(f"ok    {_label_text(full)}: rejected: {err}", flush=True)
             return None
         step.fail("kernel call raised", **full, error=f"ValueError: {err}",
