@@ -94,8 +94,11 @@ def probs(logits, alpha=1.0, temperature=1.0, mask=None):
     if not (logits.requires_grad and torch.is_grad_enabled()):
         # No graph to record (a rollout step): the same forward without autograd.Function's
         # bookkeeping, which is most of the cost for a handful of rows.
-        return backend.probs_forward(rows=rows).probs.reshape(logits.shape)
-    return ProbsFunction.apply(rows.logits, rows, backend).reshape(logits.shape)
+        p = backend.probs_forward(rows=rows).probs
+    else:
+        p = ProbsFunction.apply(rows.logits, rows, backend)
+    # a reshape costs more than the softmax at rollout sizes: only when there is one to do
+    return p if logits.dim() == 2 else p.reshape(logits.shape)
 
 
 def entropy(logits, alpha=1.0, temperature=1.0, mask=None):
@@ -106,7 +109,7 @@ def entropy(logits, alpha=1.0, temperature=1.0, mask=None):
     """
     rows = _rows(logits, alpha, temperature, mask)
     H, _ = EntropyFunction.apply(rows.logits, rows, backend_for(rows.logits))
-    return H.reshape(logits.shape[:-1])
+    return H if logits.dim() == 2 else H.reshape(logits.shape[:-1])
 
 
 def _row_scale(weights, logits, cdt):

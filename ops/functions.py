@@ -47,7 +47,10 @@ def _load_triton_backend():
 
 def backend_for(logits: torch.Tensor) -> Backend:
     """The backend module that will run an op on ``logits``."""
-    choice = os.environ.get(_BACKEND_ENV, "auto").strip().lower() or "auto"
+    raw = os.environ.get(_BACKEND_ENV)
+    if raw is None and not logits.is_cuda:  # the common CPU case, read once per call: be quick
+        return reference
+    choice = (raw or "auto").strip().lower() or "auto"
     if choice not in _BACKEND_CHOICES:
         raise ValueError(
             f"{_BACKEND_ENV}={choice!r} is not allowed; allowed: {', '.join(_BACKEND_CHOICES)}"

@@ -215,7 +215,8 @@ def probs_forward(*, rows: Rows) -> ProbsResult:
     # takes -inf (masked or overflowed) entries as they are; _entmax floors them itself
     x = _shifted_logits(rows.logits, rows.mask, m.temperature)
     p = torch.softmax(x, dim=-1) if m.algorithm == Algorithm.SOFTMAX else _entmax(x, m)
-    return ProbsResult(p.to(rows.logits.dtype), ProbsSaved(p))
+    dtype = rows.logits.dtype
+    return ProbsResult(p if p.dtype == dtype else p.to(dtype), ProbsSaved(p))
 
 
 def probs_backward(*, saved: ProbsSaved, grad_probs, mapping: Mapping):

@@ -1,11 +1,12 @@
 """Triton kernels for the fused entropy-regularized losses (the CUDA path).
 
-``ops.kernels.backend`` exposes the backend interface of ``ops.functions`` (``pg``, ``ppo``,
-``entropy_forward``, ``entropy_backward``); ``ops.functions`` imports it lazily, so ``import ops``
-never needs triton. Modules: ``_rows`` (row statistics, tau search, launch configuration),
-``policy_loss`` (pg and ppo: loss rows, statistics and gradient in one launch), ``entropy``
-(entropy forward and its closed-form backward), ``backend`` (the interface; float64 and empty
-batches go to ``ops.reference``).
+``ops.kernels.backend`` implements ``ops._contract.Backend`` (``probs_forward`` /
+``probs_backward``, ``entropy_forward`` / ``entropy_backward``, ``pg``, ``ppo``);
+``ops.functions`` imports it lazily, so ``import ops`` never needs triton, and routes float64 and
+empty batches to ``ops.reference``. Modules: ``_rows`` (row statistics, tau search, launch
+configuration, the launch seam), ``policy_loss`` (pg and ppo: loss rows, statistics and
+gradient in one launch), ``entropy`` (entropy forward and its closed-form backward), ``probs``
+(the probabilities and their closed-form VJP), ``backend`` (the interface).
 
 Design (formulas: DESIGN.md section 1):
 
