@@ -7,8 +7,8 @@
 Everything a run writes lands in Hydra's run directory (README, section Training).
 
 Start-up (README, section Start-up): this module imports Hydra and the config schema only; torch,
-gymnasium and the trainer are imported when the task runs, TensorBoard and tqdm when the trainer
-first logs. Errors: a bad value or an unreadable checkpoint (a ValueError, the project's error for
+gymnasium and the trainer are imported when the task runs, TensorBoard and tqdm when training
+starts. Errors: a bad value or an unreadable checkpoint (a ValueError, the project's error for
 bad input) prints one line, ``rl-train: error: ...``, and exits with status 2; set
 ``HYDRA_FULL_ERROR=1`` for the whole traceback (Hydra's documented switch). In a multirun the
 error stays the job's (rl.sweep.RecordFailures records it) so the other jobs go on.
