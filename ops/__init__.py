@@ -22,7 +22,7 @@ import torch
 
 from ops import _validate as V
 from ops import reference
-from ops._contract import LossInput, Rows, mapping
+from ops._contract import Algorithm, LossInput, Rows, mapping
 from ops.functions import EntropyFunction, ProbsFunction, _LossFunction, backend_for
 
 __all__ = [
@@ -273,7 +273,7 @@ def sample(logits, alpha=1.0, temperature=1.0, mask=None, generator=None):
     rows = _rows(logits, alpha, temperature, mask)
     if rows.n_rows == 0:
         return torch.empty(logits.shape[:-1], dtype=torch.int64, device=logits.device)
-    if rows.mapping.alpha == 1.0:
+    if rows.mapping.algorithm == Algorithm.SOFTMAX:
         # Gumbel-max needs the shifted logits, not the probabilities
         x = reference._shifted_logits(rows.logits, rows.mask, rows.mapping.temperature)
         noise = torch.empty_like(x).exponential_(generator=generator)

@@ -115,8 +115,8 @@ def _log_softmax(logits, mask, temperature):
     return log_p, p, H
 
 
-def _sort_threshold(x, alpha):
-    """Exact tau for sparsemax (alpha=2) or entmax-1.5 on ``x = (alpha-1)(z - max)`` in [-2, 0].
+def _sort_threshold(x, sparsemax):
+    """Exact tau for sparsemax (``sparsemax``) or entmax-1.5 on ``x = (alpha-1)(z - max)`` in [-2, 0].
 
     The sort finds the support size K (Martins & Astudillo 2016, alg. 1; Peters et al. 2019,
     alg. 2); tau is then recomputed from sums over the support, which torch reduces pairwise, so
@@ -126,7 +126,7 @@ def _sort_threshold(x, alpha):
     xs, _ = torch.sort(x, dim=-1, descending=True)
     rho = torch.arange(1, V + 1, device=x.device, dtype=x.dtype)
     csum = xs.cumsum(dim=-1)
-    if alpha == 2.0:
+    if sparsemax:
         in_support = 1.0 + rho * xs > csum
     else:
         mean = csum / rho
@@ -141,7 +141,7 @@ def _sort_threshold(x, alpha):
     xS = torch.where(S, x, 0.0)
     n = S.sum(dim=-1, dtype=x.dtype)
     sum_x = xS.sum(dim=-1)
-    if alpha == 2.0:
+    if sparsemax:
         tau = (sum_x - 1.0) / n
     else:
         # sum_S (x - tau)^2 = 1  <=>  n tau^2 - 2 tau sum_x + sum_x2 - 1 = 0, smaller root.
@@ -175,9 +175,10 @@ def _entmax(x, mapping):
     alpha = mapping.alpha
     x = x.mul_(alpha - 1.0).clamp_(min=_ENTMAX_FLOOR)
     exact = mapping.algorithm in (Algorithm.SPARSEMAX, Algorithm.ENTMAX15)
-    tau = _sort_threshold(x, alpha) if exact else _bisect_threshold(x, alpha)
+    sparsemax = mapping.algorithm == Algorithm.SPARSEMAX
+    tau = _sort_threshold(x, sparsemax) if exact else _bisect_threshold(x, alpha)
     p = x.sub_(tau.unsqueeze(-1)).clamp_(min=0)
-    if mapping.algorithm != Algorithm.SPARSEMAX:
+    if not sparsemax:
         p.pow_(1.0 / (alpha - 1.0))
     if not exact:
         p.div_(p.sum(dim=-1, keepdim=True))  # bisection leaves sum p = 1 up to its last step

@@ -299,9 +299,10 @@ def record_iterations():
         _recorders.remove(records)
 
 
-def iteration_buffer(N, alpha, device):
-    """The per-row iteration-count buffer of a threshold-search launch, or None (no recording)."""
-    if not _recorders or float(alpha) == 1.0:
+def iteration_buffer(N, mapping, device):
+    """The per-row iteration-count buffer of a launch with MAPPING code ``mapping``, or None
+    (nothing recording, or softmax: no threshold search)."""
+    if not _recorders or mapping == SOFTMAX:
         return None
     return torch.zeros(N, dtype=torch.int32, device=device)
 

@@ -100,7 +100,7 @@ def _entropy_forward(logits, mask, alpha, temperature, mapping, newton, max_bloc
     row_max = _rows.empty(N, dtype=torch.float32, device=dev)
     support = _rows.empty(N, dtype=torch.int32, device=dev)
     stats = _rows.empty((N, 4), dtype=torch.float32, device=dev)
-    iters = _rows.iteration_buffer(N, alpha, dev)
+    iters = _rows.iteration_buffer(N, mapping, dev)
     cfg = launch_config(N, V, dev, max_block_v)
     _rows.launch(
         _entropy_forward_kernel, (triton.cdiv(N, cfg["BLOCK_N"]),),

@@ -172,7 +172,7 @@ def _policy_loss_forward(logits, mask, actions, advantages, old_log_prob, row_sc
         grad = grad_out if grad_out is not None else _rows.empty(logits.shape, dtype=logits.dtype,
                                                                  device=dev)
     _rows.check_layout(logits, mask, grad, actions, advantages, old_log_prob, row_scale)
-    iters = _rows.iteration_buffer(N, alpha, dev)
+    iters = _rows.iteration_buffer(N, mapping, dev)
     cfg = launch_config(N, V, dev, max_block_v)
     _rows.launch(
         _policy_loss_forward_kernel, (triton.cdiv(N, cfg["BLOCK_N"]),),
