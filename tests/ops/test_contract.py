@@ -91,7 +91,9 @@ def test_functions_keep_the_backend_of_their_forward(monkeypatch):
 
 
 def per_row_form(values, form):
-    """``values`` (LEAD) as ``form``: the same numbers (scalar forms: the first one)."""
+    """``values`` (the logits' leading shape) as ``form``: the same numbers (scalar forms: the
+    first one)."""
+    lead = tuple(values.shape)
     if form == "tensor":
         return values.clone()
     if form == "scalar":
@@ -99,7 +101,7 @@ def per_row_form(values, form):
     if form == "0-d":
         return values.reshape(-1)[0].clone()
     if form == "broadcast":  # stride 0
-        return values.reshape(-1)[:1].reshape((1,) * len(LEAD)).expand(LEAD)
+        return values.reshape(-1)[:1].reshape((1,) * len(lead)).expand(lead)
     if form == "strided":  # a column of a wider tensor
         return torch.stack([torch.full_like(values, 99), values, -values], -1)[..., 1]
     if form == "transposed":  # non-contiguous
@@ -242,18 +244,13 @@ def test_forms_shapes_and_dtypes(op, n_act, dtype, alpha, temperature, forms, ac
     """Drawn: forms of every argument, V, dtype, mapping; leading shape (4, 4) (16 rows)."""
     lead = (4, 4)
     args = base_case(("hyp", seed), lead=lead, n_act=n_act, dtype=dtype, alpha=alpha)
-    global LEAD
-    saved, LEAD = LEAD, lead
-    try:
-        for k, form in forms.items():
-            args[k] = per_row_form(args[k], form)
-        args["actions"] = per_row_form(args["actions"], actions_form)
-        # the broadcast action (row 0's) must be allowed everywhere: allow it
-        args["mask"] = args["mask"].scatter(-1, args["actions"].reshape(*lead, 1), True)
-        args["z"] = logits_form(args["z"], logits)
-        args["mask"] = mask_form(args["mask"], mask)
-    finally:
-        LEAD = saved
+    for k, form in forms.items():
+        args[k] = per_row_form(args[k], form)
+    args["actions"] = per_row_form(args["actions"], actions_form)
+    # the broadcast action (row 0's) must be allowed everywhere: allow it
+    args["mask"] = args["mask"].scatter(-1, args["actions"].reshape(*lead, 1), True)
+    args["z"] = logits_form(args["z"], logits)
+    args["mask"] = mask_form(args["mask"], mask)
     with pytest.MonkeyPatch.context() as mp:
         assert_backends_agree(mp, op, args, alpha, temperature, dtype)
 
