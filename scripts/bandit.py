@@ -24,7 +24,6 @@ gradient over the support, see `learn`) reaches the closed-form optimum.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 import ops
+from rl.checkpoint import write_json
 
 MAPPINGS = {1.0: "softmax", 1.5: "entmax-1.5", 2.0: "sparsemax"}
 COLORS = {1.0: "tab:blue", 1.5: "tab:orange", 2.0: "tab:green"}
@@ -176,7 +176,7 @@ def main(argv=None):
     _plot(args.out, rows, learned)
     meta = dict(command=" ".join(["scripts/bandit.py", *(argv or sys.argv[1:])]),
                 seconds=round(time.time() - t0, 1), torch=torch.__version__)
-    (args.out / "meta.json").write_text(json.dumps(meta, indent=2))
+    write_json(args.out / "meta.json", meta)
     print(f"wrote {args.out} in {meta['seconds']} s")
 
 

@@ -38,6 +38,7 @@ import torch
 
 import ops
 from rl.analysis.machine import machine_info
+from rl.checkpoint import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -314,9 +315,9 @@ def main(argv=None):
                         rows.append(row)
                         print(json.dumps(row), flush=True)
                         # rewritten after every case: a long run stopped early keeps its rows
-                        out.write_text(json.dumps({**header, "rows": rows}, indent=1))
+                        write_json(out, {**header, "rows": rows}, indent=1)
                     del inputs
-    out.write_text(json.dumps({**header, "rows": rows}, indent=1))
+    write_json(out, {**header, "rows": rows}, indent=1)
     print(f"wrote {out}")
     print(markdown_table(rows))
 

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from rl.analysis.machine import machine_info
+from rl.checkpoint import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLVED_RETURN = 475.0
@@ -247,7 +248,7 @@ def main() -> None:
     }
     out = args.out or ROOT / "benchmarks" / "results" / f"train_cartpole_{started:%Y-%m-%d}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out, result, indent=1)
     print()
     print(table(summary))
     print(f"\nwrote {out}")

@@ -94,6 +94,7 @@ except ImportError:
     sys.path.insert(0, str(ROOT))
     import ops
 from ops import reference  # noqa: E402  (the oracle)
+from rl.checkpoint import write_json  # noqa: E402
 
 # relative shares of the time budget (the whole run must fit ~10 minutes on one H200)
 BUDGET_WEIGHTS = dict(compile=12, warm=17, cases=10, iterations=4, big=5, large=11, tests=14, memcheck=15,
@@ -1675,7 +1676,7 @@ def main(argv=None):
     out = Path(args.out) if args.out else (
         ROOT / "benchmarks" / "results" / f"check_gpu_{datetime.date.today().isoformat()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    write_json(out, report, indent=1)
     print("summary:", ", ".join(f"{n} {s.status}" for n, s in results.items()), f"-> {out}")
     return 0 if report["passed"] else 1
 

@@ -17,7 +17,6 @@ becomes over-confident, which is the regime the penalty targets.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 
 import ops
 from rl.analysis.stats import mean_ci
+from rl.checkpoint import write_json
 
 ECE_BINS = 15
 
@@ -164,7 +164,7 @@ def main(argv=None):
     meta = dict(command=" ".join(["scripts/confidence_penalty.py", *(argv or sys.argv[1:])]),
                 args={k: str(v) for k, v in vars(args).items()},
                 seconds=round(time.time() - t0, 1), torch=torch.__version__)
-    (args.out / "meta.json").write_text(json.dumps(meta, indent=2))
+    write_json(args.out / "meta.json", meta)
     print(f"wrote {args.out} in {meta['seconds']} s")
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from rl.analysis.machine import machine_info
 from rl.analysis.runs import read_overrides, read_summary, scalar_series
+from rl.checkpoint import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 TAGS = ("charts/episodic_return", "entropy/mean", "policy/target_entropy", "policy/beta")
@@ -280,7 +281,7 @@ def main(argv=None) -> int:
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    write_json(args.json, doc)
     print(f"wrote {args.json}")
     plot(results, runs, args)
     for m in results:
