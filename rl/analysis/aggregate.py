@@ -36,7 +36,7 @@ UNFINISHED = ("interrupted", "failed", "running", "unreadable")
 
 
 def mapping_name(alpha: float) -> str:
-    """Readable name of the policy mapping selected by alpha (DESIGN.md table)."""
+    """Readable name of the policy mapping selected by alpha (docs/DESIGN.md, section 1)."""
     if alpha == 1.0:
         return "softmax"
     if alpha == 2.0:
@@ -161,7 +161,7 @@ def finished_runs(table: pd.DataFrame) -> pd.DataFrame:
 def with_normalized_entropy(df: pd.DataFrame) -> pd.DataFrame:
     """Append rows ``entropy/normalized`` = ``entropy/mean`` / max entropy of the run's mapping.
 
-    The maximum is that of the uniform policy over the run's actions (DESIGN.md: Shannon
+    The maximum is that of the uniform policy over the run's actions (docs/DESIGN.md: Shannon
     log n, Tsallis (1 - n^(1-alpha)) / (alpha (alpha-1))), from ``ops.max_entropy``. Runs
     without an ``actions`` value (env not buildable when aggregating) get no such rows.
     """

@@ -243,7 +243,7 @@ def test_normalized_entropy_divides_by_the_uniform_policys_entropy():
                        "tag": "entropy/mean", "value": h, "step": 1})
     norm = with_normalized_entropy(df)
     got = norm[norm.tag == "entropy/normalized"].set_index("run").value
-    h_max = [np.log(4), (1 - 4 ** -0.5) / 0.75, 0.5 * (1 - 1 / 12)]  # DESIGN.md max entropies
+    h_max = [np.log(4), (1 - 4 ** -0.5) / 0.75, 0.5 * (1 - 1 / 12)]  # docs/DESIGN.md max entropies
     np.testing.assert_allclose(got[["a", "b", "c"]], h / np.array(h_max), rtol=1e-6)
 
 
