@@ -41,8 +41,9 @@ class Algorithm(enum.IntEnum):
 class Mapping:
     """The policy mapping of ``z = logits / temperature`` (DESIGN.md section 1).
 
-    ``newton``: the kernels' threshold search may take Newton steps (``h(tau)`` is convex for
-    alpha <= 2); otherwise it bisects. Build it with ``mapping``, the one place that reads alpha.
+    ``newton``: the kernels' threshold search takes Newton steps from the start (``h(tau)`` is
+    convex for alpha <= 2); otherwise it bisects until a Newton step keeps the support.
+    Build it with ``mapping``, the one place that reads alpha.
     """
 
     alpha: float

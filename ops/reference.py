@@ -151,13 +151,10 @@ def _sort_threshold(x, sparsemax):
     return tau
 
 
-def _bisect_threshold(x, alpha):
-    """tau with ``sum [x - tau]_+^{1/(alpha-1)} = 1`` by bisection on [-1, 0] (x has max 0)."""
+def _bisect_threshold(x, alpha, lo, hi, n_iter):
+    """tau in ``[lo, hi]`` (per row) with ``sum [x - tau]_+^{1/(alpha-1)} = 1``, by ``n_iter``
+    halvings of the bracket."""
     inv = 1.0 / (alpha - 1.0)
-    lo = torch.full(x.shape[:-1], -1.0, dtype=x.dtype, device=x.device)
-    hi = torch.zeros_like(lo)
-    # Halving [-1, 0] this many times reaches the dtype's resolution near |tau| <= 1.
-    n_iter = 60 if x.dtype == torch.float64 else 30
     # one scratch buffer for every step: a fresh x-sized tensor per step costs more than the
     # arithmetic on the CPU (page faults on first touch)
     buf = torch.empty_like(x)
@@ -170,13 +167,57 @@ def _bisect_threshold(x, alpha):
     return 0.5 * (lo + hi)
 
 
-def _entmax(x, mapping):
-    """entmax-alpha of shifted logits ``x`` (max 0; overwritten). Returns ``p``, exactly normalised."""
+# Bisection steps (float32, float64) on [-1, 0] in the row-max frame (to a few units of the
+# dtype's resolution near |tau| <= 1), then in the pivot frame (_pivot_threshold).
+_MAX_FRAME_STEPS = {torch.float32: 22, torch.float64: 50}
+_PIVOT_FRAME_STEPS = 24
+# half-width of the pivot-frame bracket around the row-max-frame tau: the shifted logits carry
+# one rounding each (|x| <= 2) and tau the bisection's resolution, a few units of 2^-24 / 2^-53
+_PIVOT_BRACKET = {torch.float32: 2.0**-18, torch.float64: 2.0**-47}
+
+
+def _pivot_threshold(x, tau, logits, mask, mapping):
+    """Refines tau (row-max frame) in a frame centred on it: returns ``(u, t)`` with the mapping
+    ``p = [u - t]_+^{1/(alpha-1)}`` (unnormalised), ``u = (alpha-1) (z - pivot) / T``.
+
+    ``x = (alpha-1)(z - max z) / T`` rounds each entry at the scale of ``|x| ~ 1``, and tau is
+    resolved to the same ~1e-7 (float32): an action just inside the support has ``d = x - tau``
+    of that size or smaller, and ``p = d^{1/(alpha-1)}`` is steep there for alpha > 2 (alpha = 4:
+    ``d = 3e-7`` is ``p = 0.0065``, entmax entropy 5% off). With the pivot ``z_r = max z + tau T
+    / (alpha-1)`` (a logit-scale value at the threshold), ``z - z_r`` is exact near the threshold
+    and ``t = tau - (alpha-1)(z_r - max z) / T`` is small, so ``d = u - t`` keeps its relative
+    precision; ties stay exact. The bisection continues in that frame (x is overwritten).
+    """
+    cdt = x.dtype
+    s = (mapping.alpha - 1.0) / mapping.temperature
+    z = logits.detach().to(cdt)
+    if mask is not None:
+        z = z.masked_fill(~mask, float("-inf"))
+    m = z.amax(dim=-1)
+    pivot = m + tau / s
+    t = tau - (pivot - m) * s
+    u = torch.sub(z, pivot.unsqueeze(-1), out=x).mul_(s)
+    w = _PIVOT_BRACKET[cdt]
+    t = _bisect_threshold(u, mapping.alpha, t - w, t + w, _PIVOT_FRAME_STEPS)
+    return u, t
+
+
+def _entmax(x, mapping, logits, mask):
+    """entmax-alpha of shifted logits ``x`` (max 0; overwritten). Returns ``p``, exactly normalised.
+
+    ``logits`` / ``mask``: the raw rows ``x`` came from, which the bisection path (alpha other
+    than 1.5 and 2) reads again (``_pivot_threshold``).
+    """
     alpha = mapping.alpha
     x = x.mul_(alpha - 1.0).clamp_(min=_ENTMAX_FLOOR)
     exact = mapping.algorithm in (Algorithm.SPARSEMAX, Algorithm.ENTMAX15)
     sparsemax = mapping.algorithm == Algorithm.SPARSEMAX
-    tau = _sort_threshold(x, sparsemax) if exact else _bisect_threshold(x, alpha)
+    if exact:
+        tau = _sort_threshold(x, sparsemax)
+    else:
+        lo = torch.full(x.shape[:-1], -1.0, dtype=x.dtype, device=x.device)
+        tau = _bisect_threshold(x, alpha, lo, torch.zeros_like(lo), _MAX_FRAME_STEPS[x.dtype])
+        x, tau = _pivot_threshold(x, tau, logits, mask, mapping)
     p = x.sub_(tau.unsqueeze(-1)).clamp_(min=0)
     if not sparsemax:
         p.pow_(1.0 / (alpha - 1.0))
@@ -215,7 +256,8 @@ def probs_forward(*, rows: Rows) -> ProbsResult:
     # at rollout sizes (8 x 2) the number of ops is the cost, not the flops: torch.softmax
     # takes -inf (masked or overflowed) entries as they are; _entmax floors them itself
     x = _shifted_logits(rows.logits, rows.mask, m.temperature)
-    p = torch.softmax(x, dim=-1) if m.algorithm == Algorithm.SOFTMAX else _entmax(x, m)
+    p = (torch.softmax(x, dim=-1) if m.algorithm == Algorithm.SOFTMAX
+         else _entmax(x, m, rows.logits, rows.mask))
     dtype = rows.logits.dtype
     return ProbsResult(p if p.dtype == dtype else p.to(dtype), ProbsSaved(p))
 
@@ -258,7 +300,8 @@ def entropy_forward(*, rows: Rows) -> EntropyResult:
             check_row_max(src.amax(dim=-1))
         support = _allowed_count(rows.logits, rows.mask)
     else:
-        p = _entmax(_shifted_logits(rows.logits, rows.mask, m.temperature), m)
+        p = _entmax(_shifted_logits(rows.logits, rows.mask, m.temperature), m, rows.logits,
+                    rows.mask)
         H, _, n = _alpha_stats(p, m)
         support = n.to(torch.int32)
     return EntropyResult(H, support, EntropySaved(p, H))
@@ -366,7 +409,7 @@ def _fused_rows(inp: LossInput) -> LossRows:
             support = _allowed_count(logits, mask)
         w_a = None
     else:
-        p = _entmax(_shifted_logits(logits, mask, temperature, check=False), m)
+        p = _entmax(_shifted_logits(logits, mask, temperature, check=False), m, logits, mask)
         H, q_hat, n = _alpha_stats(p, m)
         support = n.to(torch.int32)
         p_a = p.gather(-1, idx).view(-1)

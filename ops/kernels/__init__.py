@@ -20,9 +20,11 @@ Design (formulas: DESIGN.md section 1):
   temperature divides ``z - m``, never ``z`` (precision near the entmax threshold).
 * Sparsemax / entmax-alpha: no sort. After the max pass, tau (on ``y = (alpha-1)(z - m) / T``,
   in ``[-1, -(1/n)^(alpha-1)]``) is found by Newton's method on ``(sum [y - tau]_+^k)^(1/k) - 1``
-  from ``tau = -1`` (monotone for alpha <= 2; bisection of the bracket for alpha > 2); each
-  iteration is one pass. Sparsemax and entmax-1.5 end with their closed form on the support
-  found (what the sort-based reference computes); measured 1-8 passes at V = 32768.
+  from ``tau = -1`` (monotone for alpha <= 2; for alpha > 2 bisection until a Newton step keeps
+  the support, then Newton, in a frame pivoted at the threshold so that d = y - tau keeps its
+  relative precision, ``_rows``); each iteration is one pass. Sparsemax and entmax-1.5 end
+  with their closed form on the support found (what the sort-based reference computes);
+  measured 1-8 passes at V = 32768.
 * Bytes. Entropy forward: reads the logits (once for single-tile rows; the tau passes of long
   rows re-read them, mostly from L2), writes O(N). Entropy backward: one read, one write.
   pg / ppo: the statistics, then one pass that reads each tile and writes its gradient, so the

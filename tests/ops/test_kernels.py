@@ -366,6 +366,123 @@ def test_entropy_matches_reference(alpha, V, config, seed):
 
 
 # ------------------------------------------------------------------------------------------
+# alpha > 2: the threshold search against float64, without the float32 reference's allowance
+# ------------------------------------------------------------------------------------------
+
+# (dtype the logits are rounded to, mask kind, temperature, several tiles per row). bf16 logits
+# around 100 are multiples of 0.25-0.5: ties just inside the support, d = x - tau ~ 1e-7 and
+# still p = d^(1/(alpha-1)) ~ 1e-2 at alpha = 4 (scripts/check_gpu.py's case that found it).
+ABOVE_TWO_CONFIGS = {
+    "fp32-T0.9": (torch.float32, None, 0.9, False),
+    "fp32-mask-T0.7-tiles": (torch.float32, "bool", 0.7, True),
+    "bf16-neginf-T0.9": (torch.bfloat16, "neginf", 0.9, False),
+    "bf16-mask-T1.9-tiles": (torch.bfloat16, "bool", 1.9, True),
+}
+
+
+def assert_fp32_accurate(name, H, p, grad, H64, p64, g64, alpha, grad_terms, seed):
+    """Float32 results against the float64 reference, with float32 tolerances (no allowance for
+    the float32 reference's own error, unlike ``assert_close``):
+
+    * ``H = (1 - sum p^alpha) / (alpha (alpha-1))``: 2^-20 / (alpha (alpha-1)), 16 units of
+      2^-24 on the sum ~ 1;
+    * ``p = d^k / S``: 2^-20 relative (a few roundings per entry) + 2^-22 absolute: near the
+      support boundary tau is only as good as a float32 sum of p ~ 1 (a few units of 2^-24);
+    * ``dH/dz = (q_hat - p) / ((alpha-1) T)``: 16 * 2^-23 of ``|grad_H| / ((alpha-1) T)``
+      (q_hat and p are <= 1, each a few roundings), plus twice what the probabilities' own
+      (checked) error makes of ``q_hat - p`` in float64: ``q = p^(2-alpha)`` of a small p in a
+      support is only as precise, relatively, as that p is absolutely (e.g. alpha = 2.5,
+      p = 6.6e-5 known to 4e-8 moves q_hat by 6e-6; the float32 reference alike).
+
+    Before the fix these were off by up to 2e-3 (H, alpha = 4), 7% (p) and 3e-2 (grad).
+    """
+    msg = f"{name} alpha={alpha} (seed={seed})"
+    H, p, grad = H.double().cpu(), p.double().cpu(), grad.double().cpu()
+    H64, p64, g64 = H64.double().cpu(), p64.double().cpu(), g64.double().cpu()
+
+    def qhat_minus_p(pp):
+        q = torch.where(pp > 0, pp.clamp(min=1e-300) ** (2.0 - alpha), 0.0)
+        return q / q.sum(-1, keepdim=True) - pp
+
+    through_p = 2 * (qhat_minus_p(p) - qhat_minus_p(p64)).abs()
+    checks = [("entropy", H, H64, torch.full_like(H64, 2.0**-20 / (alpha * (alpha - 1.0)))),
+              ("probs", p, p64, 2.0**-20 * p64 + 2.0**-22),
+              ("entropy grad", grad, g64, (16 * EPS32 + through_p) * grad_terms)]
+    for what, got, ref, tol in checks:
+        err = (got - ref).abs()
+        worst = int((err - tol).argmax())
+        assert bool((err <= tol).all()), (
+            f"{msg} {what}: at flat index {worst} got {got.reshape(-1)[worst].item()}, float64 "
+            f"{ref.reshape(-1)[worst].item()}, tol {tol.reshape(-1)[worst].item()}")
+
+
+def _above_two_run(backend, z, mask, alpha, temperature, grad_H, kw):
+    """(H, p, dH/dz) of one backend on float32 logits (bf16 values held in float32: the kernels
+    compute in float32 either way, and the outputs keep float32 precision)."""
+    m = mapping(alpha, temperature)
+    H, _, saved = backend.entropy_forward(rows=rows(z, mask, alpha, temperature), **kw)
+    grad = backend.entropy_backward(saved=saved, grad_entropy=grad_H.to(z.dtype), mapping=m, **kw)
+    p = backend.probs_forward(rows=rows(z, mask, alpha, temperature), **kw).probs
+    return H, p, grad
+
+
+@pytest.mark.parametrize("config", list(ABOVE_TWO_CONFIGS))
+@pytest.mark.parametrize("alpha", [2.5, 3.0, 4.0])
+@pytest.mark.parametrize("which", ["kernels", "reference"])
+def test_entmax_above_two_is_float32_accurate(which, alpha, config, seed):
+    """Kernels and float32 reference within float32 rounding of the float64 reference, for
+    alpha > 2 (bisection, then Newton on the support in a frame pivoted at the threshold)."""
+    dtype, mask_kind, temperature, tiles = ABOVE_TWO_CONFIGS[config]
+    V = 300
+    case = make_case(seed, N_ROWS, V, dtype, mask_kind, alpha, temperature, False)
+    z, mask = case["logits"].float(), case["mask"]
+    grad_H = torch.randn(N_ROWS, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+    if which == "kernels":
+        out = _above_two_run(kb, z, mask, alpha, temperature, grad_H,
+                             dict(max_block_v=_small_blocks(V) if tiles else None))
+    else:
+        out = _above_two_run(reference, z, mask, alpha, temperature, grad_H, {})
+    ref = _above_two_run(reference, z.double(), mask, alpha, temperature, grad_H, {})
+    terms = grad_H.double().abs().cpu()[:, None] / (temperature * (alpha - 1.0))
+    assert_fp32_accurate(which, *out, *ref, alpha, terms, seed)
+
+
+def test_entmax_above_two_check_gpu_case():
+    """The case scripts/check_gpu.py reported (its make_case, seed 1023803554, on the CPU):
+    alpha = 4, bf16 logits, -inf mask, T = 0.9; row 1 has nine tied actions at d ~ 3e-7 inside
+    the support. Its entropy was 0.01400 (kernels) and 0.01715 (float32 reference); float64 and
+    the entmax package give 0.017984."""
+    N, V, alpha, temperature = 4, 300, 4.0, 0.9
+    g = torch.Generator().manual_seed(1023803554)
+    z = torch.randn(N, V, generator=g).mul_(0.3 + 3.7 * torch.rand(N, 1, generator=g))
+    z = z.add_(100.0 * torch.randn(N, 1, generator=g)).to(torch.bfloat16)
+    allowed = torch.rand(N, V, generator=g) < 0.7
+    allowed[torch.arange(N), torch.randint(0, V, (N,), generator=g)] = True
+    allowed[0] = True
+    z = z.masked_fill(~allowed, float("-inf")).to(DEVICE)
+    H64 = reference.entropy_forward(rows=rows(z.double(), None, alpha, temperature)).entropy
+    assert abs(float(H64[1]) - 0.0179836) < 1e-6  # the case is the reported one
+    tol = 2.0**-20 / (alpha * (alpha - 1.0))
+    for name, backend in (("kernels", kb), ("reference", reference)):
+        for zz in (z, z.float()):
+            H = backend.entropy_forward(rows=rows(zz, None, alpha, temperature)).entropy
+            err = (H.double().cpu() - H64.cpu()).abs()
+            assert bool((err <= tol).all()), f"{name} {zz.dtype}: {H.tolist()} vs {H64.tolist()}"
+
+
+@pytest.mark.parametrize("alpha", [2.5, 3.0, 4.0])
+def test_entmax_above_two_iterations(alpha):
+    """The search stays short: bisection until a Newton step keeps the support, then Newton
+    (before: bisection to 2^-20 |tau|, 22-25 passes on these rows)."""
+    g = torch.Generator().manual_seed(int(alpha * 10))
+    z = torch.randn(16, 1024, generator=g) * (0.3 + 3.7 * torch.rand(16, 1, generator=g))
+    with _rows.record_iterations() as records:
+        kb.entropy_forward(rows=rows(z.to(DEVICE), None, alpha, 1.0))
+    it = records[0]["iterations"]
+    assert int(it.max()) <= 32, it.tolist()
+
+
+# ------------------------------------------------------------------------------------------
 # Extremes, fallbacks and errors
 # ------------------------------------------------------------------------------------------
 
