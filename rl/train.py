@@ -23,9 +23,9 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from rl.config import register_configs, validate
+from rl.config import register_configs
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -63,28 +63,16 @@ def _is_multirun() -> bool:
 
 
 def _train(cfg: DictConfig) -> float | None:
-    validate(cfg)  # bad alpha/beta/temperature etc. fail here, before any env is built
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    resume = cfg.resume
-    if resume is None and cfg.auto_resume:
-        from rl.sweep import check_previous_run
+    from rl.population import prepare_member, train_population
 
-        status, checkpoint = check_previous_run(run_dir)
-        if status == "done":
-            log.info("%s already holds a finished run; nothing to do", run_dir)
-            return None
-        resume = None if checkpoint is None else str(checkpoint)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-    from rl.trainer import Trainer
-
-    trainer = Trainer(cfg, run_dir, resume=resume)
-    try:
-        summary = trainer.train()
-    finally:
-        trainer.close()
+    # validates (a bad alpha/beta/temperature fails here, before any env is built), skips a
+    # finished run, finds the checkpoint to auto-resume from, writes config.yaml
+    member = prepare_member(cfg, Path(HydraConfig.get().runtime.output_dir))
+    if member is None:
+        return None
+    (summary,) = train_population([member])  # a single run is a population of one
     log.info("%s: %d steps, mean return %.1f, %.1f s (%s)", summary["status"], summary["steps"],
-             summary["final_mean_return"] or float("nan"), summary["wall_time_s"], run_dir)
+             summary["final_mean_return"] or float("nan"), summary["wall_time_s"], member.run_dir)
     return summary["final_mean_return"]  # the value Hydra sweepers optimize
 
 
