@@ -23,7 +23,7 @@ __all__ = ["Batch", "Losses", "ppo_losses", "a2c_losses", "value_loss", "approx_
 
 # log r is clamped here in the KL estimate: a sparse policy may give an old action
 # probability 0 (log r = -inf), where the true KL(old || new) is infinite.
-_MIN_LOG_RATIO = -20.0
+MIN_LOG_RATIO = -20.0
 
 
 @dataclass
@@ -103,7 +103,7 @@ def approx_kl(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tenso
     """``E[(r - 1) - log r]``, ``r = pi(a) / pi_old(a)``: an unbiased, nonnegative estimate of
     KL(pi_old || pi) (J. Schulman, "Approximating KL divergence", 2020)."""
     with torch.no_grad():
-        log_ratio = (log_prob - old_log_prob).clamp_min(_MIN_LOG_RATIO)
+        log_ratio = (log_prob - old_log_prob).clamp_min(MIN_LOG_RATIO)
         return (log_ratio.exp() - 1.0 - log_ratio).mean()
 
 

@@ -34,7 +34,8 @@ TAGS = (
     "grad_norm/value",  # parameter-space norm of the value term's gradient
     "grad_norm/total",  # parameter-space norm of the whole gradient, before clipping
     "ppo/approx_kl",
-    "ppo/clip_fraction",
+    "ppo/clip_fraction",  # rows with |ratio - 1| > clip_eps (SB3's and CleanRL's definition)
+    "ppo/clip_active_fraction",  # rows whose clipped surrogate branch is the active one (no gradient)
     "value/explained_variance",
 )
 HISTOGRAM_TAGS = ("entropy/histogram",)

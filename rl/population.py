@@ -82,18 +82,15 @@ def population_key(cfg: DictConfig) -> str:
     return json.dumps(data, sort_keys=True, default=str)
 
 
-def train_population(members: Sequence[Member]) -> list[dict[str, Any]]:
-    """Trains ``members`` (equal `population_key`) together; one summary per member, in order."""
-    from rl.trainer import Trainer, TrainingDiverged
+def train_population(members: Sequence[Member], **trainer_kwargs: Any) -> list[dict[str, Any]]:
+    """Trains ``members`` (equal `population_key`) together; one summary per member, in order.
 
-    summaries = []
-    for m in members:
-        trainer = Trainer(m.cfg, m.run_dir, resume=m.resume)
-        try:
-            summaries.append(trainer.train())
-        except TrainingDiverged as err:
-            log.error("%s diverged: %s", m.run_dir, err)
-            summaries.append(json.loads((m.run_dir / "summary.json").read_text()))
-        finally:
-            trainer.close()
-    return summaries
+    ``trainer_kwargs`` go to `rl.trainer.Trainer` (``callbacks``, test factories).
+    """
+    from rl.trainer import Trainer
+
+    trainer = Trainer(members=list(members), **trainer_kwargs)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()

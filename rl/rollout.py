@@ -11,8 +11,8 @@ follows, for the step ``t`` of one env:
   ``r_t + gamma V(s_{t+1})`` where ``s_{t+1}`` is the final observation. In next-step mode
   that observation is the one the done step returned, i.e. the next buffer entry's
   observation, whose value the rollout computed anyway (the policy runs on every entry).
-  With ``AutoresetMode.SAME_STEP`` the final observation lives in ``infos["final_obs"]`` and
-  the trainer overwrites ``next_values[t]`` with its value.
+  (The trainer refuses ``AutoresetMode.SAME_STEP`` envs, whose final observation would live
+  only in ``infos["final_obs"]``.)
 * otherwise ``r_t + gamma V(s_{t+1})`` and the GAE recursion continues.
 
 Either way the recursion stops at a done: ``A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}``
@@ -44,7 +44,7 @@ def compute_gae(
     rewards, values, terminated, truncated, valid : (T, N) arrays, one column per env.
     next_values : (T, N) ``V(s_{t+1})`` for every entry: the value of the observation the
         step returned (``values[t + 1]`` in next-step autoreset mode, the value after the
-        last step for ``t = T - 1``, the final observation's value after a same-step reset).
+        last step for ``t = T - 1``).
     gamma, gae_lambda : discount and GAE lambda (``lambda = 1``: n-step returns).
 
     Returns
@@ -91,22 +91,17 @@ class RolloutBuffer:
         self.terminated = np.zeros((T, N), dtype=bool)
         self.truncated = np.zeros((T, N), dtype=bool)
         self.valid = np.ones((T, N), dtype=bool)
-        # Same-step autoreset only: V(final obs) of truncated entries, NaN elsewhere.
-        self.final_values = np.full((T, N), np.nan, dtype=np.float32)
 
     def roll_over(self) -> None:
         """Start the next rollout from the observation after the last step."""
         self.obs[0].copy_(self.obs[-1])
         if self.masks is not None:
             self.masks[0].copy_(self.masks[-1])
-        self.final_values.fill(np.nan)
 
     def advantages_and_returns(self, gamma: float, gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
         """GAE advantages and value targets, (T, N) each; ``values[T]`` must hold V(obs[T])."""
         values = self.values.cpu().numpy()
-        next_values = values[1:].copy()
-        same_step = ~np.isnan(self.final_values)
-        next_values[same_step] = self.final_values[same_step]
+        next_values = values[1:]
         advantages = compute_gae(self.rewards, values[:-1], next_values, self.terminated,
                                  self.truncated, self.valid, gamma, gae_lambda)
         return advantages, advantages + values[:-1]

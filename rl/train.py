@@ -71,6 +71,10 @@ def _train(cfg: DictConfig) -> float | None:
     if member is None:
         return None
     (summary,) = train_population([member])  # a single run is a population of one
+    if summary["status"] == "diverged":
+        from rl.trainer import TrainingDiverged
+
+        raise TrainingDiverged(summary.get("diverged", "the run diverged"))
     log.info("%s: %d steps, mean return %.1f, %.1f s (%s)", summary["status"], summary["steps"],
              summary["final_mean_return"] or float("nan"), summary["wall_time_s"], member.run_dir)
     return summary["final_mean_return"]  # the value Hydra sweepers optimize

@@ -1,20 +1,40 @@
-"""The actor-critic training loop (PPO and A2C) -- one class that owns the run's state.
+"""The actor-critic training loop (PPO and A2C) for a population of K runs; one run is K = 1.
 
-One iteration: collect ``n_steps`` steps from ``num_envs`` envs (inference only) -> GAE
-advantages (rl/rollout.py) -> minibatch losses (rl/algos.py, fused ops) -> optimizer steps ->
-TensorBoard scalars, progress bar, checkpoint. Policy mapping (alpha), temperature and beta are
-config values that reach ``ops`` unchanged.
+`Trainer.train` is the algorithm, in this order (each step for all members at once)::
 
-Resume. A checkpoint is written at a rollout boundary and holds the network, the optimizer,
-the beta/temperature schedules, the step/update/episode counters, the RNG states (torch's
-global one and the trainer's sampler/minibatch generators), the episode statistics, the
-observation-normalization statistics, the last observation and the autoreset flags. Vector
-envs themselves cannot in general be saved (simulator state, Box2D, ALE), so by default a
-resumed run re-creates them and resets them with a seed derived from ``(seed, global_step)``:
-everything above continues exactly, the episodes in progress at the checkpoint are dropped.
-With ``exact_env_resume=true`` the vector env is also pickled next to the checkpoint (when it
-pickles: classic control does) and restored on resume; then "train N+M steps" and "train N,
-checkpoint, resume, train M" give bit-identical networks on CPU.
+    while a member is running:
+        collect a rollout: n_steps steps of the K x num_envs envs          (collect_rollout)
+        advantages: GAE over the rollout, per env column                   (rl/rollout.py)
+        epochs of minibatches:                                               (update)
+            loss = policy_loss - beta * H + vf_coef * v_loss   (rl/algos.py; ops fuses the first two)
+            backward, per-member gradient clipping, optimizer step
+        hooks: logging, checkpoints, progress, stop requests               (rl/callbacks.py)
+
+Members share the env id, the algo, the network shapes and the total steps; they differ in seed,
+beta and its schedule, the temperature and its schedule, the policy mapping (alpha) and the
+learning rate (rl.population.MEMBER_FIELDS). Their networks are one batched computation
+(rl/stacked.py); their envs step as one vector env of K x num_envs sub-envs (or, when an env
+wrapper keeps statistics -- observation/reward normalization -- or the envs are pickled for an
+exact resume, as K vector envs stepped in turn, so no statistic is shared). Every member has its
+own RNG streams (action sampling, minibatch shuffles), advantage normalization, gradient norm and
+clipping, learning rate, clip range, target-KL stop, beta/temperature coefficients and counters.
+A member whose loss or gradient becomes non-finite stops alone: its summary says "diverged".
+
+Each member writes an ordinary run directory: ``tb/``, ``checkpoints/last.pt`` and
+``summary.json``, exactly as a single run (rl-eval, rl.analysis and resume read them unchanged).
+
+Resume. A member's checkpoint is written at a rollout boundary and holds its network, optimizer
+moments, coefficients, counters, RNG states, observation-normalization statistics, last
+observation and flags. Vector envs cannot in general be saved (simulator state, Box2D, ALE), so a
+resumed member's envs are re-created, given the saved normalization statistics, and reset with a
+seed derived from ``(seed, global_step)``: everything else continues exactly, the episodes in
+progress at the checkpoint are dropped. With ``exact_env_resume=true`` each member's vector env
+is pickled next to its checkpoint (when it pickles: classic control does) and restored; then
+"train N+M steps" and "train N, checkpoint, resume, train M" give bit-identical networks on CPU.
+
+Annealing. The learning rate and PPO's clip range of update k are annealed linearly from the env
+steps *before* rollout k (CleanRL's rule, so the last update does not run at learning rate 0), the
+same step count from which beta and the temperature of update k come (docs/beta.md).
 """
 
 from __future__ import annotations
@@ -26,7 +46,8 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -38,6 +59,7 @@ from omegaconf import OmegaConf
 
 import ops
 from rl import algos
+from rl.callbacks import Callback, CheckpointCallback, ProgressCallback, TensorBoardCallback
 from rl.checkpoint import (
     SUMMARY_FILE,
     env_snapshot_path,
@@ -49,19 +71,16 @@ from rl.checkpoint import (
     write_json,
 )
 from rl.config import validate
-from rl.optim import make_optimizer
 from rl.rollout import RolloutBuffer
 from rl.schedules import build_coefficient
+from rl.stacked import StackedNetwork, StackedOptimizer, row_norms
 
-__all__ = ["Trainer", "TrainingDiverged", "CHECKPOINT_NAME", "SUMMARY_NAME"]
+__all__ = ["Trainer", "MemberRun", "TrainingDiverged", "CHECKPOINT_NAME", "SUMMARY_NAME"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoints/last.pt"
 SUMMARY_NAME = SUMMARY_FILE  # one name for the summary file: rl.checkpoint.SUMMARY_FILE
-_STAT_NAMES = ("losses/policy", "losses/value", "losses/total", "entropy/mean", "entropy/min",
-               "entropy/max", "policy/support_size", "grad_norm/policy", "grad_norm/entropy",
-               "grad_norm/value", "grad_norm/total", "ppo/approx_kl", "ppo/clip_fraction")
 # Episodes in the running mean reported as "mean return" (the solved criterion of gym's
 # classic-control tasks is a mean over 100 consecutive episodes).
 _RETURN_WINDOW = 100
@@ -71,6 +90,53 @@ class TrainingDiverged(RuntimeError):
     """A loss, a gradient or the logits became non-finite; the run stopped before the bad step."""
 
 
+# ---------------------------------------------------------------------------------------------
+# One member's state
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class MemberRun:
+    """Everything one run of the population owns, besides its row of the stacked network."""
+
+    cfg: Any
+    run_dir: Path
+    resume: str | None
+    seed: int
+    alpha: float
+    learning_rate: float
+    total_steps: int
+    beta_coef: Any
+    temperature_coef: Any
+    log_interval: int
+    histogram_interval: int
+    checkpoint_interval: int
+    solved_return: float | None
+    sample_gen: torch.Generator
+    perm_gen: torch.Generator
+    global_step: int = 0
+    update: int = 0
+    num_episodes: int = 0
+    wall_time: float = 0.0
+    recent_returns: deque = field(default_factory=lambda: deque(maxlen=_RETURN_WINDOW))
+    best_mean_return: float = -math.inf
+    solved_at: dict[str, float] | None = None
+    last_entropy: tuple[float, float] | None = None
+    lr: float = 0.0  # the learning rate of the last update
+    status: str = "running"  # running | completed | interrupted | diverged
+    diverged_reason: str | None = None
+    entropy_rows: torch.Tensor | None = None  # the entropies of the last logged minibatch
+    start_step: int = 0  # global_step when this train() started (for SPS)
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    def mean_return(self) -> float:
+        return float(np.mean(self.recent_returns)) if self.recent_returns else math.nan
+
+
+# ---------------------------------------------------------------------------------------------
+# The K members' envs
+# ---------------------------------------------------------------------------------------------
 def _wrapper_chain(env: Any):
     while env is not None:
         yield env
@@ -99,34 +165,119 @@ def _load_rms_state(envs: Any, state: dict[str, dict[str, torch.Tensor]]) -> Non
                     setattr(rms, k, v.numpy().astype(np.asarray(old).dtype).reshape(np.shape(old)))
 
 
+def _concat_infos(parts: list[dict], sizes: list[int]) -> dict:
+    """Vector-env ``infos`` of consecutive env blocks as one dict (arrays concatenated; a key a
+    block lacks is zeros/False there, as gymnasium's own vector infos)."""
+    keys = [k for p in parts for k in p]
+    out: dict = {}
+    for key in dict.fromkeys(keys):
+        values = [p.get(key) for p in parts]
+        ref = next(v for v in values if v is not None)
+        if isinstance(ref, dict):
+            out[key] = _concat_infos([v if v is not None else {} for v in values], sizes)
+        else:
+            ref = np.asarray(ref)
+            out[key] = np.concatenate([np.asarray(v) if v is not None else
+                                       np.zeros((n, *ref.shape[1:]), dtype=ref.dtype)
+                                       for v, n in zip(values, sizes, strict=True)])
+    return out
+
+
+class MemberEnvs:
+    """K vector envs stepped as one: member k owns sub-envs ``k*N .. (k+1)*N - 1``.
+
+    Used when a wrapper keeps statistics (normalization) or envs are pickled per member; otherwise
+    the trainer steps one vector env of K x N sub-envs directly.
+    """
+
+    def __init__(self, envs: list[Any]):
+        self.envs = envs
+        self.sizes = [e.num_envs for e in envs]
+        self.num_envs = sum(self.sizes)
+        first = envs[0]
+        self.single_observation_space = first.single_observation_space
+        self.single_action_space = first.single_action_space
+        self.metadata = first.metadata
+
+    def reset_member(self, k: int, seed: int):
+        return self.envs[k].reset(seed=seed)
+
+    def step(self, actions: np.ndarray):
+        parts, start = [], 0
+        for env, n in zip(self.envs, self.sizes, strict=True):
+            parts.append(env.step(actions[start:start + n]))
+            start += n
+        obs = _concat_obs([p[0] for p in parts])
+        rew, term, trunc = (np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))
+        return obs, rew, term, trunc, _concat_infos([p[4] for p in parts], self.sizes)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def _concat_obs(parts: list[Any]) -> Any:
+    if isinstance(parts[0], dict):
+        return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+    return np.concatenate([np.asarray(p) for p in parts])
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------
 class Trainer:
-    """Owns the envs, the agent, the optimizer, the schedules and the counters of one run.
+    """Trains a population of runs (one run: ``Trainer(cfg, run_dir)``).
 
     Parameters
     ----------
-    cfg : composed config (schema ``base_config`` in rl/config.py).
-    run_dir : where TensorBoard events, checkpoints and summary.json go.
-    resume : checkpoint to continue from (overrides ``cfg.resume``).
+    cfg : a composed config (schema ``base_config`` in rl/config.py) for a single run, or None
+        when ``members`` is given.
+    run_dir : the single run's directory (TensorBoard events, checkpoints, summary.json).
+    resume : the single run's checkpoint to continue from (overrides ``cfg.resume``).
+    members : ``rl.population.Member`` s (cfg, run_dir, resume) of a population; their configs
+        must have equal ``rl.population.population_key``.
     make_envs, make_network : factories, by default ``rl.envs.make_envs`` and
         ``rl.networks.ActorCritic`` (tests inject small stand-ins).
+    callbacks : extra `rl.callbacks.Callback` s, after the trainer's own (TensorBoard,
+        checkpoints, progress bar).
+
+    ``train()`` returns the summary (a dict) for a single run, the list of the members'
+    summaries for a population.
     """
 
-    def __init__(self, cfg: Any, run_dir: str | os.PathLike, resume: str | None = None,
-                 make_envs: Callable | None = None, make_network: Callable | None = None):
-        checked = validate(cfg)  # the one place config values are checked; the parts trust it
-        self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        # A plain copy of the algo node: the update reads it every gradient step, and an
-        # OmegaConf attribute costs microseconds (a dozen per step add up on a small network).
-        self.algo = SimpleNamespace(**OmegaConf.to_container(cfg.algo, resolve=True))
-        self._num_envs = int(cfg.num_envs)
-        self._total_steps = int(cfg.total_steps)
-        self._solved_return = cfg.env.solved_return
-        self.device = resolve_device(str(cfg.device))
-        torch.set_num_threads(cfg.threads)
-        self.beta_coef = build_coefficient(checked.beta)
-        self.temperature_coef = build_coefficient(checked.temperature)
-        self.alpha = float(cfg.policy.alpha)
+    def __init__(self, cfg: Any = None, run_dir: str | os.PathLike | None = None,
+                 resume: str | None = None, *, members: Sequence[Any] | None = None,
+                 make_envs: Callable | None = None, make_network: Callable | None = None,
+                 callbacks: Sequence[Callback] = ()):
+        if members is None:
+            if cfg is None or run_dir is None:
+                raise ValueError("Trainer needs a config and a run directory, or members")
+            from rl.population import Member
+
+            members = [Member(cfg, Path(run_dir), resume if resume is not None else cfg.resume)]
+            self._single = True
+        else:
+            self._single = False
+            if not members:
+                raise ValueError("members is empty; a population needs at least one run")
+        checked = [validate(m.cfg) for m in members]  # the one place config values are checked
+        if len(members) > 1:
+            from rl.population import population_key
+
+            key = population_key(members[0].cfg)
+            for m in members[1:]:
+                if population_key(m.cfg) != key:
+                    raise ValueError(
+                        f"run {m.run_dir} cannot share a population with {members[0].run_dir}: "
+                        "members may differ only in " + ", ".join(_member_fields()))
+        cfg0 = members[0].cfg
+        self.cfg = cfg0  # the shared settings (members[k].cfg for a member's own)
+        self.algo = SimpleNamespace(**OmegaConf.to_container(cfg0.algo, resolve=True))
+        self.K = len(members)
+        self.N = int(cfg0.num_envs)
+        self.device = resolve_device(str(cfg0.device))
+        torch.set_num_threads(cfg0.threads)
+        states = [load_checkpoint(m.resume, name="resume") if m.resume else None for m in members]
 
         if make_envs is None or make_network is None:
             from rl import envs as _envs  # noqa: F401 -- import errors surface here, before training
@@ -136,444 +287,694 @@ class Trainer:
             from rl.networks import ActorCritic as make_network
         from rl.envs import action_mask_from, env_info, policy_obs
 
-        self._make_envs, self._action_mask_from, self._policy_obs = make_envs, action_mask_from, policy_obs
-        resume = resume if resume is not None else cfg.resume
-        self._state = load_checkpoint(resume, name="resume") if resume else None
+        self._action_mask_from, self._policy_obs = action_mask_from, policy_obs
+        self.members: list[MemberRun] = []
+        for m, c in zip(members, checked, strict=True):
+            seed = int(m.cfg.seed)
+            self.members.append(MemberRun(
+                cfg=m.cfg, run_dir=Path(m.run_dir), resume=m.resume, seed=seed,
+                alpha=float(m.cfg.policy.alpha), learning_rate=float(m.cfg.algo.learning_rate),
+                total_steps=int(m.cfg.total_steps), beta_coef=build_coefficient(c.beta),
+                temperature_coef=build_coefficient(c.temperature),
+                log_interval=int(m.cfg.log_interval), histogram_interval=int(m.cfg.histogram_interval),
+                checkpoint_interval=int(m.cfg.checkpoint_interval),
+                solved_return=m.cfg.env.solved_return,
+                # Sampling draws from a generator on the device; minibatch shuffles from the CPU.
+                sample_gen=torch.Generator(device=self.device).manual_seed(seed),
+                perm_gen=torch.Generator().manual_seed(seed + 1),
+            ))
 
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        self.envs = make_envs(checked.env, cfg.num_envs, cfg.seed, gamma=float(cfg.algo.gamma))
-        info = env_info(self.envs)  # refuses a non-Discrete action space
+        # Envs: one vector env of K x N, or one per member when a wrapper keeps statistics.
+        env_s, gamma = checked[0].env, float(self.algo.gamma)
+        self.per_member_envs = bool(env_s.normalize_obs or env_s.normalize_reward
+                                    or cfg0.exact_env_resume)
+        np.random.seed(self.members[0].seed)
+        if self.per_member_envs:
+            self.envs = MemberEnvs([make_envs(env_s, self.N, m.seed, gamma=gamma) for m in self.members])
+            info = env_info(self.envs.envs[0])
+        else:
+            self.envs = make_envs(env_s, self.N * self.K, self._population_seed(), gamma=gamma)
+            info = env_info(self.envs)  # refuses a non-Discrete action space
+        mode = self.envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
+        if mode != gym.vector.AutoresetMode.NEXT_STEP:
+            raise ValueError(f"env autoreset_mode={mode} is not supported; the trainer needs "
+                             "AutoresetMode.NEXT_STEP (Gymnasium's default)")
         self.n_actions = info.n_actions
-        obs_space = info.observation_space
-        net = checked.network
-        self.net = make_network(obs_space, self.n_actions, hidden_sizes=net.hidden_sizes,
-                                activation=net.activation, shared=net.shared).to(self.device)
-        self.params = [p for p in self.net.parameters() if p.requires_grad]
-        self.critic_params = self._critic_parameters()
+
+        # Networks: member k initialized from its own seed, exactly as a single run would be.
+        net = checked[0].network
+        nets = []
+        for m in self.members:
+            torch.manual_seed(m.seed)
+            nets.append(make_network(info.observation_space, self.n_actions,
+                                     hidden_sizes=net.hidden_sizes, activation=net.activation,
+                                     shared=net.shared).to(self.device))
+        self.net = StackedNetwork(nets)
         # Actor-only logits per rollout step, values batched after it: worth it when the critic
         # is a network of its own (a shared trunk would run twice).
-        self._split_forward = (callable(getattr(self.net, "logits", None))
-                               and callable(getattr(self.net, "values", None))
-                               and not getattr(self.net, "shared", True))
-        self.flat_params = _flatten_parameters(self.params)
-        self.optimizer = self._make_optimizer()
-        mode = self.envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
-        if mode not in (gym.vector.AutoresetMode.NEXT_STEP, gym.vector.AutoresetMode.SAME_STEP):
-            raise ValueError(f"env autoreset_mode={mode} is not supported; use NEXT_STEP or SAME_STEP")
-        self.same_step_reset = mode == gym.vector.AutoresetMode.SAME_STEP
-
-        # Sampling draws from a generator on the device; minibatch shuffles from one on the CPU.
-        self.sample_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        self.perm_gen = torch.Generator().manual_seed(cfg.seed + 1)
-        self.global_step = 0
-        self.update = 0
-        self.num_episodes = 0
-        self.wall_time = 0.0  # seconds spent in train(), summed over resumes
-        self.recent_returns: deque[float] = deque(maxlen=_RETURN_WINDOW)
-        self.best_mean_return = -math.inf
-        self.solved_at: dict[str, float] | None = None
-        self.last_entropy: tuple[float, float] | None = None
+        self._split_forward = self.net.batched and not self.net.shared
+        a = self.algo
+        self.optimizer = StackedOptimizer(a.optimizer, self.net.flat, adam_eps=a.adam_eps,
+                                          rmsprop_alpha=a.rmsprop_alpha, rmsprop_eps=a.rmsprop_eps)
         self._stop_requested: str | None = None
+        self._t_start = time.perf_counter()
+        self._wall_before = [0.0] * self.K
 
-        env_seed = cfg.seed
-        if self._state is not None:
-            env_seed = int(np.random.SeedSequence([cfg.seed, int(self._state["global_step"])])
-                           .generate_state(1)[0])
-        obs, infos = self.envs.reset(seed=env_seed)
+        # Restore what precedes the first reset: normalization statistics (the first observation
+        # must be normalized with the saved ones), counters, RNG states, network, optimizer.
+        for k, state in enumerate(states):
+            if state is not None:
+                self._restore(k, state)
+        obs, infos = self._reset(states)
         mask = self._action_mask_from(obs, infos)
         obs = np.asarray(self._policy_obs(obs))
         obs_dtype = torch.uint8 if obs.dtype == np.uint8 else torch.float32
-        self.buffer = RolloutBuffer(self.algo.n_steps, cfg.num_envs, obs.shape[1:], obs_dtype,
+        self.buffer = RolloutBuffer(a.n_steps, self.K * self.N, obs.shape[1:], obs_dtype,
                                     self.n_actions, mask is not None, self.device)
         self.buffer.obs[0].copy_(torch.from_numpy(obs))
         if mask is not None:
             self.buffer.masks[0].copy_(torch.from_numpy(np.asarray(mask, dtype=bool)))
-        self.prev_done = np.zeros(cfg.num_envs, dtype=bool)
-        self.ep_return = np.zeros(cfg.num_envs, dtype=np.float64)
-        self.ep_length = np.zeros(cfg.num_envs, dtype=np.int64)
-        if self._state is not None:
-            self._restore(self._state, resume)
-        self.writer = None
+        self.prev_done = np.zeros(self.K * self.N, dtype=bool)
+        self.ep_return = np.zeros(self.K * self.N, dtype=np.float64)
+        self.ep_length = np.zeros(self.K * self.N, dtype=np.int64)
+        for k, state in enumerate(states):
+            if state is not None and self._exact_snapshot(k, state) is not None:
+                self._restore_env_state(k, state["env_state"])
+        self.callbacks: list[Callback] = [TensorBoardCallback(), CheckpointCallback()]
+        if bool(cfg0.progress):
+            self.callbacks.append(ProgressCallback())
+        self.callbacks.extend(callbacks)
 
-    # ------------------------------------------------------------------ construction
-    def _critic_parameters(self) -> list[torch.nn.Parameter]:
-        """Parameters only the value loss reaches: the critic network (the value head alone when
-        actor and critic share a trunk). Their gradient norm is grad_norm/value."""
-        getter = getattr(self.net, "critic_parameters", None)
-        if callable(getter):
-            return list(getter())
-        return [p for name, p in self.net.named_parameters()
-                if p.requires_grad and any(k in name for k in ("critic", "value"))]
+    # ------------------------------------------------------------------ construction helpers
+    def _population_seed(self) -> int:
+        """The seed of the shared vector env: the run's seed for one member (a single run's
+        envs are seeded exactly as before), else one drawn from all members' seeds."""
+        seeds = [m.seed for m in self.members]
+        if len(seeds) == 1:
+            return seeds[0]
+        return int(np.random.SeedSequence(seeds).generate_state(1)[0])
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        a = self.algo
-        # One flat tensor (see _flatten_parameters) and fused Adam / foreach RMSprop: one kernel
-        # per step; the per-tensor bookkeeping of torch.optim is most of a small network's step.
-        params = self.params if self.flat_params is None else [self.flat_params]
-        # rl.optim: torch's Adam/RMSprop without the compile wrappers that import torch._dynamo
-        return make_optimizer(a.optimizer, params, lr=a.learning_rate, adam_eps=a.adam_eps,
-                              rmsprop_alpha=a.rmsprop_alpha, rmsprop_eps=a.rmsprop_eps)
+    def _resume_seed(self, seeds: list[int], step: int) -> int:
+        return int(np.random.SeedSequence([*seeds, step]).generate_state(1)[0])
+
+    def _exact_snapshot(self, k: int, state: dict) -> Path | None:
+        if not bool(self.cfg.exact_env_resume):
+            return None
+        snapshot = env_snapshot_path(self.members[k].resume)
+        return snapshot if snapshot.is_file() else None
+
+    def _reset(self, states: list[dict | None]):
+        """The first reset (after the saved normalization statistics are in place)."""
+        if not self.per_member_envs:
+            if states[0] is None:
+                return self.envs.reset(seed=self._population_seed())
+            seeds = [m.seed for m in self.members]
+            return self.envs.reset(seed=self._resume_seed(seeds, self.members[0].global_step))
+        results = []
+        for k, (m, state) in enumerate(zip(self.members, states, strict=True)):
+            snapshot = None if state is None else self._exact_snapshot(k, state)
+            if snapshot is not None:
+                # Continue the very same episodes: the pickled envs plus the saved observation.
+                self.envs.envs[k].close()
+                self.envs.envs[k] = load_pickle(snapshot)
+                env_state = state["env_state"]
+                infos = {} if env_state["mask"] is None else {"action_mask": env_state["mask"].numpy()}
+                results.append((env_state["obs"].numpy(), infos))
+                continue
+            if state is not None and bool(self.cfg.exact_env_resume):
+                log.warning("exact_env_resume: no env snapshot for %s; envs were re-created and re-seeded",
+                            m.run_dir)
+            seed = m.seed if state is None else self._resume_seed([m.seed], m.global_step)
+            results.append(self.envs.reset_member(k, seed))
+        obs = _concat_obs([r[0] for r in results])
+        return obs, _concat_infos([r[1] for r in results], self.envs.sizes)
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resume needs, as tensors and plain python values (weights_only-safe)."""
-        buf = self.buffer
+    def _cols(self, k: int) -> slice:
+        return slice(k * self.N, (k + 1) * self.N)
+
+    def member_state_dict(self, k: int) -> dict[str, Any]:
+        """Everything member k's resume needs, as tensors and plain values (weights_only-safe)."""
+        m, buf, cols = self.members[k], self.buffer, self._cols(k)
         return {
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "model": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "beta_schedule": self.beta_coef.state_dict(),
-            "temperature_schedule": self.temperature_coef.state_dict(),
-            "global_step": self.global_step,
-            "update": self.update,
-            "num_episodes": self.num_episodes,
-            "wall_time": self.wall_time,
-            "recent_returns": list(self.recent_returns),
-            "best_mean_return": self.best_mean_return,
-            "solved_at": self.solved_at,
-            "last_entropy": None if self.last_entropy is None else list(self.last_entropy),
-            "rng": {"torch": torch.get_rng_state(), "sample": self.sample_gen.get_state(),
-                    "perm": self.perm_gen.get_state()},
-            "obs_normalization": _rms_state(self.envs),
+            "config": OmegaConf.to_container(m.cfg, resolve=True),
+            "model": self.net.member_state_dict(k),
+            "optimizer": self.optimizer.member_state(k),
+            "beta_schedule": m.beta_coef.state_dict(),
+            "temperature_schedule": m.temperature_coef.state_dict(),
+            "global_step": m.global_step,
+            "update": m.update,
+            "num_episodes": m.num_episodes,
+            "wall_time": m.wall_time,
+            "recent_returns": list(m.recent_returns),
+            "best_mean_return": m.best_mean_return,
+            "solved_at": m.solved_at,
+            "last_entropy": None if m.last_entropy is None else list(m.last_entropy),
+            "rng": {"sample": m.sample_gen.get_state(), "perm": m.perm_gen.get_state()},
+            "obs_normalization": _rms_state(self.envs.envs[k] if self.per_member_envs else self.envs),
             "env_state": {
-                "obs": buf.obs[0].cpu(),
-                "mask": None if buf.masks is None else buf.masks[0].cpu(),
-                "prev_done": torch.from_numpy(self.prev_done.copy()),
-                "ep_return": torch.from_numpy(self.ep_return.copy()),
-                "ep_length": torch.from_numpy(self.ep_length.copy()),
+                "obs": buf.obs[0, cols].cpu(),
+                "mask": None if buf.masks is None else buf.masks[0, cols].cpu(),
+                "prev_done": torch.from_numpy(self.prev_done[cols].copy()),
+                "ep_return": torch.from_numpy(self.ep_return[cols].copy()),
+                "ep_length": torch.from_numpy(self.ep_length[cols].copy()),
             },
         }
 
-    def _restore(self, state: dict[str, Any], path: str) -> None:
-        self.net.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.beta_coef.load_state_dict(state["beta_schedule"])
-        self.temperature_coef.load_state_dict(state["temperature_schedule"])
-        self.global_step = int(state["global_step"])
-        self.update = int(state["update"])
-        self.num_episodes = int(state["num_episodes"])
-        self.wall_time = float(state["wall_time"])
-        self.recent_returns.extend(float(r) for r in state["recent_returns"])
-        self.best_mean_return = float(state["best_mean_return"])
-        self.solved_at = state["solved_at"]
-        self.last_entropy = None if state["last_entropy"] is None else tuple(state["last_entropy"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.sample_gen.set_state(state["rng"]["sample"])
-        self.perm_gen.set_state(state["rng"]["perm"])
-        _load_rms_state(self.envs, state["obs_normalization"])
-        snapshot = env_snapshot_path(path)
-        if self.cfg.exact_env_resume and snapshot.is_file():
-            # Continue the very same episodes: the pickled envs plus the saved observation/flags.
-            self.envs.close()
-            self.envs = load_pickle(snapshot)
-            env_state = state["env_state"]
-            self.buffer.obs[0].copy_(env_state["obs"])
-            if self.buffer.masks is not None and env_state["mask"] is not None:
-                self.buffer.masks[0].copy_(env_state["mask"])
-            self.prev_done = env_state["prev_done"].numpy().copy()
-            self.ep_return = env_state["ep_return"].numpy().copy()
-            self.ep_length = env_state["ep_length"].numpy().copy()
-        elif self.cfg.exact_env_resume:
-            log.warning("exact_env_resume: no env snapshot %s; envs were re-created and re-seeded", snapshot)
-        log.info("resumed from %s at env step %d (update %d)", path, self.global_step, self.update)
+    def _restore(self, k: int, state: dict[str, Any]) -> None:
+        m = self.members[k]
+        try:
+            self.net.load_member_state_dict(k, state["model"])
+            self.optimizer.load_member_state(k, state["optimizer"])
+            m.beta_coef.load_state_dict(state["beta_schedule"])
+            m.temperature_coef.load_state_dict(state["temperature_schedule"])
+            m.global_step = int(state["global_step"])
+            m.update = int(state["update"])
+            m.num_episodes = int(state["num_episodes"])
+            m.wall_time = float(state["wall_time"])
+            m.recent_returns.extend(float(r) for r in state["recent_returns"])
+            m.best_mean_return = float(state["best_mean_return"])
+            m.solved_at = state["solved_at"]
+            m.last_entropy = None if state["last_entropy"] is None else tuple(state["last_entropy"])
+            m.sample_gen.set_state(state["rng"]["sample"])
+            m.perm_gen.set_state(state["rng"]["perm"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"resume={m.resume}: the checkpoint lacks {err} (written by another "
+                             "version of the trainer?); start a new run or use a checkpoint of this "
+                             "version") from None
+        norm = state["obs_normalization"]
+        if norm:
+            if self.per_member_envs:
+                _load_rms_state(self.envs.envs[k], norm)
+        log.info("%s: resumed from %s at env step %d (update %d)", m.run_dir, m.resume,
+                 m.global_step, m.update)
 
-    def save(self, path: str | os.PathLike | None = None) -> Path:
-        """Atomically writes the checkpoint (default ``run_dir/checkpoints/last.pt``)."""
-        path = Path(path) if path is not None else self.run_dir / CHECKPOINT_NAME
-        save_checkpoint(path, self.state_dict())
-        if self.cfg.exact_env_resume:
+    def _restore_env_state(self, k: int, env_state: dict[str, Any]) -> None:
+        cols, buf = self._cols(k), self.buffer
+        buf.obs[0, cols].copy_(env_state["obs"])
+        if buf.masks is not None and env_state["mask"] is not None:
+            buf.masks[0, cols].copy_(env_state["mask"])
+        self.prev_done[cols] = env_state["prev_done"].numpy()
+        self.ep_return[cols] = env_state["ep_return"].numpy()
+        self.ep_length[cols] = env_state["ep_length"].numpy()
+
+    def save_member(self, k: int, path: str | os.PathLike | None = None) -> Path:
+        """Atomically writes member k's checkpoint (default ``<run_dir>/checkpoints/last.pt``)."""
+        m = self.members[k]
+        path = Path(path) if path is not None else m.run_dir / CHECKPOINT_NAME
+        save_checkpoint(path, self.member_state_dict(k))
+        if bool(self.cfg.exact_env_resume):
+            env = self.envs.envs[k] if self.per_member_envs else self.envs
             try:
-                save_pickle(env_snapshot_path(path), self.envs)
+                save_pickle(env_snapshot_path(path), env)
             except Exception as err:  # e.g. Box2D or ALE state: resume falls back to re-seeding
                 log.warning("exact_env_resume: the envs cannot be pickled (%s); a resume re-seeds them", err)
         return path
 
-    # ------------------------------------------------------------------ rollout
-    def _record_episodes(self, done: np.ndarray, infos: dict, step: int) -> list[tuple[float, int]]:
-        if "episode" in infos:  # RecordEpisodeStatistics: raw returns even under reward scaling
-            ep = infos["episode"]
-            finished = np.flatnonzero(infos.get("_episode", done))
-            episodes = [(float(ep["r"][i]), int(ep["l"][i])) for i in finished]
-        else:
-            finished = np.flatnonzero(done)
-            episodes = [(float(self.ep_return[i]), int(self.ep_length[i])) for i in finished]
-        self.ep_return[done] = 0.0
-        self.ep_length[done] = 0
-        solved = self._solved_return
-        for ret, _ in episodes:
-            self.recent_returns.append(ret)
-            self.num_episodes += 1
-            if len(self.recent_returns) == _RETURN_WINDOW:
-                mean = sum(self.recent_returns) / _RETURN_WINDOW
-                self.best_mean_return = max(self.best_mean_return, mean)
-                if solved is not None and self.solved_at is None and mean >= solved:
-                    self.solved_at = {"step": step, "episodes": self.num_episodes,
-                                      "wall_time": self._wall_before + time.perf_counter() - self._t_start}
-        return episodes
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """A single run's checkpoint (member 0)."""
+        return self.save_member(0, path)
 
-    def _collect(self, episodes: list[tuple[float, int]]) -> None:
-        buf, net, N = self.buffer, self.net, self._num_envs
-        temperature = self.temperature_coef.value
-        # Separate actor and critic: each step runs only the actor, and the critic runs once
-        # over all T + 1 observations after the rollout (one batched call instead of T small ones).
+    def state_dict(self) -> dict[str, Any]:
+        """A single run's checkpoint contents (member 0)."""
+        return self.member_state_dict(0)
+
+    # ------------------------------------------------------------------ inspection
+    def member_network(self, k: int = 0) -> torch.nn.Module:
+        """Member k's network as a single module (``rl.networks.ActorCritic`` for the default
+        factory), holding a copy of its current parameters."""
+        if not self.net.batched:
+            return self.net.members[k]
+        import copy
+
+        net = copy.deepcopy(self.net._template)
+        net.load_state_dict(self.net.member_state_dict(k))
+        return net
+
+    def batch(self, k: int = 0) -> algos.Batch:
+        """Member k's part of the last rollout as the update sees it: its valid transitions
+        (reset-only entries dropped), flattened over steps and envs, with advantages and returns."""
+        a, buf, K, N, T = self.algo, self.buffer, self.K, self.N, self.buffer.n_steps
+        advantages, returns = buf.advantages_and_returns(a.gamma, a.gae_lambda)
+        valid = buf.valid.reshape(T, K, N)[:, k].reshape(-1)
+        idx = torch.from_numpy(np.flatnonzero(valid)).to(self.device)
+
+        def rows(x: torch.Tensor) -> torch.Tensor:
+            return self._per_member(x)[k].index_select(0, idx).clone()
+
+        def rows_np(x: np.ndarray) -> torch.Tensor:
+            x = x.reshape(T, K, N)[:, k].reshape(-1)[valid]
+            return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+
+        return algos.Batch(obs=rows(buf.obs), actions=rows(buf.actions), log_probs=rows(buf.log_probs),
+                           advantages=rows_np(advantages), returns=rows_np(returns),
+                           values=rows(buf.values), masks=None if buf.masks is None else rows(buf.masks))
+
+    # ------------------------------------------------------------------ rollout
+    def _probs(self, logits: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+        """The members' policies, (K, B, A): one ops call per distinct (alpha, temperature)."""
+        groups: dict[tuple[float, float], list[int]] = {}
+        for k, m in enumerate(self.members):
+            groups.setdefault((m.alpha, m.temperature_coef.value), []).append(k)
+        if len(groups) == 1:
+            (alpha, temperature), = groups
+            return ops.probs(logits, alpha, temperature, masks)
+        p = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+        for (alpha, temperature), ks in groups.items():
+            idx = torch.tensor(ks, device=logits.device)
+            sub_mask = None if masks is None else masks.index_select(0, idx)
+            p.index_copy_(0, idx, ops.probs(logits.index_select(0, idx), alpha, temperature,
+                                            sub_mask).float())
+        return p
+
+    def _sample(self, p: torch.Tensor, out: torch.Tensor) -> None:
+        """One action per row of the (K, N, A) policies, from each member's own generator.
+
+        Inverse-CDF sampling: action ``a`` is drawn when ``cdf[a-1] <= u < cdf[a]``; an action
+        of probability 0 (masked, or outside a sparse policy's support) is never drawn.
+        """
+        K, N, A = p.shape
+        u = torch.stack([torch.rand(N, generator=m.sample_gen, device=p.device) for m in self.members])
+        cdf = p.cumsum(-1)
+        draw = (cdf <= (u * cdf[..., -1]).unsqueeze(-1)).sum(-1)
+        # rounding can put u * total at or past the last cdf entry: take the last possible action
+        last = A - 1 - (p > 0).flip(-1).int().argmax(-1)
+        torch.minimum(draw, last, out=out.view(K, N))
+
+    def collect_rollout(self) -> list[tuple[int, float, int, int]]:
+        """One rollout of n_steps steps; returns the finished episodes (member, return, length, step)."""
+        buf, net, K, N = self.buffer, self.net, self.K, self.N
+        episodes: list[tuple[int, float, int, int]] = []
         split = self._split_forward
+        obs_shape = buf.obs.shape[2:]
+        step0 = [m.global_step for m in self.members]
         with torch.inference_mode():
             for t in range(buf.n_steps):
-                mask = None if buf.masks is None else buf.masks[t]
+                obs = buf.obs[t].view(K, N, *obs_shape)
+                mask = None if buf.masks is None else buf.masks[t].view(K, N, -1)
                 if split:
-                    logits = net.logits(buf.obs[t])
+                    logits = net.logits(obs)
                 else:
-                    logits, values = net(buf.obs[t])
-                    buf.values[t].copy_(values.reshape(N))
-                # One pass of the mapping gives both the sample and (after the rollout, from the
-                # stored probabilities) its log-probability; masked and (alpha > 1)
-                # out-of-support actions have p = 0 exactly, and multinomial never draws a
-                # zero-probability category.
-                p = ops.probs(logits, self.alpha, temperature, mask)
-                torch.multinomial(p, 1, generator=self.sample_gen, out=buf.actions[t].unsqueeze(1))
-                buf.probs[t].copy_(p)
-                actions = buf.actions[t].cpu().numpy()
-                obs, rewards, terminated, truncated, infos = self.envs.step(actions)
+                    logits, values = net(obs)
+                    buf.values[t].copy_(values.reshape(K * N))
+                p = self._probs(logits, mask)
+                self._sample(p, buf.actions[t])
+                buf.probs[t].copy_(p.reshape(K * N, -1))
+                obs, rewards, terminated, truncated, infos = self.envs.step(buf.actions[t].cpu().numpy())
                 done = terminated | truncated
                 buf.rewards[t] = rewards
                 buf.terminated[t] = terminated
                 buf.truncated[t] = truncated
-                # Next-step autoreset: the step after a done only resets (action ignored).
-                valid = ~self.prev_done if not self.same_step_reset else np.ones(N, dtype=bool)
+                # Next-step autoreset: the step after a done only resets (its action is ignored).
+                valid = ~self.prev_done
                 buf.valid[t] = valid
                 self.ep_return += rewards
                 self.ep_length += valid
-                if self.same_step_reset and truncated.any():
-                    self._final_values(t, truncated, infos)
                 if done.any():
-                    episodes.extend(self._record_episodes(done, infos, self.global_step + (t + 1) * N))
+                    self._record_episodes(done, infos, t, step0, episodes)
                 self.prev_done = done
                 mask = self._action_mask_from(obs, infos)
                 buf.obs[t + 1].copy_(torch.from_numpy(np.asarray(self._policy_obs(obs))))
                 if buf.masks is not None:
                     buf.masks[t + 1].copy_(torch.from_numpy(np.asarray(mask, dtype=bool)))
             if split:
-                buf.values.copy_(net.values(buf.obs.flatten(0, 1)).view(buf.n_steps + 1, N))
+                T1 = buf.n_steps + 1
+                obs_all = buf.obs.view(T1, K, N, *obs_shape).transpose(0, 1).reshape(K, T1 * N, *obs_shape)
+                buf.values.copy_(net.values(obs_all).view(K, T1, N).transpose(0, 1).reshape(T1, K * N))
             else:
-                buf.values[-1] = net.values(buf.obs[-1]).reshape(N)
+                buf.values[-1] = net.values(buf.obs[-1].view(K, N, *obs_shape)).reshape(K * N)
             torch.log(buf.probs.gather(2, buf.actions.unsqueeze(2)).squeeze(2), out=buf.log_probs)
-        self.global_step += buf.n_steps * N
+        for m in self.members:
+            if m.running:
+                m.global_step += buf.n_steps * N
+        return episodes
 
-    def _final_values(self, t: int, truncated: np.ndarray, infos: dict) -> None:
-        """Same-step autoreset: V(final observation) of the truncated envs, for bootstrapping."""
-        idx = np.flatnonzero(truncated)
-        final = np.stack([np.asarray(self._policy_obs(infos["final_obs"][i])) for i in idx])
-        _, v = self.net(torch.from_numpy(final).to(self.buffer.obs.dtype).to(self.device))
-        self.buffer.final_values[t, idx] = v.reshape(-1).float().cpu().numpy()
+    def _record_episodes(self, done: np.ndarray, infos: dict, t: int, step0: list[int],
+                         episodes: list) -> None:
+        N = self.N
+        if "episode" in infos:  # RecordEpisodeStatistics: raw returns even under reward scaling
+            ep = infos["episode"]
+            finished = np.flatnonzero(infos.get("_episode", done))
+            found = [(int(i), float(ep["r"][i]), int(ep["l"][i])) for i in finished]
+        else:
+            finished = np.flatnonzero(done)
+            found = [(int(i), float(self.ep_return[i]), int(self.ep_length[i])) for i in finished]
+        self.ep_return[done] = 0.0
+        self.ep_length[done] = 0
+        now = time.perf_counter()
+        for i, ret, length in found:
+            k = i // N
+            m = self.members[k]
+            if not m.running:
+                continue
+            step = step0[k] + (t + 1) * N
+            m.recent_returns.append(ret)
+            m.num_episodes += 1
+            if len(m.recent_returns) == _RETURN_WINDOW:
+                mean = sum(m.recent_returns) / _RETURN_WINDOW
+                m.best_mean_return = max(m.best_mean_return, mean)
+                if m.solved_return is not None and m.solved_at is None and mean >= m.solved_return:
+                    m.solved_at = {"step": step, "episodes": m.num_episodes,
+                                   "wall_time": self._wall_before[k] + now - self._t_start}
+            episodes.append((k, ret, length, step))
 
     # ------------------------------------------------------------------ update
-    def _batch(self) -> tuple[algos.Batch, np.ndarray, np.ndarray]:
-        """The rollout's valid entries, flattened (the reset-only entries are dropped)."""
-        buf, a = self.buffer, self.algo
+    def _per_member(self, x: torch.Tensor) -> torch.Tensor:
+        """(T, K*N, ...) rollout tensor -> (K, T*N, ...) rows per member (row = t * N + j)."""
+        T = self.buffer.n_steps
+        rest = x.shape[2:]
+        return x[:T].reshape(T, self.K, self.N, *rest).transpose(0, 1).reshape(self.K, T * self.N, *rest)
+
+    def _diverge(self, k: int, reason: str) -> None:
+        m = self.members[k]
+        m.status = "diverged"
+        ckpt = m.run_dir / CHECKPOINT_NAME
+        last = f"the last good checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint was written yet"
+        m.diverged_reason = f"{reason} at env step {m.global_step} (update {m.update + 1}); {last}"
+        log.error("%s diverged: %s", m.run_dir, m.diverged_reason)
+        m.wall_time = self._wall_before[k] + time.perf_counter() - self._t_start
+        self.write_summary(k, self.summary(k))
+        for cb in self.callbacks:
+            if isinstance(cb, TensorBoardCallback):
+                cb.close_member(k)
+
+    def update(self) -> list[dict[str, float] | None]:
+        """Epochs of minibatch steps for every running member; each member's metrics (or None)."""
+        a, buf, K = self.algo, self.buffer, self.K
+        ppo = a.name == "ppo"
         advantages, returns = buf.advantages_and_returns(a.gamma, a.gae_lambda)
-        if not np.isfinite(advantages[buf.valid]).all():
-            # Before any loss sees them: ops would refuse them as bad input, but here they are
-            # the run diverging (a reward or a value estimate blew up), not a caller's mistake.
-            rewards_ok = np.isfinite(buf.rewards[buf.valid]).all()
-            term = "values (critic output)" if rewards_ok else "rewards from the env"
-            raise TrainingDiverged(f"non-finite advantages at env step {self.global_step} "
-                                   f"(update {self.update + 1}): non-finite {term}; {self._last_good()}")
-        T, N = buf.n_steps, buf.num_envs
-        valid = buf.valid.reshape(-1)
-        idx = None if valid.all() else torch.from_numpy(np.flatnonzero(valid)).to(self.device)
+        valid = torch.from_numpy(buf.valid.reshape(buf.n_steps, K, self.N).transpose(1, 0, 2)
+                                 .reshape(K, -1).copy())
+        adv = torch.from_numpy(np.ascontiguousarray(
+            advantages.reshape(buf.n_steps, K, self.N).transpose(1, 0, 2).reshape(K, -1), dtype=np.float32))
+        ret = torch.from_numpy(np.ascontiguousarray(
+            returns.reshape(buf.n_steps, K, self.N).transpose(1, 0, 2).reshape(K, -1), dtype=np.float32))
+        for k, m in enumerate(self.members):
+            if m.running and not bool(torch.isfinite(adv[k][valid[k]]).all()):
+                # Before any loss sees them: ops would refuse them as bad input, but here they
+                # are the run diverging (a reward or a value estimate blew up).
+                rew = buf.rewards.reshape(buf.n_steps, K, self.N)[:, k]
+                ok = np.isfinite(rew[buf.valid.reshape(buf.n_steps, K, self.N)[:, k]]).all()
+                self._diverge(k, "non-finite advantages: non-finite "
+                              + ("values (critic output)" if ok else "rewards from the env"))
+        running = [k for k, m in enumerate(self.members) if m.running]
+        if not running:
+            return [None] * K
+        dev = self.device
+        data = SimpleNamespace(
+            obs=self._per_member(buf.obs), actions=self._per_member(buf.actions),
+            log_probs=self._per_member(buf.log_probs), values=self._per_member(buf.values),
+            masks=None if buf.masks is None else self._per_member(buf.masks),
+            advantages=adv.to(dev), returns=ret.to(dev))
+        explained = self._explained_variance(ret, valid, running)
 
-        def flat(x: torch.Tensor) -> torch.Tensor:
-            x = x[:T].reshape(T * N, *x.shape[2:])
-            return x if idx is None else x.index_select(0, idx)
+        # Annealing from the steps before this rollout (module docstring).
+        steps_per_rollout = buf.n_steps * self.N
+        fracs = [max(0.0, 1.0 - (m.global_step - steps_per_rollout) / m.total_steps) for m in self.members]
+        lrs = [m.learning_rate * (f if a.anneal_lr else 1.0)
+               for m, f in zip(self.members, fracs, strict=True)]
+        clips = [(max(a.clip_eps * f, 1e-8) if a.anneal_clip else a.clip_eps) if ppo else None for f in fracs]
+        lr_t = torch.tensor(lrs, dtype=torch.float64)
 
-        def flat_np(x: np.ndarray) -> torch.Tensor:
-            x = x.reshape(-1) if idx is None else x.reshape(-1)[valid]
-            return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        # Minibatches: from the valid rows (reset-only rows are never trained on), the same number
+        # for every member, never empty; rows padded to a common size carry weight 0.
+        n_valid = valid.sum(1)
+        counts = [int(n_valid[k]) for k in running]
+        if min(counts) == 0:
+            for k in running:
+                if int(n_valid[k]) == 0:
+                    log.warning("%s: a rollout without a valid transition; update skipped",
+                                self.members[k].run_dir)
+            running = [k for k in running if int(n_valid[k]) > 0]
+            if not running:
+                return [None] * K
+            counts = [int(n_valid[k]) for k in running]
+        num_mb = 1 if not ppo else max(1, min(math.ceil(max(counts) / a.batch_size), min(counts)))
+        valid_rows = [torch.nonzero(valid[k]).squeeze(1) for k in range(K)]
+        norm_once = a.norm_adv and num_mb == 1  # the minibatch is the batch: normalize once
+        if norm_once:
+            data.advantages = _masked_normalize(data.advantages, valid.to(dev).float())
+        epochs = a.update_epochs if ppo else 1
+        every_epoch = ppo and a.target_kl is not None
+        active = torch.zeros(K, dtype=torch.bool)
+        active[running] = True
+        stats: dict[int, list[dict[str, torch.Tensor]]] = {k: [] for k in running}
+        # Losses and per-term gradient norms (one ops call per member) only on updates that log.
+        m0 = self.members[running[0]]
+        logs = (m0.update + 1) % m0.log_interval == 0 or (
+            m0.histogram_interval and (m0.update + 1) % m0.histogram_interval == 0)
+        for epoch in range(epochs):
+            want = every_epoch or epoch == epochs - 1
+            epoch_stats: dict[int, list] = {k: [] for k in running}
+            for mb, (idx, weight) in enumerate(self._minibatches(valid_rows, running, num_mb)):
+                if not bool(active.any()):
+                    break
+                where = (f"update {self.members[running[0]].update + 1}, epoch {epoch + 1}, "
+                         f"minibatch {mb + 1}")
+                step_stats = self._step(data, idx.to(dev), weight.to(dev), active, lr_t, clips,
+                                        norm_adv=a.norm_adv and not norm_once, want_stats=want,
+                                        want_norms=want and logs, where=where)
+                for k, s in step_stats.items():
+                    epoch_stats[k].append(s)
+            for k in running:
+                if epoch_stats[k]:
+                    stats[k] = epoch_stats[k]
+            if not bool(active.any()):
+                break
+        return self._finish_update(stats, running, lrs, explained, data)
 
-        batch = algos.Batch(
-            obs=flat(buf.obs), actions=flat(buf.actions), log_probs=flat(buf.log_probs),
-            advantages=flat_np(advantages), returns=flat_np(returns), values=flat(buf.values),
-            masks=None if buf.masks is None else flat(buf.masks),
-        )
-        return batch, returns.reshape(-1)[valid], buf.values[:T].cpu().numpy().reshape(-1)[valid]
+    def _minibatches(self, valid_rows: list[torch.Tensor], running: list[int], num_mb: int):
+        """(idx, weight) per minibatch: (K, S) row indices and 0/1 weights (0 = padding)."""
+        K = self.K
+        chunks: dict[int, list[torch.Tensor]] = {}
+        for k in running:
+            rows = valid_rows[k]
+            if num_mb > 1:
+                rows = rows[torch.randperm(rows.numel(), generator=self.members[k].perm_gen)]
+            chunks[k] = list(rows.tensor_split(num_mb))
+        for mb in range(num_mb):
+            S = max(chunks[k][mb].numel() for k in running)
+            idx = torch.zeros(K, S, dtype=torch.int64)
+            weight = torch.zeros(K, S)
+            for k in running:
+                c = chunks[k][mb]
+                idx[k, :c.numel()] = c
+                idx[k, c.numel():] = c[0]
+                weight[k, :c.numel()] = 1.0
+            yield idx, weight
 
-    def _anneal(self) -> tuple[float, float | None]:
-        """Learning rate and clip range for this update: linear to 0 at total_steps (as SB3,
-        after the rollout's steps are counted)."""
-        a = self.algo
-        frac = max(0.0, 1.0 - self.global_step / self._total_steps)
-        lr = a.learning_rate * frac if a.anneal_lr else a.learning_rate
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        clip = None
-        if a.name == "ppo":
-            clip = max(a.clip_eps * frac, 1e-8) if a.anneal_clip else a.clip_eps
-        return lr, clip
+    def _step(self, data, idx, weight, active, lr_t, clips, *, norm_adv, want_stats, want_norms, where):
+        """One gradient step of every active member on its minibatch ``idx`` (K, S).
 
-    def _diverged(self, losses: algos.Losses, grad_total: torch.Tensor, where: str) -> TrainingDiverged:
-        """Names the first non-finite term of a step that is about to be skipped."""
-        grad_value = self._grad_norm(self.critic_params)
-        terms = {
-            "policy loss (pg_loss - beta * entropy)": losses.out.loss,
-            "entropy": losses.out.entropy.mean(),
-            "value loss": losses.v_loss,
-            "gradient of the policy term (at the logits)": losses.out.grad_norm_policy,
-            "gradient of the entropy term (at the logits)": losses.out.grad_norm_entropy,
-            "gradient of the value loss (critic parameters)": grad_value,
-            "total gradient (parameters)": grad_total,
-        }
-        bad = [name for name, v in terms.items() if not math.isfinite(float(v.detach()))]
-        return TrainingDiverged(
-            f"non-finite {'; '.join(bad) or 'loss'} at env step {self.global_step} ({where}); "
-            f"the step was not applied; {self._last_good()}"
-        )
-
-    def _last_good(self) -> str:
-        ckpt = self.run_dir / CHECKPOINT_NAME
-        return f"the last good checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint was written yet"
+        ``want_stats``: return each member's entropy, support and PPO statistics of this step;
+        ``want_norms``: also its losses and per-term gradient norms, which take one ops call per
+        member (otherwise members sharing alpha, temperature, beta and clip range share a call).
+        """
+        a, K, A = self.algo, self.K, self.n_actions
+        ppo = a.name == "ppo"
+        rows = torch.arange(K, device=idx.device).unsqueeze(1)
+        obs = data.obs[rows, idx]
+        actions, old_logp = data.actions[rows, idx], data.log_probs[rows, idx]
+        old_values, target = data.values[rows, idx], data.returns[rows, idx]
+        adv = data.advantages[rows, idx]
+        masks = None if data.masks is None else data.masks[rows, idx]
+        count = weight.sum(1).clamp_min(1.0)  # real rows per member
+        if norm_adv:
+            adv = _masked_normalize(adv, weight)
+        logits, values = self.net(obs)
+        # value loss per member: mean over its real rows ((V - R)^2, PPO's clipped form optional)
+        v_rows = (values - target).square()
+        if ppo and a.clip_value is not None:
+            clipped_v = old_values + (values - old_values).clamp(-a.clip_value, a.clip_value)
+            v_rows = torch.maximum(v_rows, (clipped_v - target).square())
+        v_loss = (v_rows * weight).sum(1) / count
+        act_list = [k for k in range(K) if bool(active[k])]
+        # ops: one call per group of members sharing (alpha, temperature, beta, clip); per member
+        # when metrics are wanted (the logit-space gradient norms are a member's own)
+        groups: dict[tuple, list[int]] = {}
+        for k in act_list:
+            m = self.members[k]
+            key = (k,) if want_norms else (m.alpha, m.temperature_coef.value, m.beta_coef.value, clips[k])
+            groups.setdefault(key, []).append(k)
+        total = v_loss[act_list].sum() * a.vf_coef
+        per_member: dict[int, dict[str, torch.Tensor]] = {}
+        out_rows = {}
+        new_logp = old_logp.new_zeros(old_logp.shape) if ppo else None
+        for ks in groups.values():
+            m = self.members[ks[0]]
+            beta, temperature = m.beta_coef.value, m.temperature_coef.value
+            sel = torch.tensor(ks, device=idx.device)
+            w = (weight / count.unsqueeze(1)).index_select(0, sel).reshape(-1)
+            kw = dict(beta=beta, alpha=m.alpha, temperature=temperature,
+                      mask=None if masks is None else masks.index_select(0, sel).reshape(-1, A),
+                      weights=w, grad_norms=want_norms)
+            lg = logits.index_select(0, sel).reshape(-1, A)
+            act = actions.index_select(0, sel).reshape(-1)
+            ad = adv.index_select(0, sel).reshape(-1)
+            try:
+                if ppo:
+                    out = ops.ppo_loss(lg, act, ad, old_logp.index_select(0, sel).reshape(-1),
+                                       clip_eps=clips[ks[0]], **kw)
+                else:
+                    out = ops.pg_loss(lg, act, ad, **kw)
+            except ValueError:
+                if not bool(torch.isfinite(lg).all()):
+                    for k in ks:
+                        if not bool(torch.isfinite(logits[k]).all()):
+                            self._diverge(k, f"non-finite logits ({where})")
+                            active[k] = False
+                    return {}
+                raise
+            # the group's loss is the mean of its members' means: the sum is the members' total
+            total = total + out.loss * len(ks)
+            out_rows[tuple(ks)] = out
+            if ppo:
+                new_logp.index_copy_(0, sel, out.log_prob.detach().view(len(ks), -1).to(new_logp.dtype))
+        kl = self._approx_kl(new_logp, old_logp, weight, count) if ppo else None
+        self.net.flat.grad.zero_()
+        total.backward()
+        grad = self.net.flat.grad
+        stopped = torch.zeros(K, dtype=torch.bool)
+        if ppo and a.target_kl is not None:
+            stopped = (kl.cpu() > 1.5 * a.target_kl) & active
+            if bool(stopped.any()):  # SB3's rule: stop this member's epochs before this step
+                grad[stopped.to(grad.device)] = 0.0
+                active &= ~stopped
+        norms = row_norms(grad)
+        norms_cpu = norms.cpu()
+        for k in act_list:
+            if bool(active[k]) and not math.isfinite(float(norms_cpu[k])):
+                out = out_rows.get((k,))
+                self._diverge(k, "non-finite " + self._bad_terms(k, out, v_loss[k], norms_cpu[k], where))
+                active[k] = False
+                grad[k] = 0.0
+        c0, c1 = self.net.critic_columns
+        value_norms = row_norms(grad[:, c0:c1]) if want_norms else None
+        max_norm = a.max_grad_norm if a.max_grad_norm > 0 else math.inf
+        # clip_grad_norm_'s rule, per member: scale by max_norm / (norm + 1e-6) when below 1
+        coef = torch.nan_to_num((max_norm / (norms + 1e-6)).clamp(max=1.0), nan=0.0)
+        grad.mul_(coef.unsqueeze(1))
+        self.optimizer.step(lr_t, active)
+        if not want_stats:
+            return {}
+        with torch.no_grad():
+            S = idx.shape[1]
+            for ks, out in out_rows.items():
+                g = len(ks)
+                H_all = out.entropy.view(g, S)
+                support_all = out.support_size.view(g, S).float()
+                ratio_all = out.ratio.view(g, S) if ppo else None
+                clipped_all = out.clipped.view(g, S).float() if ppo else None
+                for i, k in enumerate(ks):
+                    m = self.members[k]
+                    if bool(stopped[k]) or not m.running:
+                        continue  # a skipped step has no metrics
+                    wk, n, H = weight[k], count[k], H_all[i]
+                    real = wk > 0
+                    s = {
+                        "entropy/mean": (H * wk).sum() / n,
+                        "entropy/min": H[real].min(),
+                        "entropy/max": H[real].max(),
+                        "policy/support_size": (support_all[i] * wk).sum() / n,
+                    }
+                    if want_norms:  # a group of one: the op's loss and norms are the member's
+                        s.update({
+                            "losses/policy": out.loss.detach() + m.beta_coef.value * s["entropy/mean"],
+                            "losses/value": v_loss[k].detach(),
+                            "losses/total": out.loss.detach() + a.vf_coef * v_loss[k].detach(),
+                            "grad_norm/policy": out.grad_norm_policy.float(),
+                            "grad_norm/entropy": out.grad_norm_entropy.float(),
+                            "grad_norm/value": value_norms[k],
+                            "grad_norm/total": norms[k],
+                        })
+                    if ppo:
+                        s["ppo/approx_kl"] = kl[k]
+                        # the conventional definition (SB3, CleanRL): rows with |r - 1| > clip_eps
+                        s["ppo/clip_fraction"] = (((ratio_all[i] - 1.0).abs() > clips[k]).float()
+                                                  * wk).sum() / n
+                        # the rows whose clipped branch is the active one (they give no gradient)
+                        s["ppo/clip_active_fraction"] = (clipped_all[i] * wk).sum() / n
+                    m.entropy_rows = H[real]
+                    per_member[k] = s
+        return per_member
 
     @staticmethod
-    def _grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return torch.tensor(math.nan)
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    def _approx_kl(logp, old_logp, weight, count) -> torch.Tensor:
+        """Per member ``E[(r - 1) - log r]`` over its real rows (rl.algos.approx_kl, row-wise)."""
+        with torch.no_grad():
+            log_ratio = (logp - old_logp).clamp_min(algos.MIN_LOG_RATIO)
+            return ((log_ratio.exp() - 1.0 - log_ratio) * weight).sum(1) / count
 
-    def _step(self, mb: algos.Batch, beta: float, clip: float | None, temperature: float,
-              norm_adv: bool, want_stats: bool, where: Callable[[], str]) -> tuple[torch.Tensor | None, bool]:
-        """One gradient step on a minibatch; ``where()`` names it in error messages.
+    def _bad_terms(self, k, out, v_loss, norm, where) -> str:
+        terms = {"value loss": v_loss, "total gradient (parameters)": norm}
+        if out is not None:
+            terms = {"policy loss (pg_loss - beta * entropy)": out.loss,
+                     "entropy": out.entropy.mean(),
+                     "gradient of the policy term (at the logits)": out.grad_norm_policy,
+                     "gradient of the entropy term (at the logits)": out.grad_norm_entropy, **terms}
+        bad = [name for name, v in terms.items() if not math.isfinite(float(v.detach()))]
+        return f"{'; '.join(bad) or 'loss'} ({where}); the step was not applied"
 
-        Returns ``(stats, applied)``: the metrics of `_STAT_NAMES` stacked in one tensor when
-        `want_stats` (else None), and False when PPO's target-KL rule skipped the step.
-        """
+    def _explained_variance(self, ret: torch.Tensor, valid: torch.Tensor, running: list[int]) -> dict:
+        values = self._per_member(self.buffer.values).cpu()
+        out = {}
+        for k in running:
+            r, v = ret[k][valid[k]].double().numpy(), values[k][valid[k]].double().numpy()
+            var = float(np.var(r))
+            out[k] = math.nan if var == 0 else 1.0 - float(np.var(r - v)) / var
+        return out
+
+    def _finish_update(self, stats, running, lrs, explained, data) -> list[dict[str, float] | None]:
+        """Means of the logged minibatches' metrics, the coefficients' next values, counters."""
         a = self.algo
-        logits, values = self.net(mb.obs)
-        try:
-            if a.name == "ppo":
-                losses = algos.ppo_losses(logits, values, mb, beta=beta, clip_eps=clip, alpha=self.alpha,
-                                          temperature=temperature, vf_coef=a.vf_coef,
-                                          clip_value=a.clip_value, norm_adv=norm_adv, metrics=want_stats)
+        names = sorted({name for k in running for s in stats[k] for name in s})
+        table = []
+        for k in running:
+            for name in names:
+                vals = [s[name] for s in stats[k] if name in s]
+                table.append(torch.stack(vals).float().mean() if vals else torch.tensor(math.nan))
+        flat = torch.stack(table).tolist() if table else []
+        results: list[dict[str, float] | None] = [None] * self.K
+        masks_all = data.masks
+        for i, k in enumerate(running):
+            m = self.members[k]
+            if not m.running:
+                continue
+            result = dict(zip(names, flat[i * len(names):(i + 1) * len(names)], strict=True))
+            m.update += 1
+            if masks_all is None:
+                max_entropy = float(ops.max_entropy(m.alpha, self.n_actions))
             else:
-                losses = algos.a2c_losses(logits, values, mb, beta=beta, alpha=self.alpha,
-                                          temperature=temperature, vf_coef=a.vf_coef, norm_adv=norm_adv,
-                                          metrics=want_stats)
-        except ValueError:
-            if not bool(torch.isfinite(logits).all()):
-                raise TrainingDiverged(
-                    f"non-finite logits at env step {self.global_step} ({where()})") from None
-            raise
-        if a.name == "ppo" and a.target_kl is not None:
-            kl = losses.approx_kl if losses.approx_kl is not None else algos.approx_kl(
-                losses.out.log_prob, mb.log_probs)
-            if float(kl) > 1.5 * a.target_kl:  # SB3's rule: stop the epochs before this step
-                return None, False
-        flat = self.flat_params
-        if flat is None:
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            flat.grad.zero_()  # the parameters' .grad are views of it: backward accumulates there
-        losses.loss.backward()
-        max_norm = a.max_grad_norm if a.max_grad_norm > 0 else math.inf
-        if flat is None:
-            grad_total = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
-        else:
-            grad_total = torch.linalg.vector_norm(flat.grad)
-        total = grad_total.item()
-        # A non-finite loss makes a non-finite gradient: one check per step, before applying it.
-        if not math.isfinite(total):
-            raise self._diverged(losses, grad_total, where())
-        # clip_grad_norm_'s rule: scale by max_norm / (norm + 1e-6) when that is below 1.
-        clip_coef = min(1.0, max_norm / (total + 1e-6))
-        if flat is not None and clip_coef < 1.0:
-            flat.grad.mul_(clip_coef)
-        stats = None
-        if want_stats:
-            # grad_norm/value after clipping would be scaled: measure it from the clip factor.
-            out, H = losses.out, losses.out.entropy
-            self._entropy_rows = H
-            zero = grad_total.new_zeros(())
-            stats = torch.stack([
-                losses.pg_loss, losses.v_loss.detach(), losses.loss.detach(), H.mean(), H.min(), H.max(),
-                out.support_size.float().mean(), out.grad_norm_policy.float(), out.grad_norm_entropy.float(),
-                self._grad_norm(self.critic_params) / clip_coef, grad_total,
-                zero if losses.approx_kl is None else losses.approx_kl,
-                zero if losses.clip_fraction is None else losses.clip_fraction,
-            ])
-        self.optimizer.step()
-        return stats, True
-
-    def _update(self) -> dict[str, Any]:
-        a = self.algo
-        batch, returns, values = self._batch()
-        lr, clip = self._anneal()
-        beta, temperature = self.beta_coef.value, self.temperature_coef.value
-        n = batch.actions.shape[0]
-        ppo = a.name == "ppo"
-        epochs = a.update_epochs if ppo else 1
-        # Minibatches per epoch from the nominal rollout size, so their number does not change
-        # with how many reset-only entries were dropped.
-        rollout_size = self.buffer.n_steps * self.buffer.num_envs
-        num_mb = max(1, rollout_size // a.batch_size) if ppo else 1
-        norm_adv = a.norm_adv
-        if norm_adv and num_mb == 1:  # the minibatch is the batch: normalize once, not per epoch
-            batch.advantages = algos.normalize(batch.advantages)
-            norm_adv = False
-        # Metrics come from the last epoch (all epochs when a target KL may stop early).
-        every_epoch = ppo and a.target_kl is not None
-        stats: list[torch.Tensor] = []
-        stopped = False
-        for epoch in range(epochs):
-            want_stats = every_epoch or epoch == epochs - 1
-            epoch_stats = []
-            order = torch.randperm(n, generator=self.perm_gen).to(self.device) if num_mb > 1 else None
-            for m, idx in enumerate(order.tensor_split(num_mb) if order is not None else [None]):
-                mb = batch if idx is None else batch.select(idx)
-                s, applied = self._step(
-                    mb, beta, clip, temperature, norm_adv, want_stats,
-                    lambda e=epoch, m=m: f"update {self.update + 1}, epoch {e + 1}, minibatch {m + 1}")
-                if not applied:
-                    stopped = True
-                    break
-                if s is not None:
-                    epoch_stats.append(s)
-            if epoch_stats:
-                stats = epoch_stats
-            if stopped:
-                break
-        self.update += 1
-        result = dict(zip(_STAT_NAMES, torch.stack(stats).mean(0).tolist(), strict=True)) if stats else {}
-        if not ppo:
-            result.pop("ppo/approx_kl", None)
-            result.pop("ppo/clip_fraction", None)
-        if batch.masks is None:
-            max_entropy = float(ops.max_entropy(self.alpha, self.n_actions))
-        else:
-            max_entropy = float(ops.max_entropy(self.alpha, batch.masks.sum(-1)).mean())
-        entropy_mean = result.get("entropy/mean", math.nan)
-        self.last_entropy = (entropy_mean, max_entropy)
-        var_returns = float(np.var(returns))
-        explained = math.nan if var_returns == 0 else 1.0 - float(np.var(returns - values)) / var_returns
-        result.update({"charts/learning_rate": lr, "policy/beta": beta,
-                       "value/explained_variance": explained})
-        # The target of this batch (f * its H_max), beside the entropy measured on it; a beta
-        # target takes the tag when both coefficients have one.
-        tuned = next((c for c in (self.beta_coef, self.temperature_coef) if c.adaptive), None)
-        if tuned is not None:
-            result["policy/target_entropy"] = tuned.target_fraction * max_entropy
-        if self.temperature_coef.adaptive or self.temperature_coef.kind != "constant":
-            result["policy/temperature"] = temperature
-        # Advance the coefficients for the next rollout and update (a dual step uses this
-        # update's measured entropy).
-        if math.isfinite(entropy_mean):
-            self.beta_coef.step(self.global_step, entropy_mean, max_entropy)
-            self.temperature_coef.step(self.global_step, entropy_mean, max_entropy)
+                max_entropy = float(ops.max_entropy(m.alpha, masks_all[k].sum(-1)).mean())
+            entropy_mean = result.get("entropy/mean", math.nan)
+            m.last_entropy = (entropy_mean, max_entropy)
+            m.lr = lrs[k]
+            result.update({"charts/learning_rate": lrs[k], "policy/beta": m.beta_coef.value,
+                           "value/explained_variance": explained.get(k, math.nan)})
+            # The target of this batch (f * its H_max), beside the entropy measured on it; a beta
+            # target takes the tag when both coefficients have one.
+            tuned = next((c for c in (m.beta_coef, m.temperature_coef) if c.adaptive), None)
+            if tuned is not None:
+                result["policy/target_entropy"] = tuned.target_fraction * max_entropy
+            if m.temperature_coef.adaptive or m.temperature_coef.kind != "constant":
+                result["policy/temperature"] = m.temperature_coef.value
+            # Advance the coefficients for the next rollout and update (a dual step uses this
+            # update's measured entropy).
+            if math.isfinite(entropy_mean):
+                m.beta_coef.step(m.global_step, entropy_mean, max_entropy)
+                m.temperature_coef.step(m.global_step, entropy_mean, max_entropy)
+            results[k] = result
+        if a.name != "ppo":
+            for r in results:
+                if r is not None:
+                    for tag in ("ppo/approx_kl", "ppo/clip_fraction", "ppo/clip_active_fraction"):
+                        r.pop(tag, None)
         self.buffer.roll_over()
-        return result
+        return results
 
     # ------------------------------------------------------------------ the loop
     def request_stop(self, reason: str = "stop requested") -> None:
-        """Finish the current update, write a checkpoint and return (the signal handlers' action)."""
+        """Finish the current update, write checkpoints and return (the signal handlers' action)."""
         self._stop_requested = reason
 
     def _install_signal_handlers(self) -> dict:
@@ -585,154 +986,139 @@ class Trainer:
             if self._stop_requested is not None:  # second signal: stop now
                 raise KeyboardInterrupt
             self.request_stop(signal.Signals(signum).name)
-            log.warning("%s: finishing this update, then saving a checkpoint (again to abort)",
+            log.warning("%s: finishing this update, then saving checkpoints (again to abort)",
                         signal.Signals(signum).name)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
         return previous
 
-    def _open_writer(self):
-        from rl.logging import TBLogger
+    def population_steps(self) -> int:
+        return sum(m.global_step for m in self.members)
 
-        # Events up to the checkpoint's step were logged before the checkpoint was written, so
-        # they belong to the run: purge only the ones after it (an interrupted attempt's).
-        return TBLogger(self.run_dir / "tb", purge_step=self.global_step + 1 if self.global_step else None)
+    def train(self, stop_at_step: int | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+        """Trains every member to its ``total_steps`` (or ``stop_at_step``, a stop request, a signal).
 
-    def train(self, stop_at_step: int | None = None) -> dict[str, Any]:
-        """Trains to ``total_steps`` (or until ``stop_at_step``, a signal, or divergence).
-
-        Writes checkpoints, TensorBoard events and ``summary.json`` in ``run_dir`` and returns
-        the summary. Raises `TrainingDiverged` after writing a summary with status "diverged".
+        Writes each member's checkpoints, TensorBoard events and ``summary.json`` and returns the
+        summaries (a single run: its summary). A member that diverges stops alone, with a summary
+        of status "diverged"; for a single run `TrainingDiverged` is raised after its summary is
+        written.
         """
-        cfg = self.cfg
-        from tqdm import tqdm
-
-        # Plain values for the loop: a DictConfig attribute costs tens of microseconds.
-        total_steps, log_interval = self._total_steps, int(cfg.log_interval)
-        histogram_interval, progress = int(cfg.histogram_interval), bool(cfg.progress)
-        checkpoint_interval = int(cfg.checkpoint_interval)
-
-        self.writer = self._open_writer()
-        previous_handlers = self._install_signal_handlers()
-        bar = tqdm(total=total_steps, initial=self.global_step, disable=not progress,
-                   unit="step", mininterval=1.0, dynamic_ncols=True)
-        steps_per_update = self.buffer.n_steps * cfg.num_envs
-        next_checkpoint = (self.global_step // checkpoint_interval + 1) * checkpoint_interval \
-            if checkpoint_interval else None
-        status = "running"
-        episodes: list[tuple[float, int]] = []
+        for m in self.members:
+            if m.running and m.global_step >= m.total_steps:
+                m.status = "completed"
         self._t_start = time.perf_counter()
-        t_log, step_log, t_bar = self._t_start, self.global_step, 0.0
-        wall_before, wall_step = self.wall_time, self.global_step
-        self._wall_before = wall_before
+        self._wall_before = [m.wall_time for m in self.members]
+        for m in self.members:
+            m.start_step = m.global_step
+        previous_handlers = self._install_signal_handlers()
+        failed = True
         try:
-            while self.global_step < total_steps:
+            for cb in self.callbacks:
+                cb.on_train_start(self)
+            while any(m.running for m in self.members):
                 if self._stop_requested is not None:
                     break
-                if stop_at_step is not None and self.global_step >= stop_at_step:
+                if stop_at_step is not None and all(m.global_step >= stop_at_step
+                                                    for m in self.members if m.running):
                     break
-                self._collect(episodes)
-                metrics = self._update()
+                episodes = self.collect_rollout()
+                for k, ret, length, step in episodes:
+                    for cb in self.callbacks:
+                        cb.on_episode_end(self, k, ret, length, step)
+                for cb in self.callbacks:
+                    cb.on_rollout_end(self)
+                metrics = self.update()
                 now = time.perf_counter()
-                self.wall_time = wall_before + now - self._t_start
-                if self.update % log_interval == 0:
-                    metrics["charts/SPS"] = (self.global_step - step_log) / max(now - t_log, 1e-9)
-                    if episodes:
-                        metrics["charts/episodic_return"] = float(np.mean([r for r, _ in episodes]))
-                        metrics["charts/episodic_length"] = float(np.mean([n for _, n in episodes]))
-                        episodes.clear()
-                    self.writer.scalars(metrics, self.global_step)
-                    t_log, step_log = now, self.global_step
-                if histogram_interval and self.update % histogram_interval == 0:
-                    self.writer.histogram("entropy/histogram", self._entropy_rows.float().cpu().numpy(),
-                                          self.global_step)
-                bar.update(steps_per_update)
-                if progress and now - t_bar > 1.0:
-                    t_bar = now
-                    sps = (self.global_step - wall_step) / max(self.wall_time - wall_before, 1e-9)
-                    bar.set_postfix(SPS=f"{sps:.0f}", ret=f"{self.mean_return():.1f}",
-                                    H=f"{metrics.get('entropy/mean', math.nan):.3f}", refresh=False)
-                if next_checkpoint is not None and self.global_step >= next_checkpoint:
-                    self.save()
-                    next_checkpoint += checkpoint_interval * max(
-                        1, math.ceil((self.global_step - next_checkpoint + 1) / checkpoint_interval))
-            status = "completed" if self.global_step >= total_steps else "interrupted"
-        except TrainingDiverged:
-            status = "diverged"
-            raise
-        except BaseException:
-            status = "failed"
-            raise
+                for k, m in enumerate(self.members):
+                    if m.running:
+                        m.wall_time = self._wall_before[k] + now - self._t_start
+                for cb in self.callbacks:
+                    cb.on_update_end(self, metrics)
+                for k, m in enumerate(self.members):
+                    if m.running and m.global_step >= m.total_steps:
+                        m.status = "completed"
+                        self._finish_member(k)
+                for cb in self.callbacks:
+                    reason = cb.should_stop(self)
+                    if reason:
+                        self.request_stop(reason)
+            failed = False
         finally:
-            self.wall_time = wall_before + time.perf_counter() - self._t_start
-            bar.close()
             for sig, h in previous_handlers.items():
                 signal.signal(sig, h)
-            if status in ("completed", "interrupted"):
-                self.save()
-            summary = self.summary(status)
-            self.write_summary(summary)
-            self.writer.close()
-        return summary
+            now = time.perf_counter()
+            for k, m in enumerate(self.members):
+                if m.running:
+                    m.wall_time = self._wall_before[k] + now - self._t_start
+                    m.status = "failed" if failed else "interrupted"
+                    self._finish_member(k, save=not failed)
+            summaries = [self.summary(k) for k in range(self.K)]
+            for cb in self.callbacks:
+                cb.on_train_end(self, summaries)
+        if self._single:
+            if summaries[0]["status"] == "diverged":
+                raise TrainingDiverged(self.members[0].diverged_reason)
+            return summaries[0]
+        return summaries
 
-    def mean_return(self) -> float:
-        return float(np.mean(self.recent_returns)) if self.recent_returns else math.nan
+    def _finish_member(self, k: int, save: bool = True) -> None:
+        if save:
+            self.save_member(k)
+        self.write_summary(k, self.summary(k))
 
-    def summary(self, status: str) -> dict[str, Any]:
-        return {
-            "status": status,
-            "env": self.cfg.env.id,
+    def mean_return(self, k: int = 0) -> float:
+        return self.members[k].mean_return()
+
+    def summary(self, k: int = 0) -> dict[str, Any]:
+        m = self.members[k]
+        s = {
+            "status": m.status,
+            "env": m.cfg.env.id,
             "algo": self.algo.name,
-            "policy": self.cfg.policy.name,
-            "alpha": self.alpha,
-            "beta": float(self.cfg.beta),
-            "seed": int(self.cfg.seed),
-            "steps": self.global_step,
-            "updates": self.update,
-            "episodes": self.num_episodes,
-            "final_mean_return": self.mean_return(),
-            "best_mean_return": None if self.best_mean_return == -math.inf else self.best_mean_return,
+            "policy": m.cfg.policy.name,
+            "alpha": m.alpha,
+            "beta": float(m.cfg.beta),
+            "seed": m.seed,
+            "steps": m.global_step,
+            "updates": m.update,
+            "episodes": m.num_episodes,
+            "final_mean_return": m.mean_return(),
+            "best_mean_return": None if m.best_mean_return == -math.inf else m.best_mean_return,
             "return_window": _RETURN_WINDOW,
-            "solved_return": self.cfg.env.solved_return,
-            "solved_at_step": None if self.solved_at is None else self.solved_at["step"],
-            "solved_at_seconds": None if self.solved_at is None else self.solved_at["wall_time"],
-            "wall_time_s": self.wall_time,
-            "sps": self.global_step / self.wall_time if self.wall_time > 0 else None,
+            "solved_return": m.solved_return,
+            "solved_at_step": None if m.solved_at is None else m.solved_at["step"],
+            "solved_at_seconds": None if m.solved_at is None else m.solved_at["wall_time"],
+            "wall_time_s": m.wall_time,
+            "sps": m.global_step / m.wall_time if m.wall_time > 0 else None,
             "device": str(self.device),
+            "population_size": self.K,
         }
+        if m.diverged_reason is not None:
+            s["diverged"] = m.diverged_reason
+        return s
 
-    def write_summary(self, summary: dict[str, Any]) -> Path:
-        return write_json(self.run_dir / SUMMARY_NAME, _finite(summary))
+    def write_summary(self, k: int, summary: dict[str, Any]) -> Path:
+        return write_json(self.members[k].run_dir / SUMMARY_NAME, _finite(summary))
 
     def close(self) -> None:
         self.envs.close()
 
 
-def _flatten_parameters(params: list[torch.nn.Parameter]) -> torch.Tensor | None:
-    """Moves the parameters into one contiguous tensor and their gradients into another.
+def _masked_normalize(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``(A - mean) / (std + 1e-8)`` per row of (K, S) over the entries of weight 1 (unbiased std,
+    as ``torch.std``); rows with fewer than two such entries are left as they are."""
+    n = weight.sum(1, keepdim=True)
+    mean = (x * weight).sum(1, keepdim=True) / n.clamp_min(1.0)
+    var = ((x - mean).square() * weight).sum(1, keepdim=True) / (n - 1.0).clamp_min(1.0)
+    out = (x - mean) / (var.sqrt() + 1e-8)
+    return torch.where(n >= 2, out, x)
 
-    Each parameter's data and ``.grad`` become views of the two buffers (``.grad`` of the
-    returned tensor is the gradient buffer), so the optimizer step and the gradient norm run as
-    one op on one tensor instead of a dozen small ones -- most of a small network's step on the
-    CPU. Backward accumulates into the existing ``.grad`` views in place; ``load_state_dict``
-    copies into the views. Returns None (nothing flattened) when the parameters differ in
-    dtype or device.
-    """
-    if not params or len({(p.dtype, p.device) for p in params}) != 1:
-        return None
-    n = sum(p.numel() for p in params)
-    flat = params[0].new_empty(n)
-    grad = params[0].new_zeros(n)
-    offset = 0
-    for p in params:
-        k = p.numel()
-        flat[offset:offset + k].copy_(p.detach().reshape(-1))
-        p.data = flat[offset:offset + k].view_as(p)
-        p.grad = grad[offset:offset + k].view_as(p)
-        offset += k
-    flat.grad = grad
-    return flat
+
+def _member_fields() -> tuple[str, ...]:
+    from rl.population import MEMBER_FIELDS
+
+    return MEMBER_FIELDS
 
 
 def _finite(obj: Any) -> Any:

@@ -51,6 +51,15 @@ def _run_ours(seed: int, overrides: list[str], stop_at_solve: bool) -> dict:
     torch.set_num_threads(1)
     from hydra import compose, initialize_config_dir
 
+    from rl.callbacks import Callback
+
+    class StopWhenSolved(Callback):
+        """Stops after the update of the rollout that solved it (the on_rollout_end hook)."""
+
+        def on_rollout_end(self, trainer):
+            if trainer.members[0].solved_at is not None:
+                trainer.request_stop("solved")
+
     from rl.config import register_configs
     from rl.train import CONF_DIR
     from rl.trainer import Trainer
@@ -59,16 +68,7 @@ def _run_ours(seed: int, overrides: list[str], stop_at_solve: bool) -> dict:
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = compose("config", overrides=["progress=false", f"seed={seed}", "threads=1", *overrides])
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, run_dir)
-        if stop_at_solve:
-            collect = trainer._collect
-
-            def collect_then_check(episodes):  # stop after the rollout that solved it
-                collect(episodes)
-                if trainer.solved_at is not None:
-                    trainer.request_stop("solved")
-
-            trainer._collect = collect_then_check
+        trainer = Trainer(cfg, run_dir, callbacks=[StopWhenSolved()] if stop_at_solve else [])
         try:
             summary = trainer.train()
         finally:

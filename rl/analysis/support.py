@@ -68,14 +68,15 @@ def measure(run: Path, obs: torch.Tensor, action: int) -> dict:
     row = {"run": run.name, "policy": str(cfg.policy.name), "alpha": alpha,
            "distractors": int(cfg.env.distractor_actions), "seed": int(cfg.seed)}
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, tmp)  # the network as the run's trainer initialized it
+        trainer = Trainer(cfg, tmp)
         try:
+            net = trainer.member_network(0)  # the network as the run's trainer initialized it
             with torch.no_grad():
                 for when in ("init", "final"):
                     if when == "final":
                         state = load_checkpoint(run / CHECKPOINT, require=("format", "model"))
-                        trainer.net.load_state_dict(state["model"])
-                    logits = trainer.net.logits(obs)
+                        net.load_state_dict(state["model"])
+                    logits = net.logits(obs)
                     n_actions = logits.shape[-1]
                     if not 0 <= action < n_actions:
                         raise ValueError(f"action={action} is not an action of run {run.name!r}; "

@@ -12,7 +12,6 @@ How the gradient norms are measured (rl.trainer, rl.logging):
 - grad_norm/total: parameter-space norm of the whole gradient, before clipping.
 """
 
-import copy
 import zlib
 
 import numpy as np
@@ -188,12 +187,10 @@ def test_trainer_metrics_match_autograd_on_the_update_batch(tmp_path, algo, poli
                    *extra)
     trainer = Trainer(cfg, tmp_path)
     try:
-        trainer._collect([])
-        net = copy.deepcopy(trainer.net)
-        batch, _, _ = trainer._batch()
-        # clone: the batch views the buffer, which the update rolls over
-        batch = algos.Batch(*(None if x is None else x.clone() for x in vars(batch).values()))
-        metrics = trainer._update()
+        trainer.collect_rollout()
+        net = trainer.member_network(0)  # a copy of the parameters the update starts from
+        batch = trainer.batch(0)  # the valid transitions the update trains on (copies)
+        (metrics,) = trainer.update()
     finally:
         trainer.close()
     alpha = float(cfg.policy.alpha)
@@ -229,8 +226,8 @@ def test_trainer_grad_norm_entropy_is_zero_without_entropy_term(tmp_path):
                    "policy.hidden_sizes=[8]", "total_steps=1000", "device=cpu", "progress=false")
     trainer = Trainer(cfg, tmp_path)
     try:
-        trainer._collect([])
-        metrics = trainer._update()
+        trainer.collect_rollout()
+        (metrics,) = trainer.update()
     finally:
         trainer.close()
     assert metrics["grad_norm/entropy"] == 0.0 and metrics["grad_norm/policy"] > 0.0

@@ -321,7 +321,7 @@ def test_resume_continues_schedule_and_dual_variable_exactly(tmp_path, name):
     resumed, summary = train(cfg, tmp_path / "split", resume=str(ckpt))
     assert summary["status"] == "completed" and summary["steps"] == 320
     for coef in ("beta_coef", "temperature_coef"):
-        assert getattr(resumed, coef).state_dict() == getattr(full, coef).state_dict()
+        assert getattr(resumed.members[0], coef).state_dict() == getattr(full.members[0], coef).state_dict()
     a, b = scalars(tmp_path / "full"), scalars(tmp_path / "split")
     for tag in ("policy/beta", "policy/temperature", "policy/target_entropy", "entropy/mean"):
         # the resumed curve continues with the same values (the checkpoint step's own event is
@@ -374,6 +374,6 @@ def test_resume_under_a_different_schedule_is_refused_naming_the_field(tmp_path)
                    "beta_schedule.horizon=128")
     trainer = Trainer(pinned, tmp_path, resume=ckpt)
     try:
-        assert trainer.beta_coef.value == pytest.approx(0.05 * (1 - 64 / 128))
+        assert trainer.members[0].beta_coef.value == pytest.approx(0.05 * (1 - 64 / 128))
     finally:
         trainer.close()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from rl_helpers import compose, registered
 
-from rl.rollout import RolloutBuffer, compute_gae
+from rl.rollout import compute_gae
 from rl.trainer import Trainer
 
 
@@ -106,23 +106,6 @@ def test_gae_limits_are_td0_and_discounted_returns(lam):
     np.testing.assert_allclose(adv, expected, rtol=1e-10, atol=1e-10)
 
 
-def test_buffer_uses_final_observation_values_of_same_step_resets():
-    T, N = 3, 2
-    buf = RolloutBuffer(T, N, (4,), torch.float32, 2, False, torch.device("cpu"))
-    rng = np.random.default_rng(2)
-    buf.rewards[:] = rng.normal(size=(T, N))
-    buf.values.copy_(torch.from_numpy(rng.normal(size=(T + 1, N)).astype(np.float32)))
-    buf.truncated[1, 0] = True
-    buf.final_values[1, 0] = 9.0  # V(infos["final_obs"]) in same-step mode
-    adv, returns = buf.advantages_and_returns(0.5, 0.0)
-    v = buf.values.numpy().astype(np.float64)
-    np.testing.assert_allclose(adv[1, 0], buf.rewards[1, 0] + 0.5 * 9.0 - v[1, 0], rtol=1e-6)
-    np.testing.assert_allclose(adv[1, 1], buf.rewards[1, 1] + 0.5 * v[2, 1] - v[1, 1], rtol=1e-6)
-    np.testing.assert_allclose(returns, adv + v[:-1], rtol=1e-6)
-    buf.roll_over()
-    assert np.isnan(buf.final_values).all()
-
-
 # ---------------------------------------------------------------- the trainer's own rollout
 
 EPISODE = 3  # steps per episode of the chain env
@@ -188,11 +171,11 @@ def test_trainer_bootstraps_truncation_from_the_final_observation_only(tmp_path,
                    "total_steps=1000", "device=cpu", "progress=false")
     trainer = Trainer(cfg, tmp_path, make_network=KnownValueNet)
     try:
-        trainer._collect([])
+        trainer.collect_rollout()
         buf = trainer.buffer
         t_state = np.rint(buf.obs[:, :, 0].numpy() * 10).astype(int)  # the chain position t
         adv, returns = buf.advantages_and_returns(GAMMA, 0.0)
-        batch, _, _ = trainer._batch()
+        batch = trainer.batch(0)
     finally:
         trainer.close()
 
@@ -224,9 +207,9 @@ def test_trainer_bootstraps_truncation_from_the_final_observation_only(tmp_path,
     np.testing.assert_allclose(batch.returns.numpy(), returns[buf.valid], rtol=0, atol=1e-5)
 
 
-def test_trainer_same_step_autoreset_bootstraps_from_final_obs(tmp_path):
-    """A vector env in SAME_STEP mode (injected; make_envs builds NEXT_STEP ones): every entry is
-    a transition, and a truncated step bootstraps from V(infos["final_obs"])."""
+def test_trainer_refuses_a_same_step_autoreset_env(tmp_path):
+    """A vector env in SAME_STEP mode (injected; make_envs builds NEXT_STEP ones) is refused
+    before training, naming the mode: the rollout storage assumes next-step autoreset."""
     def make_envs(env, num_envs, seed, gamma=None):
         return gym.make_vec(env.id, num_envs, vectorization_mode="sync",
                             vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
@@ -234,21 +217,6 @@ def test_trainer_same_step_autoreset_bootstraps_from_final_obs(tmp_path):
     with registered("entropy-rl-test/ChainSameStep-v0", ChainEnv, kwargs={"truncate": True},
                     max_episode_steps=EPISODE) as env_id:
         cfg = compose(f"env.id={env_id}", "env.solved_return=null", "num_envs=2", "algo.n_steps=7",
-                      f"algo.gamma={GAMMA}", "algo.gae_lambda=0.0", "total_steps=1000", "device=cpu",
-                      "progress=false")
-        trainer = Trainer(cfg, tmp_path, make_envs=make_envs, make_network=KnownValueNet)
-        try:
-            trainer._collect([])
-            buf = trainer.buffer
-            t_state = np.rint(buf.obs[:, :, 0].numpy() * 10).astype(int)
-            _, returns = buf.advantages_and_returns(GAMMA, 0.0)
-        finally:
-            trainer.close()
-    assert buf.valid.all() and buf.truncated.sum() == 2 * (7 // EPISODE)
-    assert np.all(t_state < EPISODE)  # the reset observation replaced the final one at once
-    np.testing.assert_allclose(buf.final_values[buf.truncated], EPISODE, atol=1e-6)
-    for t in range(7):
-        for n in range(2):
-            s = t_state[t, n]
-            bootstrap = EPISODE if buf.truncated[t, n] else s + 1
-            assert returns[t, n] == pytest.approx(1.0 + s + GAMMA * bootstrap, abs=1e-5)
+                      "total_steps=1000", "device=cpu", "progress=false")
+        with pytest.raises(ValueError, match="autoreset_mode.*NEXT_STEP"):
+            Trainer(cfg, tmp_path, make_envs=make_envs, make_network=KnownValueNet)

@@ -18,24 +18,39 @@ import torch
 from rl_helpers import MaskedEnv, compose, registered, tiny
 
 import ops
+from rl.callbacks import Callback
 from rl.checkpoint import env_snapshot_path, load_checkpoint
 from rl.logging import TAGS
 from rl.networks import ActorCritic
 from rl.trainer import CHECKPOINT_NAME, SUMMARY_NAME, Trainer, TrainingDiverged
 
 
+class Episodes(Callback):
+    """Records every finished episode's return, in finishing order (the on_episode_end hook)."""
+
+    def __init__(self):
+        self.returns = []
+
+    def on_episode_end(self, trainer, member, episode_return, length, step):
+        self.returns.append(episode_return)
+
+
+class AtUpdate(Callback):
+    """Calls ``action(trainer)`` once, after update ``n`` (the on_update_end hook)."""
+
+    def __init__(self, n, action):
+        self.n, self.action = n, action
+
+    def on_update_end(self, trainer, metrics):
+        if trainer.members[0].update == self.n:
+            self.action(trainer)
+
+
 def _run(cfg, run_dir, **kwargs):
     """Trains to the end; returns (trainer, summary, per-episode returns in finishing order)."""
-    trainer = Trainer(cfg, run_dir, **kwargs)
-    returns = []
-    record = trainer._record_episodes
-
-    def recording(*args, **kw):
-        episodes = record(*args, **kw)
-        returns.extend(r for r, _ in episodes)
-        return episodes
-
-    trainer._record_episodes = recording
+    episodes = Episodes()
+    trainer = Trainer(cfg, run_dir, callbacks=[episodes, *kwargs.pop("callbacks", [])], **kwargs)
+    returns = episodes.returns
     try:
         summary = trainer.train()
     finally:
@@ -73,7 +88,7 @@ LEARNING = {
 SUMMARY_KEYS = {
     "status", "env", "algo", "policy", "alpha", "beta", "seed", "steps", "updates", "episodes",
     "final_mean_return", "best_mean_return", "return_window", "solved_return", "solved_at_step",
-    "solved_at_seconds", "wall_time_s", "sps", "device",
+    "solved_at_seconds", "wall_time_s", "sps", "device", "population_size",
 }
 
 
@@ -185,7 +200,7 @@ def test_same_config_and_seed_give_identical_runs(tmp_path):
     a, summary_a, returns_a = _run(cfg, tmp_path / "a")
     b, summary_b, returns_b = _run(cfg, tmp_path / "b")
     assert len(returns_a) > 5 and returns_a == returns_b
-    _assert_same(a.net.state_dict(), b.net.state_dict())
+    _assert_same(a.net.member_state_dict(0), b.net.member_state_dict(0))
     for key in ("final_mean_return", "steps", "episodes", "updates"):
         assert summary_a[key] == summary_b[key]
     c, _, returns_c = _run(tiny("total_steps=320", "beta=0.02", "seed=1"), tmp_path / "c")
@@ -226,8 +241,8 @@ def test_resume_is_exact_with_exact_env_resume(tmp_path, algo):
     assert returns_full[-len(returns_tail):] == returns_tail
     assert summary_full["episodes"] == summary_split["episodes"]
     # the schedules really moved: beta annealed, the learning rate decayed
-    assert second.beta_coef.value < 0.05
-    assert second.optimizer.param_groups[0]["lr"] < cfg.algo.learning_rate
+    assert second.members[0].beta_coef.value < 0.05
+    assert 0 < second.members[0].lr < cfg.algo.learning_rate
 
 
 def test_resumed_tensorboard_curves_equal_the_uninterrupted_ones(tmp_path):
@@ -259,16 +274,54 @@ def test_resume_restores_schedules_optimizer_and_counters(tmp_path):
     resumed = Trainer(cfg, tmp_path, resume=str(tmp_path / CHECKPOINT_NAME))
     try:
         state = resumed.state_dict()
-        for key in ("env_state", "config"):
+        # the resumed envs' first reset folded its observations into the saved statistics
+        assert set(state["obs_normalization"]) == {"obs_rms", "return_rms"}  # running statistics too
+        assert float(state["obs_normalization"]["obs_rms"]["count"]) == pytest.approx(
+            float(saved["obs_normalization"]["obs_rms"]["count"]) + 2)
+        for key in ("env_state", "config", "obs_normalization"):
             saved.pop(key), state.pop(key)
         _assert_same(saved, state)
-        assert state["optimizer"]["state"]  # Adam moments, not a fresh optimizer
-        assert set(state["obs_normalization"]) == {"obs_rms", "return_rms"}  # running statistics too
-        assert resumed.global_step == 96 and resumed.update == 3
+        assert state["optimizer"]["step"] == 3 * 2 * 2  # Adam moments, not a fresh optimizer
+        assert float(state["optimizer"]["exp_avg_sq"].abs().sum()) > 0
+        assert resumed.members[0].global_step == 96 and resumed.members[0].update == 3
         summary = resumed.train()
     finally:
         resumed.close()
     assert summary["status"] == "completed" and summary["steps"] == 320 and summary["updates"] == 10
+
+
+def test_resume_normalizes_the_first_observation_with_the_saved_statistics(tmp_path):
+    """The statistics are loaded before the resumed envs' first reset (not after it): the first
+    stored observation is the raw reset observation under the saved running mean and variance."""
+    from gymnasium.wrappers.utils import RunningMeanStd
+
+    from rl.envs import make_envs
+
+    cfg = tiny("total_steps=4096", "env.normalize_obs=true", "num_envs=8")
+    first = Trainer(cfg, tmp_path)
+    try:
+        first.train(stop_at_step=512)
+        saved = first.state_dict()["obs_normalization"]["obs_rms"]
+    finally:
+        first.close()
+    resumed = Trainer(cfg, tmp_path, resume=str(tmp_path / CHECKPOINT_NAME))
+    try:
+        stored = resumed.buffer.obs[0].double().numpy()
+    finally:
+        resumed.close()
+    # the raw observations of the same re-seeded reset, without normalization
+    seed = int(np.random.SeedSequence([0, 512]).generate_state(1)[0])
+    raw_envs = make_envs(compose("env.normalize_obs=false").env, 8, 0)
+    raw, _ = raw_envs.reset(seed=seed)
+    raw_envs.close()
+    rms = RunningMeanStd(shape=raw.shape[1:], dtype=np.float64)
+    rms.mean, rms.var, rms.count = (saved[k].numpy().copy() for k in ("mean", "var", "count"))
+    rms.update(raw.astype(np.float64))
+    expected = (raw - rms.mean) / np.sqrt(rms.var + 1e-8)
+    np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-4)
+    # fresh statistics would have normalized the reset observations by themselves
+    fresh = (raw - raw.mean(0)) / np.sqrt(raw.var(0) + 1e-8)
+    assert np.abs(fresh - expected).max() > 0.1
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
@@ -278,7 +331,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         trainer.train()
         path = tmp_path / CHECKPOINT_NAME
         before = path.read_bytes()
-        trainer.global_step = 10**6  # a later state that must not half-replace the file
+        trainer.members[0].global_step = 10**6  # a later state that must not half-replace the file
 
         def torn_save(obj, f, *args, **kwargs):
             f.write(b"partial checkpoint")
@@ -303,16 +356,9 @@ def test_signal_finishes_the_update_and_writes_a_checkpoint(tmp_path, sig):
 
     previous = signal.signal(sig, guard)
     try:
-        trainer = Trainer(tiny("total_steps=100000"), tmp_path)
-        update = trainer._update
-
-        def update_then_signal():
-            metrics = update()
-            if trainer.update == 2:
-                os.kill(os.getpid(), sig)  # as a user's Ctrl-C / a scheduler's SIGTERM would
-            return metrics
-
-        trainer._update = update_then_signal
+        # as a user's Ctrl-C / a scheduler's SIGTERM would, after update 2
+        kill = AtUpdate(2, lambda trainer: os.kill(os.getpid(), sig))
+        trainer = Trainer(tiny("total_steps=100000"), tmp_path, callbacks=[kill])
         try:
             summary = trainer.train()
         finally:
@@ -328,16 +374,11 @@ def test_signal_finishes_the_update_and_writes_a_checkpoint(tmp_path, sig):
 
 def test_request_stop_writes_a_checkpoint_and_resume_continues(tmp_path):
     cfg = tiny("total_steps=256")
-    trainer = Trainer(cfg, tmp_path)
-    update = trainer._update
+    class StopAfterThree(Callback):
+        def should_stop(self, trainer):
+            return "test" if trainer.members[0].update == 3 else None
 
-    def update_then_stop():
-        metrics = update()
-        if trainer.update == 3:
-            trainer.request_stop("test")
-        return metrics
-
-    trainer._update = update_then_stop
+    trainer = Trainer(cfg, tmp_path, callbacks=[StopAfterThree()])
     try:
         summary = trainer.train()
     finally:
@@ -345,7 +386,7 @@ def test_request_stop_writes_a_checkpoint_and_resume_continues(tmp_path):
     assert summary["status"] == "interrupted" and summary["steps"] == 96
     resumed = Trainer(cfg, tmp_path, resume=str(tmp_path / CHECKPOINT_NAME))
     try:
-        assert resumed.global_step == 96
+        assert resumed.members[0].global_step == 96
         assert resumed.train()["status"] == "completed"
     finally:
         resumed.close()
