@@ -1,0 +1,277 @@
+"""Population training (rl/trainer.py, rl/stacked.py, rl/population.py): members are independent runs.
+
+* Member k's gradient equals, in float64, the autograd gradient of the single-run loss
+  (rl.algos, on member k's own network and rollout) for each algo, mapping, masks, temperatures,
+  schedules and target entropy.
+* A population of one is the single run; different seeds give different trajectories.
+* A diverging member stops alone; a killed population resumes every member exactly.
+* Members sharing (alpha, temperature, beta) share one ops call per minibatch.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from rl_helpers import MaskedEnv, compose, registered, scalars, tiny
+
+import ops
+from rl import algos
+from rl.callbacks import Callback
+from rl.checkpoint import load_checkpoint
+from rl.networks import ActorCritic
+from rl.population import Member, population_key, train_population
+from rl.trainer import CHECKPOINT_NAME, SUMMARY_NAME, Trainer
+
+MEMBERS = (  # (overrides) of three members that differ in everything a member may differ in
+    ("seed=0", "policy=softmax", "beta=0.0", "algo.learning_rate=0.003"),
+    ("seed=1", "policy=sparsemax", "beta=0.1", "policy.temperature=0.7", "algo.learning_rate=0.001",
+     "beta_schedule.target_entropy=0.5"),
+    ("seed=2", "policy=entmax15", "beta=0.05", "policy.temperature=1.3", "algo.learning_rate=0.002",
+     "policy.temperature_schedule.kind=linear", "policy.temperature_schedule.end=0.5"),
+)
+
+
+def _members(tmp_path, *common, algo="ppo", members=MEMBERS):
+    return [Member(tiny(*common, *own, algo=algo), tmp_path / f"m{i}") for i, own in enumerate(members)]
+
+
+class CaptureGradients:
+    """Wraps the optimizer's step: records the (K, P) gradient it is given (after clipping)."""
+
+    def __init__(self, trainer):
+        self.grads = []
+        step = trainer.optimizer.step
+
+        def capturing(lr, active=None):
+            self.grads.append(trainer.net.flat.grad.detach().clone())
+            return step(lr, active)
+
+        trainer.optimizer.step = capturing
+
+
+def _expected_gradient(trainer, k, algo):
+    """Autograd gradient (float64) of member k's single-run loss on its whole rollout, in the
+    stacked layout (rl.algos: loss = pg_loss - beta H + vf_coef v_loss)."""
+    m, a = trainer.members[k], trainer.algo
+    net = trainer.member_network(k).double()
+    batch = trainer.batch(k)
+    batch = algos.Batch(*(None if x is None else (x.double() if x.is_floating_point() else x)
+                          for x in vars(batch).values()))
+    logits, values = net(batch.obs)
+    kw = dict(beta=m.beta_coef.value, alpha=m.alpha, temperature=m.temperature_coef.value,
+              vf_coef=a.vf_coef, norm_adv=a.norm_adv)
+    if algo == "ppo":
+        losses = algos.ppo_losses(logits, values, batch, clip_eps=a.clip_eps, clip_value=a.clip_value, **kw)
+    else:
+        losses = algos.a2c_losses(logits, values, batch, **kw)
+    params = dict(net.named_parameters())
+    grads = torch.autograd.grad(losses.loss, [params[n] for n in trainer.net.layout])
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+GROUPED = (  # two members share (alpha, temperature, beta): on updates that do not log, one ops call
+    ("seed=0", "policy=entmax15", "beta=0.1"), ("seed=1", "policy=entmax15", "beta=0.1",
+                                                "algo.learning_rate=0.001"),
+    ("seed=2", "policy=sparsemax", "beta=0.1"),
+)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "masked"])
+@pytest.mark.parametrize("grouped", [False, True], ids=["per-member", "grouped"])
+def test_each_members_gradient_is_its_single_run_gradient(tmp_path, algo, masked, grouped):
+    common = ["algo.max_grad_norm=0", "total_steps=640", "algo.norm_adv=true"]
+    if grouped:
+        common += ["log_interval=1000", "histogram_interval=0"]
+    if algo == "ppo":  # one epoch of one minibatch: the step sees the whole rollout
+        common += ["algo.update_epochs=1", "algo.batch_size=32", "algo.clip_value=0.2"]
+    ctx = registered("entropy-rl-test/MaskedPopulation-v0", MaskedEnv,
+                     kwargs={"where": "obs", "allowed": (2, 4)}) if masked else None
+    env_id = ctx.__enter__() if ctx else None
+    try:
+        extra = [f"env.id={env_id}", "env.solved_return=null"] if masked else []
+        trainer = Trainer(members=_members(tmp_path, *common, *extra, algo=algo,
+                                           members=GROUPED if grouped else MEMBERS))
+        try:
+            capture = CaptureGradients(trainer)
+            trainer.collect_rollout()
+            if masked:
+                assert trainer.buffer.masks is not None and not bool(trainer.buffer.masks.all())
+            expected = [_expected_gradient(trainer, k, algo) for k in range(trainer.K)]
+            trainer.update()
+        finally:
+            trainer.close()
+    finally:
+        if ctx:
+            ctx.__exit__(None, None, None)
+    (got,) = capture.grads
+    for k in range(3):
+        want = expected[k]
+        assert float(want.norm()) > 0
+        torch.testing.assert_close(got[k].double(), want, rtol=2e-4, atol=2e-6 * float(want.abs().max()))
+    # members' rows differ: nothing was shared
+    assert not torch.allclose(got[0], got[1])
+
+
+def test_population_of_one_is_the_single_run(tmp_path):
+    cfg = tiny("total_steps=320", "beta=0.02", "policy=sparsemax")
+    single = Trainer(cfg, tmp_path / "single")
+    try:
+        summary = single.train()
+        params = single.net.member_state_dict(0)
+    finally:
+        single.close()
+    (pop_summary,) = train_population([Member(cfg, tmp_path / "pop")])
+    saved = load_checkpoint(tmp_path / "pop" / CHECKPOINT_NAME)
+    for name, value in params.items():
+        assert torch.equal(saved["model"][name], value), name
+    for key in ("final_mean_return", "episodes", "steps", "updates", "status"):
+        assert pop_summary[key] == summary[key], key
+
+
+class Returns(Callback):
+    def __init__(self):
+        self.by_member = {}
+
+    def on_episode_end(self, trainer, member, episode_return, length, step):
+        self.by_member.setdefault(member, []).append((step, episode_return))
+
+
+def test_members_with_different_seeds_follow_different_trajectories(tmp_path):
+    returns = Returns()
+    members = _members(tmp_path, "total_steps=320", members=(("seed=0",), ("seed=1",), ("seed=0",)))
+    trainer = Trainer(members=members, callbacks=[returns])
+    try:
+        assert trainer.envs.num_envs == 3 * 2  # the K x N envs step as one vector env
+        summaries = trainer.train()
+    finally:
+        trainer.close()
+    assert [s["status"] for s in summaries] == ["completed"] * 3
+    assert returns.by_member[0] != returns.by_member[1]
+    # the same seed in another slot still gets envs of its own (another part of the vector env)
+    assert returns.by_member[0] != returns.by_member[2]
+    for i, s in enumerate(summaries):  # each member writes an ordinary run directory
+        written = json.loads((tmp_path / f"m{i}" / SUMMARY_NAME).read_text())
+        assert written == json.loads(json.dumps(s)) and written["population_size"] == 3
+        assert (tmp_path / f"m{i}" / CHECKPOINT_NAME).is_file()
+        assert "losses/total" in scalars(tmp_path / f"m{i}")
+
+
+def test_members_must_share_everything_but_member_fields(tmp_path):
+    a = Member(tiny("seed=0"), tmp_path / "a")
+    b = Member(tiny("seed=1", "num_envs=4"), tmp_path / "b")
+    assert population_key(a.cfg) != population_key(b.cfg)
+    with pytest.raises(ValueError, match="cannot share a population.*seed"):
+        Trainer(members=[a, b])
+
+
+def test_a_diverging_member_stops_alone(tmp_path):
+    made = []
+
+    class Poisoned(ActorCritic):
+        """The second member's network returns NaN logits from its 5th training forward on."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.calls = 0
+            self.poisoned = len(made) == 1
+            made.append(self)
+
+        def forward(self, obs):
+            logits, values = super().forward(obs)
+            if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+                self.calls += 1
+                if self.poisoned and self.calls >= 5:
+                    logits = logits * float("nan")
+            return logits, values
+
+    members = _members(tmp_path, "total_steps=320", members=(("seed=0",), ("seed=1",), ("seed=2",)))
+    summaries = train_population(members, make_network=Poisoned)
+    assert [s["status"] for s in summaries] == ["completed", "diverged", "completed"]
+    assert "non-finite logits" in summaries[1]["diverged"] and summaries[1]["steps"] < 320
+    assert summaries[0]["steps"] == summaries[2]["steps"] == 320
+    assert json.loads((tmp_path / "m1" / SUMMARY_NAME).read_text())["status"] == "diverged"
+
+
+def test_members_sharing_a_mapping_and_beta_share_one_ops_call(tmp_path, monkeypatch):
+    calls = []
+    loss = ops.ppo_loss
+
+    def spy(logits, *args, **kwargs):
+        calls.append((kwargs["alpha"], kwargs["beta"], logits.shape[0], kwargs["grad_norms"]))
+        return loss(logits, *args, **kwargs)
+
+    monkeypatch.setattr(ops, "ppo_loss", spy)
+    members = _members(tmp_path, "total_steps=64", "log_interval=1000", "histogram_interval=0", members=(
+        ("seed=0", "beta=0.1"), ("seed=1", "beta=0.1"), ("seed=2", "beta=0.1", "policy=sparsemax"),
+        ("seed=3", "beta=0.1", "policy=sparsemax")))
+    train_population(members)
+    # 2 updates x 2 epochs x 2 minibatches, two groups each; updates that log (none here but the
+    # first, update 0 % 1000 == 0 is not reached: updates count from 1) would call per member
+    assert len(calls) == 2 * 2 * 2 * 2
+    assert {c[0] for c in calls} == {1.0, 2.0} and all(c[2] == 2 * 16 for c in calls)
+
+
+KILLED = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from rl_helpers import tiny
+from rl.callbacks import Callback
+from rl.population import Member, train_population
+
+class KillMidUpdate(Callback):
+    def on_rollout_end(self, trainer):  # after update 3's checkpoint, during update 4
+        if trainer.members[0].update == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+members = [Member(tiny(*{common!r}, *own), {root!r} + "/m" + str(i)) for i, own in enumerate({own!r})]
+train_population(members, callbacks=[KillMidUpdate()])
+"""
+
+
+def test_a_killed_population_resumes_every_member_exactly(tmp_path):
+    from pathlib import Path
+
+    common = ["total_steps=256", "exact_env_resume=true", "checkpoint_interval=32"]
+    own = [list(m) for m in MEMBERS]
+    full = [Member(tiny(*common, *o), tmp_path / "full" / f"m{i}") for i, o in enumerate(own)]
+    train_population(full)
+
+    split_root = tmp_path / "split"
+    script = KILLED.format(tests=str(Path(__file__).parent), common=common, own=own, root=str(split_root))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    for i in range(3):
+        assert load_checkpoint(split_root / f"m{i}" / CHECKPOINT_NAME)["global_step"] == 96
+        assert not (split_root / f"m{i}" / SUMMARY_NAME).exists()
+
+    from rl.population import prepare_member
+
+    resumed = [prepare_member(tiny(*common, *o), split_root / f"m{i}") for i, o in enumerate(own)]
+    assert all(m.resume is not None for m in resumed)
+    summaries = train_population(resumed)
+    assert [s["status"] for s in summaries] == ["completed"] * 3
+    for i in range(3):
+        a = load_checkpoint(tmp_path / "full" / f"m{i}" / CHECKPOINT_NAME)
+        b = load_checkpoint(split_root / f"m{i}" / CHECKPOINT_NAME)
+        for name in a["model"]:
+            assert torch.equal(a["model"][name], b["model"][name]), (i, name)
+        full_tb, split_tb = scalars(tmp_path / "full" / f"m{i}"), scalars(split_root / f"m{i}")
+        for tag in ("losses/total", "entropy/mean", "policy/beta", "charts/episodic_return"):
+            assert full_tb[tag] == split_tb[tag], (i, tag)
+    np.testing.assert_equal(summaries[1]["episodes"], json.loads(
+        (tmp_path / "full" / "m1" / SUMMARY_NAME).read_text())["episodes"])
+
+
+def test_population_cli_config_is_a_single_runs(tmp_path):
+    """A member's config.yaml is the resolved config of the same single run."""
+    from rl.population import prepare_member
+
+    cfg = compose("seed=3", "beta=0.01")
+    member = prepare_member(cfg, tmp_path / "run")
+    assert member is not None and member.resume is None
+    assert (tmp_path / "run" / "config.yaml").read_text().count("seed: 3") == 1
