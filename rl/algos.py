@@ -58,7 +58,8 @@ class Losses:
     out: ops.LossOutput  # entropy, support size, logit-space gradient norms, ratio, clipped
     pg_loss: torch.Tensor | None = None  # detached: the policy term alone, without -beta H
     approx_kl: torch.Tensor | None = None  # PPO: E[(r - 1) - log r] (Schulman's k3 estimator)
-    clip_fraction: torch.Tensor | None = None  # PPO: fraction of rows on the clipped branch
+    clip_fraction: torch.Tensor | None = None  # PPO: fraction of rows with |r - 1| > clip_eps
+    clip_active_fraction: torch.Tensor | None = None  # PPO: rows whose clipped branch is active
 
 
 def normalize(advantages: torch.Tensor) -> torch.Tensor:
@@ -95,7 +96,9 @@ def ppo_losses(logits: torch.Tensor, values: torch.Tensor, batch: Batch, *, beta
         with torch.no_grad():
             losses.pg_loss = pg.loss.detach() + beta * pg.entropy.mean()
             losses.approx_kl = approx_kl(pg.log_prob, batch.log_probs)
-            losses.clip_fraction = pg.clipped.float().mean()
+            # SB3's and CleanRL's definition, which users compare across libraries
+            losses.clip_fraction = ((pg.ratio - 1.0).abs() > clip_eps).float().mean()
+            losses.clip_active_fraction = pg.clipped.float().mean()
     return losses
 
 

@@ -513,4 +513,12 @@ def validate(cfg: Any) -> Settings:
     if not (device in ("auto", "cpu", "cuda") or
             (device.startswith("cuda:") and device[5:].isdigit())):
         _fail("device", cfg.device, "auto | cpu | cuda | cuda:N")
+    if algo.name == "ppo":
+        # A minibatch larger than the rollout cannot be filled (the split comes from the
+        # rollout's valid transitions, never more than n_steps x num_envs).
+        rollout = int(algo.n_steps) * int(cfg.num_envs)
+        if int(algo.batch_size) > rollout:
+            _fail("algo.batch_size", algo.batch_size,
+                  f"an integer in [1, {rollout}] (a rollout is algo.n_steps x num_envs = "
+                  f"{algo.n_steps} x {cfg.num_envs} = {rollout} env steps)")
     return Settings(env=env, network=network, beta=beta, temperature=temperature)

@@ -136,9 +136,11 @@ def test_loss_reads_pg_minus_beta_entropy_plus_vf_coef_value(algo):
         ratio = p.gather(1, batch.actions[:, None]).squeeze(1).detach() / batch.log_probs.exp()
         clipped = (ratio - 1).abs() > clip_eps
         active = torch.where(batch.advantages > 0, ratio > 1 + clip_eps, ratio < 1 - clip_eps)
-        assert clipped.any()
-        # clip_fraction counts the rows whose clipped branch is the active (gradient-free) one
-        assert float(losses.clip_fraction) == pytest.approx(float(active.double().mean()))
+        assert clipped.any() and (clipped & ~active).any()  # the two definitions differ here
+        # clip_fraction is SB3's and CleanRL's: every row with |r - 1| > clip_eps
+        assert float(losses.clip_fraction) == pytest.approx(float(clipped.double().mean()))
+        # clip_active_fraction: the rows whose clipped branch is the active (gradient-free) one
+        assert float(losses.clip_active_fraction) == pytest.approx(float(active.double().mean()))
     else:
         assert losses.approx_kl is None and losses.clip_fraction is None
 

@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from rl_helpers import MaskedEnv, compose, registered, tiny
+from rl_helpers import MaskedEnv, compose, registered, scalars, tiny
 
 import ops
 from rl.callbacks import Callback
@@ -620,3 +620,48 @@ def test_tb_logger_file_sorts_after_an_earlier_attempts_file(tmp_path):
     names = sorted(p.name for p in log_dir.glob("events.out.tfevents.*"))
     assert len(names) == 2 and names[0] == earlier.name
     assert int(names[1].split(".")[3]) > int(earlier.name.split(".")[3])
+
+
+# ---------------------------------------------------------------- minibatches and annealing
+
+
+def test_minibatches_come_from_the_valid_rows_and_are_never_empty(tmp_path, monkeypatch):
+    """batch_size=1 with reset-only rows dropped (2 envs x 8 steps, a 3-step time limit): every
+    valid transition is trained on once per epoch, one per minibatch (this crashed with an empty
+    minibatch when the split came from the nominal rollout size)."""
+    rows = []
+    loss = ops.ppo_loss
+
+    def spy(logits, actions, *args, **kwargs):
+        rows.append(int((kwargs["weights"] > 0).sum()))
+        return loss(logits, actions, *args, **kwargs)
+
+    monkeypatch.setattr(ops, "ppo_loss", spy)
+    valid = []
+
+    class Valid(Callback):
+        def on_rollout_end(self, trainer):
+            valid.append(int(trainer.buffer.valid.sum()))
+
+    cfg = tiny("num_envs=2", "algo.n_steps=8", "algo.batch_size=1", "algo.update_epochs=1",
+               "env.max_episode_steps=3", "total_steps=48")
+    _, summary, _ = _run(cfg, tmp_path, callbacks=[Valid()])
+    assert summary["status"] == "completed" and summary["updates"] == 3
+    assert all(v < 16 for v in valid)  # reset-only rows were dropped
+    assert rows == [1] * sum(valid)
+
+
+def test_a_minibatch_larger_than_the_rollout_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"algo.batch_size=64 .* algo.n_steps x num_envs = 16 x 2 = 32"):
+        Trainer(tiny("algo.batch_size=64"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_annealed_learning_rate_never_reaches_zero_in_an_update(tmp_path):
+    """Learning rate (and clip range) of update k come from the steps before rollout k, as beta
+    and the temperature do: the first update runs at the configured rate, the last above 0."""
+    cfg = tiny("total_steps=128", "algo.anneal_lr=true", "algo.learning_rate=0.004")
+    _run(cfg, tmp_path)
+    steps, lr = scalars(tmp_path)["charts/learning_rate"]
+    assert steps == [32, 64, 96, 128]
+    assert lr == pytest.approx([0.004 * (1 - s / 128) for s in (0, 32, 64, 96)], rel=1e-6)
