@@ -78,6 +78,9 @@ class TensorBoardCallback(Callback):
             writer = self.writers.get(k)
             if values is None or writer is None:
                 continue
+            evaluated = {t: v for t, v in values.items() if t.startswith("eval/")}
+            if evaluated and m.update % m.log_interval != 0:
+                writer.scalars(evaluated, m.global_step)  # evaluations are logged whenever they run
             if m.update % m.log_interval == 0:
                 t0, s0 = self.last[k]
                 values = dict(values)

@@ -131,6 +131,14 @@ class base_a2c(base_algo):
 
 
 @dataclass
+class base_eval:
+    """Evaluation during training (rl/evaluation.py)."""
+
+    interval: int = 0  # env steps between evaluations (0: only at the end of the run)
+    episodes: int = 10  # greedy and as many sampled episodes per evaluation (0: no evaluation)
+
+
+@dataclass
 class base_config:
     env: base_env = MISSING
     policy: base_policy = MISSING
@@ -149,6 +157,7 @@ class base_config:
     resume: Optional[str] = None  # checkpoint path to continue from
     auto_resume: bool = True  # continue from a checkpoint found in the run directory (sweeps)
     exact_env_resume: bool = False  # also pickle the envs next to checkpoints (trusted files only)
+    eval: base_eval = field(default_factory=base_eval)
 
 
 def register_configs() -> ConfigStore:
@@ -509,16 +518,12 @@ def validate(cfg: Any) -> Settings:
     _integer("log_interval", cfg.log_interval, 1)
     _integer("histogram_interval", cfg.histogram_interval, 0)
     _integer("checkpoint_interval", cfg.checkpoint_interval, 0)
+    evaluation = cfg.get("eval") if hasattr(cfg, "get") else None
+    if evaluation is not None:
+        _integer("eval.interval", evaluation.interval, 0)
+        _integer("eval.episodes", evaluation.episodes, 0)
     device = str(cfg.device)
     if not (device in ("auto", "cpu", "cuda") or
             (device.startswith("cuda:") and device[5:].isdigit())):
         _fail("device", cfg.device, "auto | cpu | cuda | cuda:N")
-    if algo.name == "ppo":
-        # A minibatch larger than the rollout cannot be filled (the split comes from the
-        # rollout's valid transitions, never more than n_steps x num_envs).
-        rollout = int(algo.n_steps) * int(cfg.num_envs)
-        if int(algo.batch_size) > rollout:
-            _fail("algo.batch_size", algo.batch_size,
-                  f"an integer in [1, {rollout}] (a rollout is algo.n_steps x num_envs = "
-                  f"{algo.n_steps} x {cfg.num_envs} = {rollout} env steps)")
     return Settings(env=env, network=network, beta=beta, temperature=temperature)

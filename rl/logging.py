@@ -37,6 +37,8 @@ TAGS = (
     "ppo/clip_fraction",  # rows with |ratio - 1| > clip_eps (SB3's and CleanRL's definition)
     "ppo/clip_active_fraction",  # rows whose clipped surrogate branch is the active one (no gradient)
     "value/explained_variance",
+    "eval/return_greedy",  # mean return of eval.episodes greedy episodes on separate envs
+    "eval/return_sampled",  # the same with actions sampled from the policy
 )
 HISTOGRAM_TAGS = ("entropy/histogram",)
 

@@ -125,6 +125,7 @@ class MemberRun:
     diverged_reason: str | None = None
     entropy_rows: torch.Tensor | None = None  # the entropies of the last logged minibatch
     start_step: int = 0  # global_step when this train() started (for SPS)
+    extra: dict[str, Any] = field(default_factory=dict)  # summary fields callbacks add (evaluation)
 
     @property
     def running(self) -> bool:
@@ -306,6 +307,7 @@ class Trainer:
 
         # Envs: one vector env of K x N, or one per member when a wrapper keeps statistics.
         env_s, gamma = checked[0].env, float(self.algo.gamma)
+        self.env_settings = env_s
         self.per_member_envs = bool(env_s.normalize_obs or env_s.normalize_reward
                                     or cfg0.exact_env_resume)
         np.random.seed(self.members[0].seed)
@@ -360,7 +362,11 @@ class Trainer:
         for k, state in enumerate(states):
             if state is not None and self._exact_snapshot(k, state) is not None:
                 self._restore_env_state(k, state["env_state"])
-        self.callbacks: list[Callback] = [TensorBoardCallback(), CheckpointCallback()]
+        from rl.evaluation import make_eval_callback
+
+        evaluation = make_eval_callback(cfg0)  # first: its returns join the update's scalars
+        self.callbacks: list[Callback] = [c for c in (evaluation,) if c is not None]
+        self.callbacks += [TensorBoardCallback(), CheckpointCallback()]
         if bool(cfg0.progress):
             self.callbacks.append(ProgressCallback())
         self.callbacks.extend(callbacks)
@@ -531,7 +537,7 @@ class Trainer:
                            values=rows(buf.values), masks=None if buf.masks is None else rows(buf.masks))
 
     # ------------------------------------------------------------------ rollout
-    def _probs(self, logits: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+    def policy_probs(self, logits: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         """The members' policies, (K, B, A): one ops call per distinct (alpha, temperature)."""
         groups: dict[tuple[float, float], list[int]] = {}
         for k, m in enumerate(self.members):
@@ -547,14 +553,16 @@ class Trainer:
                                             sub_mask).float())
         return p
 
-    def _sample(self, p: torch.Tensor, out: torch.Tensor) -> None:
+    def sample_actions(self, p: torch.Tensor, out: torch.Tensor,
+                       generators: list[torch.Generator] | None = None) -> None:
         """One action per row of the (K, N, A) policies, from each member's own generator.
 
         Inverse-CDF sampling: action ``a`` is drawn when ``cdf[a-1] <= u < cdf[a]``; an action
         of probability 0 (masked, or outside a sparse policy's support) is never drawn.
         """
         K, N, A = p.shape
-        u = torch.stack([torch.rand(N, generator=m.sample_gen, device=p.device) for m in self.members])
+        gens = generators if generators is not None else [m.sample_gen for m in self.members]
+        u = torch.stack([torch.rand(N, generator=g, device=p.device) for g in gens])
         cdf = p.cumsum(-1)
         draw = (cdf <= (u * cdf[..., -1]).unsqueeze(-1)).sum(-1)
         # rounding can put u * total at or past the last cdf entry: take the last possible action
@@ -577,8 +585,8 @@ class Trainer:
                 else:
                     logits, values = net(obs)
                     buf.values[t].copy_(values.reshape(K * N))
-                p = self._probs(logits, mask)
-                self._sample(p, buf.actions[t])
+                p = self.policy_probs(logits, mask)
+                self.sample_actions(p, buf.actions[t])
                 buf.probs[t].copy_(p.reshape(K * N, -1))
                 obs, rewards, terminated, truncated, infos = self.envs.step(buf.actions[t].cpu().numpy())
                 done = terminated | truncated
@@ -1093,7 +1101,11 @@ class Trainer:
             "sps": m.global_step / m.wall_time if m.wall_time > 0 else None,
             "device": str(self.device),
             "population_size": self.K,
+            "eval_return_greedy": None,
+            "eval_return_sampled": None,
+            "eval_step": None,
         }
+        s.update(m.extra)
         if m.diverged_reason is not None:
             s["diverged"] = m.diverged_reason
         return s

@@ -29,7 +29,7 @@ register_configs()
 N_ENVS, N_STEPS = 2, 16
 ROLLOUT = N_ENVS * N_STEPS  # env steps per update
 TINY = ("device=cpu", "progress=false", "policy.hidden_sizes=[16]", f"num_envs={N_ENVS}",
-        f"algo.n_steps={N_STEPS}", "histogram_interval=0", "checkpoint_interval=0")
+        f"algo.n_steps={N_STEPS}", "histogram_interval=0", "checkpoint_interval=0", "eval.episodes=0")
 TINY_PPO = ("algo.batch_size=16", "algo.update_epochs=2")
 MINIBATCHES_PER_UPDATE = 2 * 2  # PPO: update_epochs x (ROLLOUT / batch_size)
 

@@ -88,7 +88,8 @@ LEARNING = {
 SUMMARY_KEYS = {
     "status", "env", "algo", "policy", "alpha", "beta", "seed", "steps", "updates", "episodes",
     "final_mean_return", "best_mean_return", "return_window", "solved_return", "solved_at_step",
-    "solved_at_seconds", "wall_time_s", "sps", "device", "population_size",
+    "solved_at_seconds", "wall_time_s", "sps", "device", "population_size", "eval_return_greedy",
+    "eval_return_sampled", "eval_step",
 }
 
 
@@ -651,10 +652,25 @@ def test_minibatches_come_from_the_valid_rows_and_are_never_empty(tmp_path, monk
     assert rows == [1] * sum(valid)
 
 
-def test_a_minibatch_larger_than_the_rollout_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"algo.batch_size=64 .* algo.n_steps x num_envs = 16 x 2 = 32"):
-        Trainer(tiny("algo.batch_size=64"), tmp_path / "run")
-    assert not (tmp_path / "run").exists()
+def test_a_minibatch_larger_than_the_rollout_is_the_whole_rollout(tmp_path, monkeypatch):
+    rows = []
+    loss = ops.ppo_loss
+
+    def spy(logits, actions, *args, **kwargs):
+        rows.append(int((kwargs["weights"] > 0).sum()))
+        return loss(logits, actions, *args, **kwargs)
+
+    monkeypatch.setattr(ops, "ppo_loss", spy)
+    valid = []
+
+    class Valid(Callback):
+        def on_rollout_end(self, trainer):
+            valid.append(int(trainer.buffer.valid.sum()))
+
+    _, summary, _ = _run(tiny("algo.batch_size=64", "total_steps=64"), tmp_path, callbacks=[Valid()])
+    assert summary["status"] == "completed"
+    # one minibatch of the rollout's valid rows per epoch (2 epochs), 2 updates
+    assert rows == [valid[0]] * 2 + [valid[1]] * 2
 
 
 def test_the_annealed_learning_rate_never_reaches_zero_in_an_update(tmp_path):
