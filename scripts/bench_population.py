@@ -1,0 +1,238 @@
+"""Population training against one process per run, on this machine, side by side.
+
+Three measurements (each writes its part of one JSON, machine and library versions included):
+
+``sweep``   the CartPole slice of the entropy ablation, beta {0, 0.001, 0.01, 0.1} x {softmax,
+            entmax-1.5, sparsemax} x 5 seeds x 100k steps (60 runs), run twice by the very same
+            command a user types, timed from process launch:
+              rl-train -m +experiment=entropy_ablation env=cartpole hydra/launcher=population
+              rl-train -m +experiment=entropy_ablation env=cartpole hydra/launcher=local  (joblib, 2 jobs)
+            then the per-cell final-return IQM with its 95% bootstrap interval for both, and
+            whether each population IQM lies inside the one-process-per-run interval. The per-run
+            numbers go to a CSV next to the JSON.
+``single``  a single default run (a population of one) against another source tree of this
+            project (``--before SRC``, e.g. a ``git worktree`` of the commit before populations),
+            seeds interleaved: env steps and seconds to solve, process wall time.
+``sps``     env steps per second of populations of 1, 4, 16 and 64 members (every member its
+            own seed) on CartPole and on MinAtar Breakout: where the gain saturates.
+
+    .venv/bin/python scripts/bench_population.py sweep
+    .venv/bin/python scripts/bench_population.py single --before /tmp/before --seeds 5
+    .venv/bin/python scripts/bench_population.py sps --members 1 4 16 64
+    .venv/bin/python scripts/bench_population.py sps --env minatar_breakout --steps 20000
+
+Timings on a shared machine are noisy: compare numbers of one run of this script, not across
+files. Results: benchmarks/results/population_<date>.json (and .csv for the sweep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+GRID = {"seed": "0,1,2,3,4", "policy": "softmax,entmax15,sparsemax", "beta": "0,0.001,0.01,0.1"}
+
+
+def _rl_train() -> list[str]:
+    exe = Path(sys.executable).with_name("rl-train")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "rl.train"]
+
+
+def _load(out: Path) -> dict:
+    return json.loads(out.read_text()) if out.is_file() else {}
+
+
+def _save(out: Path, data: dict) -> None:
+    from rl.analysis.machine import machine_info
+    from rl.checkpoint import write_json
+
+    data["machine"] = machine_info()
+    write_json(out, data)
+
+
+# ------------------------------------------------------------------------------------- sweep
+def _sweep(launcher: str, sweep_dir: Path, steps: int, extra: list[str]) -> float:
+    grid = [f"{k}={v}" for k, v in GRID.items()]
+    cmd = [*_rl_train(), "-m", "+experiment=entropy_ablation", "env=cartpole", f"total_steps={steps}",
+           f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}", *grid, *extra]
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{launcher} sweep failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def _finals(sweep_dir: Path) -> list[dict]:
+    rows = []
+    for summary in sorted(sweep_dir.glob("*/summary.json")):
+        s = json.loads(summary.read_text())
+        rows.append({"run": summary.parent.name, "seed": s["seed"], "policy": s["policy"],
+                     "beta": s["beta"], "status": s["status"], "steps": s["steps"],
+                     "final_mean_return": s["final_mean_return"], "wall_time_s": s["wall_time_s"],
+                     "population_size": s.get("population_size", 1)})
+    return rows
+
+
+def _cells(rows: list[dict]) -> dict[str, dict]:
+    from rl.analysis.stats import iqm, iqm_ci
+
+    cells: dict[str, list[float]] = {}
+    for r in rows:
+        cells.setdefault(f"{r['policy']} beta={r['beta']:g}", []).append(r["final_mean_return"])
+    out = {}
+    for cell, values in sorted(cells.items()):
+        lo, hi = iqm_ci(values)
+        out[cell] = {"n": len(values), "iqm": iqm(values), "ci95": [lo, hi]}
+    return out
+
+
+def run_sweep(args) -> dict:
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-population-"))
+    result = {"grid": GRID, "total_steps": args.steps, "launchers": {}}
+    walls = {}
+    for name, launcher, extra in (
+        ("population", "population", [f"hydra.launcher.n_jobs={args.jobs}"]),
+        ("joblib", "local", [f"hydra.launcher.n_jobs={args.jobs}"]),
+    ):
+        d = work / name
+        if d.exists():
+            shutil.rmtree(d)
+        walls[name] = _sweep(launcher, d, args.steps, extra)
+        rows = _finals(d)
+        if len(rows) != 60 or any(r["status"] != "completed" for r in rows):
+            raise SystemExit(f"{name}: {len(rows)} summaries, statuses {sorted({r['status'] for r in rows})}")
+        result["launchers"][name] = {"wall_s": walls[name], "runs": len(rows), "cells": _cells(rows)}
+        with open(args.csv, "a" if name != "population" else "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["launcher", *rows[0].keys()])
+            if name == "population":
+                w.writeheader()
+            for r in rows:
+                w.writerow({"launcher": name, **r})
+        print(f"{name}: {walls[name]:.1f} s for {len(rows)} runs", flush=True)
+    pop, job = result["launchers"]["population"]["cells"], result["launchers"]["joblib"]["cells"]
+    inside = {c: job[c]["ci95"][0] <= pop[c]["iqm"] <= job[c]["ci95"][1] for c in job}
+    result["speedup"] = walls["joblib"] / walls["population"]
+    result["population_iqm_inside_joblib_ci"] = inside
+    result["cells_inside"] = sum(inside.values())
+    return result
+
+
+# ------------------------------------------------------------------------------------ single
+def _one_run(src: Path, seed: int, overrides: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "rl.train", "progress=false", f"seed={seed}",
+               f"hydra.run.dir={tmp}/run", *overrides]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"{src} seed {seed} failed:\n{proc.stderr[-2000:]}")
+        s = json.loads((Path(tmp) / "run" / "summary.json").read_text())
+    return {"seed": seed, "process_wall_s": wall, "train_wall_s": s["wall_time_s"],
+            "solved_at_step": s["solved_at_step"], "solved_at_seconds": s["solved_at_seconds"],
+            "final_mean_return": s["final_mean_return"]}
+
+
+def run_single(args) -> dict:
+    import statistics
+
+    trees = {"population_of_one": ROOT}
+    if args.before:
+        trees["before"] = Path(args.before).resolve()
+    runs: dict[str, list[dict]] = {k: [] for k in trees}
+    for seed in range(args.seeds):  # interleaved: both trees see the same machine load
+        for name, src in trees.items():
+            r = _one_run(src, seed, args.overrides)
+            runs[name].append(r)
+            print(name, r, flush=True)
+
+    def med(rows, key):
+        vals = [r[key] for r in rows if r[key] is not None]
+        return None if not vals else {"median": statistics.median(vals), "min": min(vals),
+                                      "max": max(vals), "n": len(vals)}
+
+    return {"trees": {k: str(v) for k, v in trees.items()}, "overrides": args.overrides,
+            "runs": runs,
+            "summary": {name: {key: med(rows, key) for key in ("solved_at_step", "solved_at_seconds",
+                                                                 "train_wall_s", "process_wall_s")}
+                        for name, rows in runs.items()}}
+
+
+# --------------------------------------------------------------------------------------- sps
+def run_sps(args) -> dict:
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from rl.population import Member, train_population
+    from rl.train import CONF_DIR
+
+    torch.set_num_threads(1)
+    out = {"env": args.env, "steps_per_member": args.steps, "overrides": args.overrides, "by_members": {}}
+    for k in args.members:
+        with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(CONF_DIR, version_base=None):
+            members = [Member(compose("config", [f"env={args.env}", f"seed={i}", f"total_steps={args.steps}",
+                                                 "progress=false", "checkpoint_interval=0",
+                                                 "histogram_interval=0", "eval.episodes=0",
+                                                 *args.overrides]), Path(tmp) / str(i))
+                       for i in range(k)]
+            t0 = time.perf_counter()
+            summaries = train_population(members)
+            wall = time.perf_counter() - t0
+        steps = sum(s["steps"] for s in summaries)
+        out["by_members"][str(k)] = {"wall_s": wall, "env_steps": steps, "sps": steps / wall,
+                                     "sps_per_member": steps / wall / k}
+        print(f"{args.env} K={k}: {steps / wall:,.0f} SPS ({wall:.1f} s)", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    date = _dt.date.today().isoformat()
+    default_out = RESULTS / f"population_{date}.json"
+    s = sub.add_parser("sweep", help="60-run CartPole ablation: population vs joblib launcher")
+    s.add_argument("--steps", type=int, default=100_000)
+    s.add_argument("--jobs", type=int, default=2, help="parallel processes of each launcher")
+    s.add_argument("--work", type=Path, default=None, help="where the two sweeps write (default: a temp dir)")
+    s.add_argument("--csv", type=Path, default=RESULTS / f"population_sweep_{date}.csv")
+    g = sub.add_parser("single", help="one default run against another source tree")
+    g.add_argument("--before", type=Path, default=None)
+    g.add_argument("--seeds", type=int, default=5)
+    g.add_argument("overrides", nargs="*")
+    p = sub.add_parser("sps", help="SPS of populations of growing size")
+    p.add_argument("--env", default="cartpole")
+    p.add_argument("--members", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--steps", type=int, default=20_000, help="env steps per member")
+    p.add_argument("overrides", nargs="*")
+    for q in (s, g, p):
+        q.add_argument("--out", type=Path, default=default_out)
+    args = ap.parse_args()
+    if getattr(args, "overrides", None) and args.overrides[:1] == ["--"]:
+        args.overrides = args.overrides[1:]
+    data = _load(args.out)
+    if args.what == "sweep":
+        data["sweep"] = run_sweep(args)
+    elif args.what == "single":
+        data["single"] = run_single(args)
+    else:
+        data.setdefault("sps", {})[args.env] = run_sps(args)
+    _save(args.out, data)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
