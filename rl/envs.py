@@ -209,18 +209,17 @@ class _EnvPoolSeeded(gym.vector.VectorWrapper):
     """
 
     def __init__(self, make: Callable[[int], VectorEnv], seed: int):
-        self._make, self._seed = make, seed
+        self._make, self._seed, self._fresh = make, seed, True
         super().__init__(make(seed))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        if seed is not None:
-            if int(seed) != self._seed:
-                self.env.close()
-                self.env, self._seed = self._make(int(seed)), int(seed)
-            elif getattr(self, "_used", False):
-                self.env.close()
-                self.env = self._make(self._seed)
-        self._used = True
+        if seed is not None and (int(seed) != self._seed or not self._fresh):
+            # a new pool: the only way to restart EnvPool's random streams
+            metadata = self.env.metadata
+            self.env.close()
+            self.env, self._seed = self._make(int(seed)), int(seed)
+            self.env.metadata = metadata  # keeps what make_envs recorded (MASK_IN_INFO_KEY)
+        self._fresh = False
         return self.env.reset(options=options) if options else self.env.reset()
 
 

@@ -101,6 +101,7 @@ def test_envpool_trains_a_few_hundred_steps_and_reset_seeds_repeat(tmp_path):
             vec.reset(seed=seed)
             runs.append([vec.step(np.array([1, 3]))[0] for _ in range(30)][-1])
         assert np.array_equal(runs[0], runs[1])  # reset(seed=s) starts the same episodes again
+        assert not np.array_equal(runs[0], runs[2])  # another seed, other episodes
     finally:
         vec.close()
 

@@ -178,6 +178,7 @@ def default_cfg():
         ("seed=-1", "seed"),
         ("device=tpu", "device"),
         ("policy.activation=sigmoid", "policy.activation"),
+        ("policy.network=resnet", "policy.network"),
         ("policy.name=tsallis", "policy.name"),
         ("env.id=''", "env.id"),
         ("env.distractor_actions=-1", "env.distractor_actions"),
