@@ -88,6 +88,7 @@ class base_policy:
     hidden_sizes: List[int] = field(default_factory=lambda: [64, 64])  # MLP widths (vector obs)
     activation: str = "tanh"  # tanh | relu | elu | gelu | silu (rl.networks.ACTIVATIONS)
     shared: bool = False  # one trunk for actor and critic (default: two separate networks)
+    network: str = "auto"  # auto | mlp | minatar_cnn | nature_cnn (auto: from the observation)
 
 
 @dataclass
@@ -259,6 +260,7 @@ class NetworkSettings:
     hidden_sizes: Tuple[int, ...] = (64, 64)
     activation: str = "tanh"
     shared: bool = False
+    network: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -321,16 +323,21 @@ def env_settings(node: Any) -> EnvSettings:
 
 
 def network_settings(hidden_sizes: Any = (64, 64), activation: Any = "tanh",
-                     shared: Any = False) -> NetworkSettings:
-    """Checks the network fields of the ``policy`` node (or ``rl.networks.ActorCritic``'s arguments)."""
-    from rl.networks import ACTIVATIONS
+                     shared: Any = False, network: Any = "auto") -> NetworkSettings:
+    """Checks the network fields of the ``policy`` node (or ``rl.networks.ActorCritic``'s arguments).
+
+    Whether ``network`` fits the observation space is checked where the space is known
+    (``rl.networks.resolve_network``).
+    """
+    from rl.networks import ACTIVATIONS, NETWORKS
 
     if isinstance(hidden_sizes, (str, bytes)) or not isinstance(hidden_sizes, Sequence):
         _fail("policy.hidden_sizes", hidden_sizes, "a list of integers >= 1 (MLP widths)")
     sizes = tuple(_integer(f"policy.hidden_sizes[{i}]", h, 1) for i, h in enumerate(hidden_sizes))
     activation = _choice("policy.activation", activation, list(ACTIVATIONS))
     shared = _boolean("policy.shared", shared)
-    return NetworkSettings(hidden_sizes=sizes, activation=activation, shared=shared)
+    network = _choice("policy.network", network, NETWORKS)
+    return NetworkSettings(hidden_sizes=sizes, activation=activation, shared=shared, network=network)
 
 
 def schedule_settings(start: Any, node: Any, total_steps: Any, name: str) -> ScheduleSettings:
@@ -481,7 +488,7 @@ def validate(cfg: Any) -> Settings:
         # Two controllers on one measured entropy would fight each other.
         _fail("policy.temperature_schedule.target_entropy", temperature.target_entropy,
               "null while beta_schedule.target_entropy is set (one entropy target per run)")
-    network = network_settings(policy.hidden_sizes, policy.activation, policy.shared)
+    network = network_settings(policy.hidden_sizes, policy.activation, policy.shared, policy.network)
     env = env_settings(cfg.env)
 
     algo = cfg.algo

@@ -33,7 +33,7 @@ from rl.config import EnvSettings, env_settings
 __all__ = ["EnvInfo", "action_mask_from", "env_info", "make_envs", "policy_obs"]
 
 # The modes `_build` implements; rl.config's schema accepts exactly these.
-VECTORIZATION_MODES = ("auto", "vector_entry_point", "sync", "async")
+VECTORIZATION_MODES = ("auto", "vector_entry_point", "sync", "async", "envpool")
 
 # metadata key make_envs sets when the env reports its mask in infos (a Dict observation
 # space shows it by itself; an info mask is only visible after a reset).
@@ -45,7 +45,8 @@ _EXTRAS = {
     "ale_py": 'pip install "entropy-rl[envs]" (or pip install ale-py)',
     "opencv": "pip install opencv-python (AtariPreprocessing of the sync Atari path needs it)",
     "cv2": "pip install opencv-python (AtariPreprocessing of the sync Atari path needs it)",
-    "minatar": "pip install minatar",
+    "minatar": 'pip install "entropy-rl[minatar]" (or pip install minatar)',
+    "envpool": 'pip install "entropy-rl[envpool]" (or pip install envpool)',
     "mujoco": 'pip install "gymnasium[mujoco]" (note: MuJoCo envs have continuous actions)',
     "pygame": 'pip install "gymnasium[classic-control]"',
 }
@@ -136,8 +137,13 @@ def _find_spec(env_id: str, atari: bool) -> gym.envs.registration.EnvSpec:
     )
 
 
-def _atari_single(env_id: str, kwargs: dict, frame_stack: int, frame_skip: int) -> Callable[[], gym.Env]:
-    """Single-env Atari with the standard preprocessing (Machado et al. 2018 / Nature DQN)."""
+def _atari_single(env_id: str, kwargs: dict, frame_stack: int, frame_skip: int,
+                  max_episode_steps: int | None) -> Callable[[], gym.Env]:
+    """Single-env Atari with the standard preprocessing (Machado et al. 2018 / Nature DQN).
+
+    ``max_episode_steps`` counts agent steps (``frame_skip`` frames each), as on the vector
+    path: the time limit wraps the preprocessed env, not the ROM env, which steps single frames.
+    """
 
     def thunk() -> gym.Env:
         # AtariPreprocessing skips frames itself and requires the ROM env not to.
@@ -146,9 +152,75 @@ def _atari_single(env_id: str, kwargs: dict, frame_stack: int, frame_skip: int) 
             env, noop_max=30, frame_skip=frame_skip, screen_size=84,
             terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False,
         )
+        if max_episode_steps is not None:
+            env = gym.wrappers.TimeLimit(env, max_episode_steps)
         return gym.wrappers.FrameStackObservation(env, frame_stack)
 
     return thunk
+
+
+# ALE v5 semantics the EnvPool path reproduces (ale-py's defaults for ALE/<Game>-v5 ids):
+# sticky actions with p = 0.25 (Machado et al. 2018), at most 108000 frames per episode.
+_ALE_V5_STICKY = 0.25
+_ALE_V5_MAX_FRAMES = 108_000
+
+
+def _envpool_atari(s: EnvSettings, num_envs: int, seed: int, kwargs: dict, frame_skip: int) -> VectorEnv:
+    """Atari through EnvPool (C++ threads), preprocessed as ale-py's vector env does.
+
+    84x84 gray, ``frame_skip`` frames per step with max-pooling, ``frame_stack`` frames, up to 30
+    no-op frames and FIRE at reset, sticky actions and the 108000-frame limit of the v5 ids, no
+    episodic life; rewards come raw (clipping is `_wrap`'s, after the episode statistics).
+    ``max_episode_steps`` counts agent steps, as EnvPool's own option does. Autoreset is EnvPool's
+    next-step reset (``AutoresetMode.NEXT_STEP``).
+    """
+    import envpool
+
+    task = s.id.split("/", 1)[-1]  # ALE/Pong-v5 -> Pong-v5
+    if task not in envpool.list_all_envs():
+        raise ValueError(
+            f"env.vectorization='envpool' has no Atari task {task!r} for env.id={s.id!r}; use "
+            "env.vectorization=auto (ale-py) or an id EnvPool lists (envpool.list_all_envs())"
+        )
+    max_steps = s.max_episode_steps if s.max_episode_steps is not None else _ALE_V5_MAX_FRAMES // frame_skip
+    options = {
+        "repeat_action_probability": float(kwargs.pop("repeat_action_probability", _ALE_V5_STICKY)),
+        "full_action_space": bool(kwargs.pop("full_action_space", False)),
+        **kwargs,  # anything else goes to EnvPool as given (it refuses unknown options)
+    }
+
+    def make(pool_seed: int) -> VectorEnv:
+        return envpool.make(
+            task, env_type="gymnasium", num_envs=num_envs, seed=pool_seed, stack_num=s.frame_stack,
+            frame_skip=frame_skip, noop_max=30, img_height=84, img_width=84, gray_scale=True,
+            episodic_life=False, reward_clip=False, use_fire_reset=True,
+            max_episode_steps=int(max_steps), **options,
+        )
+
+    return _EnvPoolSeeded(make, int(seed))
+
+
+class _EnvPoolSeeded(gym.vector.VectorWrapper):
+    """An EnvPool env whose ``reset(seed=s)`` means what Gymnasium's does.
+
+    EnvPool fixes its seeds when it is created and ignores (with a warning) a seed given to
+    ``reset``; this builds the pool with the seed and builds it again when a reset asks for a
+    different one, so ``reset(seed=s)`` starts the same episodes on every call.
+    """
+
+    def __init__(self, make: Callable[[int], VectorEnv], seed: int):
+        self._make, self._seed, self._fresh = make, seed, True
+        super().__init__(make(seed))
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None and (int(seed) != self._seed or not self._fresh):
+            # a new pool: the only way to restart EnvPool's random streams
+            metadata = self.env.metadata
+            self.env.close()
+            self.env, self._seed = self._make(int(seed)), int(seed)
+            self.env.metadata = metadata  # keeps what make_envs recorded (MASK_IN_INFO_KEY)
+        self._fresh = False
+        return self.env.reset(options=options) if options else self.env.reset()
 
 
 def _build(
@@ -157,14 +229,20 @@ def _build(
     num_envs: int,
     env_wrappers: Sequence[Callable[[gym.Env], gym.Env]] | None,
     atari: bool,
+    seed: int = 0,
 ) -> VectorEnv:
     kwargs = dict(s.kwargs or {})
     mode = s.vectorization
+    if mode == "envpool" and not atari:
+        raise ValueError(
+            f"env.vectorization='envpool' is not allowed for env.id={s.id!r}; allowed: Atari ids "
+            "(ALE/<Game>-v5, env=atari); use auto, sync or async"
+        )
     if mode == "auto":
         mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
     if env_wrappers:
         # per-env wrappers (video recording) only exist for sync/async vectorization
-        mode = "sync" if mode == "vector_entry_point" else mode
+        mode = "sync" if mode in ("vector_entry_point", "envpool") else mode
     if mode == "vector_entry_point" and spec.vector_entry_point is None:
         raise ValueError(
             f"env.vectorization='vector_entry_point' but env.id={s.id!r} registers no vector entry "
@@ -175,6 +253,8 @@ def _build(
         frame_skip = int(kwargs.pop("frameskip", 4))
         # clipping is applied after RecordEpisodeStatistics (see _wrap), never inside the env
         kwargs.pop("reward_clipping", None)
+        if mode == "envpool":
+            return _envpool_atari(s, num_envs, seed, kwargs, frame_skip)
         if mode == "vector_entry_point":
             # ale-py's AtariVectorEnv does the preprocessing itself (84x84 gray, maxpool,
             # noop reset, fire reset); max_num_frames_per_episode counts emulator frames.
@@ -185,9 +265,7 @@ def _build(
             if s.max_episode_steps is not None:
                 kwargs["max_num_frames_per_episode"] = s.max_episode_steps * frame_skip
             return gym.make_vec(s.id, num_envs, vectorization_mode=mode, **kwargs)
-        if s.max_episode_steps is not None:
-            kwargs["max_episode_steps"] = s.max_episode_steps
-        thunk = _atari_single(s.id, kwargs, s.frame_stack, frame_skip)
+        thunk = _atari_single(s.id, kwargs, s.frame_stack, frame_skip, s.max_episode_steps)
         fns = [_wrapped(thunk, env_wrappers) for _ in range(num_envs)]
         cls = gym.vector.SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
         return cls(fns, **vector_kwargs)
@@ -286,6 +364,14 @@ def make_envs(
     ValueError
         For a non-Discrete action space, an unknown id (with close matches), a missing optional
         dependency (naming the extra to install), or an invalid config value.
+
+    Atari (``env.atari`` or an ``ALE/`` id) is built by ale-py's vector env (``auto``), EnvPool
+    (``envpool``) or single ale-py envs with Gymnasium's AtariPreprocessing (``sync``/``async``,
+    and whenever ``env_wrappers`` are given). Every path: 84x84 gray frames, ``frame_skip`` frames
+    per agent step, ``frame_stack`` stacked, no-op reset, no episodic life (a lost life is not a
+    terminal), raw rewards in ``infos["episode"]`` and rewards clipped to [-1, 1] for training
+    (``env.kwargs.reward_clipping=false`` keeps them raw), and ``max_episode_steps`` counting agent
+    steps. conf/env/atari.yaml lists what differs in detail between the paths.
     """
     s = env_settings(env_cfg)  # returns EnvSettings as they are
     # Arguments, not fields of the env node: cheap guards for callers other than the trainer.
@@ -296,7 +382,7 @@ def make_envs(
     atari = s.atari or s.id.startswith("ALE/")
     spec = _find_spec(s.id, atari)
     try:
-        vec = _build(s, spec, int(num_envs), env_wrappers, atari)
+        vec = _build(s, spec, int(num_envs), env_wrappers, atari, int(seed))
     except (gym.error.DependencyNotInstalled, ImportError) as err:
         raise _missing_dependency(s.id, err) from err
     try:

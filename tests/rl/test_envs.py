@@ -274,3 +274,29 @@ def test_omegaconf_node_is_accepted():
         _, _, term, trunc, _ = vec.step(np.array([t % 2]))
     assert trunc[0] and not term[0]
     vec.close()
+
+
+@pytest.mark.parametrize("game, n_actions", [("Asterix", 5), ("Breakout", 3), ("Freeway", 3),
+                                             ("Seaquest", 6), ("SpaceInvaders", 4)])
+def test_minatar_games_build_with_bool_grids(game, n_actions):
+    pytest.importorskip("minatar", reason="minatar (extra minatar) provides the MinAtar ids")
+    vec = make_envs({"id": f"MinAtar/{game}-v1"}, 2, seed=0)
+    try:
+        info = env_info(vec)
+        assert info.n_actions == n_actions and not info.is_image
+        assert info.obs_shape[:2] == (10, 10) and info.observation_space.dtype == np.bool_
+        obs, _ = vec.reset(seed=0)
+        assert obs.dtype == np.bool_ and obs.shape == (2, *info.obs_shape)
+        vec.step(np.zeros(2, dtype=np.int64))
+    finally:
+        vec.close()
+
+
+def test_missing_minatar_names_the_extra(monkeypatch):
+    real = envs.importlib.util.find_spec
+    monkeypatch.setattr(envs.importlib.util, "find_spec",
+                        lambda name: None if name == "minatar" else real(name))
+    monkeypatch.setattr(envs.gym, "registry", {k: v for k, v in envs.gym.registry.items()
+                                                if not k.startswith("MinAtar/")})
+    with pytest.raises(ValueError, match=r"entropy-rl\[minatar\]"):
+        make_envs({"id": "MinAtar/Breakout-v1"}, 1, seed=0)

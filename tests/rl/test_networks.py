@@ -151,3 +151,49 @@ def test_bad_arguments(kwargs, culprit):
     args = {"observation_space": _box((4,)), "n_actions": 2, **kwargs}
     with pytest.raises(ValueError, match=culprit):
         ActorCritic(**args)
+
+
+def test_minatar_grids_use_the_young_tian_network():
+    # MinAtar Breakout: 10x10x4 bool, channels last
+    space = gym.spaces.Box(0, 1, (10, 10, 4), np.bool_)
+    torch.manual_seed(5)
+    model = ActorCritic(space, 3, hidden_sizes=())
+    assert model.network == "minatar_cnn"
+    types = [type(m) for m in model.actor]
+    assert types == [nn.Conv2d, nn.ReLU, nn.Flatten, nn.Linear, nn.ReLU, nn.Linear]
+    conv, hidden = model.actor[0], model.actor[3]
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride) == (4, 16, (3, 3), (1, 1))
+    assert (hidden.in_features, hidden.out_features) == (16 * 8 * 8, 128)
+    obs = torch.rand(6, 10, 10, 4) > 0.7
+    logits, values = model(obs)
+    assert logits.shape == (6, 3) and values.shape == (6,)
+    # bool -> 0/1 floats, channels first, no 1/255: the raw layers on that input agree
+    x = obs.permute(0, 3, 1, 2).float()
+    torch.testing.assert_close(logits, model.actor(x))
+    torch.testing.assert_close(values, model.critic(x).squeeze(-1))
+    assert not list(model.preprocess.parameters())
+
+
+def test_network_choice_overrides_the_observation_default():
+    grid = gym.spaces.Box(0, 1, (10, 10, 4), np.bool_)
+    mlp = ActorCritic(grid, 3, hidden_sizes=(32,), network="mlp")
+    assert mlp.network == "mlp" and mlp.actor[0].in_features == 400
+    logits, _ = mlp(torch.ones(2, 10, 10, 4, dtype=torch.bool))
+    assert logits.shape == (2, 3)
+    small = ActorCritic(_box((4, 84, 84), np.uint8), 6, hidden_sizes=(), network="minatar_cnn", shared=True)
+    assert small.trunk[3].in_features == 16 * 82 * 82
+    with pytest.raises(ValueError, match="policy.network='nature_cnn'"):
+        ActorCritic(_box((4,)), 2, network="nature_cnn")
+    with pytest.raises(ValueError, match="policy.network='resnet'"):
+        ActorCritic(_box((4,)), 2, network="resnet")
+
+
+def test_existing_state_dict_names_are_unchanged():
+    # checkpoints of the MLP and Nature CNN written before policy.network existed still load
+    mlp = ActorCritic(_box((4,)), 2)
+    assert sorted(mlp.state_dict()) == sorted(
+        f"{path}.{i}.{p}" for path in ("actor", "critic") for i in (0, 2, 4) for p in ("weight", "bias"))
+    cnn = ActorCritic(_box((4, 84, 84), np.uint8), 6, hidden_sizes=(), shared=True)
+    assert sorted(cnn.state_dict()) == sorted(
+        [f"trunk.{i}.{p}" for i in (0, 2, 4, 7) for p in ("weight", "bias")]
+        + [f"{h}.{p}" for h in ("actor", "critic") for p in ("weight", "bias")])

@@ -102,3 +102,81 @@ def test_script_reproductions_scale_their_own_options(tmp_path):
     assert cmd[cmd.index("--draws") + 1] == "10" and cmd[cmd.index("--learn-steps") + 1] == "200"
     with pytest.raises(ValueError, match="no Hydra overrides"):
         reproduce.parse_args(["bandit", "algo.gamma=0.9"])
+
+
+# ----------------------------------------------------------------- per-env presets (conf/preset)
+
+
+def _task(overrides):
+    cfg = _compose(overrides)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    validate(cfg)
+    return cfg
+
+
+def test_lunarlander_gets_the_zoo_ppo_settings():
+    cfg = _task(["env=lunarlander"])
+    assert (cfg.num_envs, cfg.total_steps, cfg.beta) == (16, 1_000_000, 0.01)
+    a = cfg.algo
+    assert (a.name, a.n_steps, a.batch_size, a.update_epochs) == ("ppo", 1024, 64, 4)
+    assert (a.learning_rate, a.anneal_lr, a.clip_eps, a.anneal_clip) == (3e-4, False, 0.2, False)
+    assert (a.gamma, a.gae_lambda) == (0.999, 0.98)
+    assert list(cfg.policy.hidden_sizes) == [64, 64] and cfg.policy.activation == "tanh"
+
+
+def test_acrobot_a2c_gets_the_zoo_a2c_settings():
+    cfg = _task(["algo=a2c", "env=acrobot"])
+    assert (cfg.algo.name, cfg.num_envs, cfg.total_steps, cfg.beta) == ("a2c", 16, 500_000, 0.0)
+    assert cfg.env.normalize_obs and cfg.env.normalize_reward  # the zoo's normalize: true
+    assert (cfg.algo.n_steps, cfg.algo.learning_rate, cfg.algo.optimizer) == (5, 7e-4, "rmsprop")
+
+
+def test_command_line_overrides_win_over_the_preset():
+    cfg = _task(["env=lunarlander", "algo.learning_rate=1e-3", "num_envs=4", "beta=0",
+                 "total_steps=5000", "policy=sparsemax"])
+    assert (cfg.algo.learning_rate, cfg.num_envs, cfg.beta, cfg.total_steps) == (1e-3, 4, 0.0, 5000)
+    assert cfg.algo.n_steps == 1024 and cfg.policy.name == "sparsemax"  # the rest stays the preset's
+    plain = _task(["env=lunarlander", "~preset"])  # no preset: the group defaults
+    assert (plain.num_envs, plain.algo.n_steps) == (8, 32)
+
+
+def test_cartpole_ppo_keeps_its_own_tuning():
+    cfg = _task([])
+    assert (cfg.num_envs, cfg.total_steps, cfg.beta) == (8, 100_000, 0.0)
+    a = cfg.algo
+    assert (a.n_steps, a.batch_size, a.update_epochs, a.learning_rate) == (32, 256, 8, 5e-3)
+    assert (a.gamma, a.gae_lambda, a.anneal_lr, a.anneal_clip) == (0.98, 0.8, True, True)
+
+
+def test_every_env_and_algo_composes_and_names_its_source():
+    envs = sorted(p.stem for p in (REPO / "conf" / "env").glob("*.yaml"))
+    presets = {p.stem: p.read_text() for p in (REPO / "conf" / "preset").glob("*.yaml")}
+    for env in envs:
+        for algo in ("ppo", "a2c"):
+            cfg = _task([f"env={env}", f"algo={algo}"])
+            assert cfg.algo.name == algo
+            if f"{env}_{algo}" in presets:
+                text = presets[f"{env}_{algo}"]
+                assert text.startswith("# @package _global_")
+                assert any(src in text for src in ("rl-baselines3-zoo", "gymnax-blines"))
+    assert {f"{e}_ppo" for e in envs} <= set(presets)  # every env has a PPO preset
+    for game in ("asterix", "breakout", "freeway", "seaquest", "spaceinvaders"):
+        cfg = _task([f"env=minatar_{game}"])
+        assert cfg.env.id.startswith("MinAtar/") and (cfg.num_envs, cfg.algo.batch_size) == (64, 1024)
+        assert (cfg.total_steps, cfg.algo.gamma, cfg.beta) == (10_000_000, 0.999, 0.01)
+
+
+def test_a_minatar_preset_trains_with_the_minatar_network(tmp_path):
+    pytest.importorskip("minatar", reason="minatar (extra minatar) provides the MinAtar ids")
+    from rl.trainer import Trainer
+
+    cfg = _task(["env=minatar_breakout", "num_envs=2", "algo.n_steps=16", "algo.batch_size=16",
+                 "total_steps=64", "device=cpu", "progress=false", "checkpoint_interval=0",
+                 "histogram_interval=0"])
+    trainer = Trainer(cfg, tmp_path)
+    try:
+        assert trainer.net.network == "minatar_cnn"
+        assert trainer.train()["steps"] == 64
+    finally:
+        trainer.close()
