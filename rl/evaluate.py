@@ -89,6 +89,7 @@ def load_policy(state: Mapping[str, Any], vec_env, device: torch.device):
         hidden_sizes=tuple(net.get("hidden_sizes", (64, 64))),
         activation=net.get("activation", "tanh"),
         shared=bool(net.get("shared", False)),
+        network=str(net.get("network", "auto")),
     ).to(device)
     try:
         model.load_state_dict(state["model"])

@@ -92,7 +92,8 @@ def test_envpool_trains_a_few_hundred_steps_and_reset_seeds_repeat(tmp_path):
                "algo.batch_size=32", "algo.update_epochs=1")
     trainer, summary = train(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["steps"] == 256
-    assert type(trainer.net.preprocess).__name__ == "_Preprocess" and trainer.net.network == "nature_cnn"
+    net = trainer.member_network(0)
+    assert type(net.preprocess).__name__ == "_Preprocess" and net.network == "nature_cnn"
 
     vec = make_envs({"id": "ALE/Breakout-v5", "atari": True, "vectorization": "envpool"}, 2, seed=5)
     try:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -275,3 +276,38 @@ def test_population_cli_config_is_a_single_runs(tmp_path):
     member = prepare_member(cfg, tmp_path / "run")
     assert member is not None and member.resume is None
     assert (tmp_path / "run" / "config.yaml").read_text().count("seed: 3") == 1
+
+
+@pytest.mark.parametrize("space, kwargs", [
+    (gym.spaces.Box(-1.0, 1.0, (6,), np.float32), {"hidden_sizes": (16, 8), "activation": "relu"}),
+    (gym.spaces.Box(-1.0, 1.0, (6,), np.float32), {"hidden_sizes": (16,), "shared": True}),
+    (gym.spaces.Discrete(5), {"hidden_sizes": (8,)}),
+    (gym.spaces.Box(0, 1, (10, 10, 4), bool), {"network": "minatar_cnn", "hidden_sizes": ()}),
+    (gym.spaces.Box(0, 255, (4, 36, 36), np.uint8), {"network": "nature_cnn", "hidden_sizes": (),
+                                                      "shared": True}),
+], ids=["mlp", "shared", "one-hot", "minatar", "nature"])
+def test_the_stacked_forward_and_gradient_are_each_members_own(space, kwargs):
+    """rl.stacked runs K networks as one batched computation (batched matmuls, one grouped
+    convolution): logits, values and parameter gradients equal each network's own."""
+    from rl.stacked import StackedNetwork
+
+    nets = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        nets.append(ActorCritic(space, 4, **kwargs))
+    stacked = StackedNetwork(nets)
+    assert stacked.batched
+    obs = torch.stack([torch.as_tensor(np.stack([space.sample() for _ in range(7)])) for _ in range(3)])
+    logits, values = stacked(obs)
+    (logits.square().sum() + values.sum()).backward()
+    for k, net in enumerate(nets):
+        lk, vk = net(obs[k])
+        torch.testing.assert_close(logits[k], lk, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(values[k], vk, rtol=1e-5, atol=1e-6)
+        (lk.square().sum() + vk.sum()).backward()
+        params = dict(net.named_parameters())
+        for name, (a, b, shape) in stacked.layout.items():
+            torch.testing.assert_close(stacked.flat.grad[k, a:b].view(shape), params[name].grad,
+                                       rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+        state = stacked.member_state_dict(k)
+        assert set(state) == set(net.state_dict())

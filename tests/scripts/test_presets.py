@@ -176,7 +176,7 @@ def test_a_minatar_preset_trains_with_the_minatar_network(tmp_path):
                  "histogram_interval=0"])
     trainer = Trainer(cfg, tmp_path)
     try:
-        assert trainer.net.network == "minatar_cnn"
+        assert trainer.member_network(0).network == "minatar_cnn"
         assert trainer.train()["steps"] == 64
     finally:
         trainer.close()
