@@ -479,11 +479,21 @@ class PopulationLauncher(Launcher):
                                                        len(populations[n]))
                         log.info("population %d/%d finished (exit code %s)", n + 1, len(populations),
                                  proc.exitcode)
-            finally:
-                for proc in running.values():  # interrupted: the trainers checkpoint on SIGTERM
-                    proc.terminate()
-                for proc in running.values():
-                    proc.join()
+            except BaseException as err:
+                # Ctrl-C reaches the whole process group: each population's trainer finishes its
+                # update, writes a checkpoint and exits; wait for that. Any other error of this
+                # process sends them SIGTERM, which the trainers treat the same way. A second
+                # Ctrl-C while waiting sends SIGTERM again, which stops them at once.
+                try:
+                    if not isinstance(err, KeyboardInterrupt):
+                        for proc in running.values():
+                            proc.terminate()
+                    for proc in running.values():
+                        proc.join()
+                except BaseException:
+                    for proc in running.values():
+                        proc.terminate()
+                raise
         return [r for r in results if r is not None]
 
     @staticmethod
