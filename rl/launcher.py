@@ -21,6 +21,11 @@ requeued after a SLURM timeout resumes from the checkpoints it wrote). A populat
 `rl.sweep.RecordFailures` writes it for a failed job; the other populations go on, and the
 sweep ends by listing the failed runs.
 
+The launcher serves ``rl-train`` only: it does not call Hydra's task function (rl.train.task)
+but does what that does for one run, for a population (`rl.population.prepare_member`, then
+`rl.population.train_population`). Populations form within one batch of the sweeper
+(``hydra.sweeper.max_batch_size``; by default the whole sweep is one batch).
+
 Hydra instantiates only launcher classes found in its ``hydra_plugins`` namespace. The class
 Hydra sees is `hydra_plugins.entropy_rl_launcher.PopulationLauncher`, a subclass of
 `PopulationLauncher` here, shipped by the wheel from ``rl/hydra_plugin/`` (pyproject's
