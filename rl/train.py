@@ -26,9 +26,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rl.config import register_configs
+from rl.launcher import register_hydra_plugin
 
 log = logging.getLogger(__name__)
 register_configs()
+register_hydra_plugin()  # hydra/launcher=population in a checkout too (rl/launcher.py)
 
 
 def _conf_dir() -> str:

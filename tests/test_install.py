@@ -27,13 +27,16 @@ def test_every_package_and_config_folder_is_listed():
     """pyproject lists packages by hand (conf/ is mapped to rl/conf): a new folder must be added."""
     setup = _pyproject()["tool"]["setuptools"]
     listed = set(setup["packages"])
+    # A folder that package-dir ships under another name (rl/hydra_plugin) is listed by that name.
+    mapped = {ROOT / d for d in setup["package-dir"].values()}
     code = {".".join(p.parent.relative_to(ROOT).parts) for top in ("ops", "rl")
-            for p in (ROOT / top).rglob("__init__.py")}
+            for p in (ROOT / top).rglob("__init__.py") if p.parent not in mapped}
     conf = {".".join(("rl", "conf", *d.relative_to(ROOT / "conf").parts))
             for d in [ROOT / "conf", *(p for p in (ROOT / "conf").rglob("*") if p.is_dir())]
             if "__pycache__" not in d.parts}
     assert code | conf <= listed, f"add to [tool.setuptools] packages: {sorted((code | conf) - listed)}"
-    assert setup["package-dir"] == {"rl.conf": "conf"}
+    assert setup["package-dir"] == {"rl.conf": "conf", "hydra_plugins.entropy_rl_launcher": "rl/hydra_plugin"}
+    assert set(setup["package-dir"]) <= listed
     with_yaml = {name for name in conf
                  if list((ROOT / "conf" / Path(*name.split(".")[2:])).glob("*.yaml"))}
     assert {k for k, v in setup["package-data"].items() if "*.yaml" in v} == with_yaml
@@ -70,6 +73,10 @@ def test_the_wheel_ships_every_config(wheel):
     for path in (ROOT / "conf").rglob("*.yaml"):
         assert f"rl/conf/{path.relative_to(ROOT / 'conf').as_posix()}" in names, path
     assert not any(n.startswith(("conf/", "tests/", "scripts/")) for n in names)
+    # the population launcher in Hydra's plugin namespace, which other plugins share: no __init__
+    assert "hydra_plugins/entropy_rl_launcher/__init__.py" in names
+    assert "hydra_plugins/__init__.py" not in names
+    assert not any(n.startswith("rl/hydra_plugin/") for n in names)
 
 
 def test_installed_package_trains_and_evaluates_from_another_directory(wheel, tmp_path):
@@ -96,4 +103,13 @@ def test_installed_package_trains_and_evaluates_from_another_directory(wheel, tm
     # every launcher preset composes from the shipped configs
     for launcher in sorted(p.stem for p in (site / "rl" / "conf" / "hydra" / "launcher").glob("*.yaml")):
         cfg = run("-m", "rl.train", f"hydra/launcher={launcher}", "--cfg", "hydra")
-        assert "_target_: hydra_plugins.hydra_" in cfg, launcher
+        assert "_target_: hydra_plugins." in cfg, launcher
+    # the population launcher from the wheel: Hydra's scan finds it in site/hydra_plugins
+    found = run("-c", "import sys, rl.train; from hydra.core.plugins import Plugins; "
+                "c = Plugins.instance().class_name_to_class["
+                "'hydra_plugins.entropy_rl_launcher.PopulationLauncher']; "
+                "print(sys.modules[c.__module__].__file__)").strip()
+    assert found == str(site / "hydra_plugins" / "entropy_rl_launcher" / "__init__.py")
+    run("-m", "rl.train", "-m", *tiny, "seed=0,1", "hydra/launcher=population", "hydra.sweep.dir=pop")
+    for seed in (0, 1):
+        assert json.loads((user / "pop" / str(seed) / "summary.json").read_text())["steps"] == 32
