@@ -1014,9 +1014,11 @@ class Trainer:
         of status "diverged"; for a single run `TrainingDiverged` is raised after its summary is
         written.
         """
-        for m in self.members:
+        for k, m in enumerate(self.members):
             if m.running and m.global_step >= m.total_steps:
+                # resumed from the checkpoint written at the end (its summary was lost)
                 m.status = "completed"
+                self._finish_member(k, save=False)
         self._t_start = time.perf_counter()
         self._wall_before = [m.wall_time for m in self.members]
         for m in self.members:
