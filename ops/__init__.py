@@ -57,6 +57,14 @@ class LossOutput:
     ratio, clipped:
         PPO only (``None`` for ``pg_loss``): per-row ``pi(a) / pi_old(a)`` and whether the
         clipped branch of the surrogate is the active one.
+    loss_rows:
+        Detached per-row losses ``l_i = policy_i - beta_i H_i`` whose weighted mean is ``loss``.
+    grad_sq_policy, grad_sq_entropy:
+        Detached per-row squared norms of the rows, at the logits, of the two terms' gradients
+        of ``loss`` (the weighted mean), so ``grad_sq_policy.sum().sqrt()`` is
+        ``grad_norm_policy`` (likewise for the entropy); a subset of rows (one population
+        member's) gives that subset's share. ``None`` with ``grad_norms=False`` or when the
+        logits do not require grad.
     """
 
     loss: torch.Tensor
@@ -67,6 +75,9 @@ class LossOutput:
     grad_norm_entropy: torch.Tensor
     ratio: torch.Tensor | None = None
     clipped: torch.Tensor | None = None
+    loss_rows: torch.Tensor | None = None
+    grad_sq_policy: torch.Tensor | None = None
+    grad_sq_entropy: torch.Tensor | None = None
 
 
 def _rows(logits, alpha, temperature, mask) -> Rows:
@@ -128,11 +139,16 @@ def _row_scale(weights, logits, cdt):
 def _loss_input(logits, actions, advantages, alpha, temperature, mask, weights, grad_buffer,
                 beta, grad_norms, old_log_prob=None, clip_eps=None) -> LossInput:
     """Validated arguments of ``pg_loss`` / ``ppo_loss`` as the backends' ``LossInput``."""
-    beta = V.check_positive("beta", beta, allow_zero=True)
+    per_row_beta = isinstance(beta, torch.Tensor)  # a float keeps the scalar path (and kernel)
+    if not per_row_beta:
+        beta = V.check_positive("beta", beta, allow_zero=True)
     if clip_eps is not None:
         clip_eps = V.check_positive("clip_eps", clip_eps)
     rows = _rows(logits, alpha, temperature, mask)
     cdt = V.compute_dtype(logits.dtype)
+    if per_row_beta:
+        # negative and non-finite entries are caught after the op by _verify (no extra sync)
+        beta = V.check_rows("beta", beta, logits, dtype=cdt, finite=False)
     # masked actions and non-finite values are caught after the op by _verify
     actions = V.check_actions(actions, logits, None, check_masked=False)
     advantages = V.check_rows("advantages", advantages, logits, dtype=cdt, finite=False)
@@ -171,24 +187,38 @@ def _run_loss(inp: LossInput):
     return out
 
 
+def _lead_shape(logits, *per_row):
+    """The ops' (N,) per-row outputs in the logits' leading shape (None stays None)."""
+    if logits.dim() == 2:
+        return per_row
+    lead = logits.shape[:-1]
+    return [None if t is None else t.reshape(lead) for t in per_row]
+
+
 def _verify(loss, inp: LossInput, chosen):
     """Raises the precise error for bad inputs the op ran on, with one synchronisation.
 
     NaN, +inf or all-masked logits rows and non-finite advantages make the loss NaN or inf; a
     masked taken action shows as a -inf chosen logit (``chosen``, read before a gradient could
     overwrite the logits) or a False chosen mask entry; a non-finite ``old_log_prob`` shows in
-    its sum (it can hide in a clipped row of the loss). Only when one of these is off are the
-    detailed (slower) checks run.
+    its sum (it can hide in a clipped row of the loss); a negative or NaN per-row beta in its
+    minimum and an infinite one in its sum. Only when one of these is off are the detailed
+    (slower) checks run.
     """
     if chosen is None:
         return
     flat, flat_mask, actions = inp.rows.logits, inp.rows.mask, inp.actions
     chosen_min = chosen.amin()
     probes = [loss.detach(), chosen_min if chosen_min.dtype == loss.dtype else chosen_min.to(loss.dtype)]
+    row_beta = isinstance(inp.beta, torch.Tensor)
+    if row_beta:
+        probes += [inp.beta.amin(), inp.beta.sum()]
     if inp.old_log_prob is not None:
         probes.append(inp.old_log_prob.sum())
-    loss_value, chosen_value, *old_sum = torch.stack(probes).tolist()
-    ok = math.isfinite(loss_value + sum(old_sum)) and chosen_value != float("-inf")
+    loss_value, chosen_value, *rest = torch.stack(probes).tolist()
+    ok = math.isfinite(loss_value + sum(rest)) and chosen_value != float("-inf")
+    if row_beta:
+        ok = ok and rest[0] >= 0  # False for NaN
     if ok and flat_mask is not None:
         ok = bool(flat_mask.gather(-1, actions.view(-1, 1)).all())
     if ok:
@@ -199,6 +229,8 @@ def _verify(loss, inp: LossInput, chosen):
     V.check_finite("advantages", inp.advantages)
     if inp.old_log_prob is not None:
         V.check_finite("old_log_prob", inp.old_log_prob)
+    if row_beta:
+        V.check_nonnegative_rows("beta", inp.beta)
     # none of the inputs is at fault: the loss overflowed; return it for the caller to see
 
 
@@ -220,22 +252,27 @@ def pg_loss(logits, actions, advantages, beta=0.0, alpha=1.0, temperature=1.0, m
     logits : (..., V) float tensor.
     actions : (...) integer tensor of taken actions, each allowed by the mask.
     advantages : (...) tensor or a float (1.0 gives cross-entropy).
-    beta : entropy coefficient >= 0.
+    beta : entropy coefficient >= 0: a float, or a (...) tensor (any form ``advantages`` takes)
+        with one coefficient per row, ``l_i = policy_i - beta_i H_i``, so that the members of a
+        population that differ only in beta share one call.
     alpha, temperature, mask : the mapping (see the module docstring).
     weights : optional (...) nonnegative row weights; the loss is ``sum w l / sum w``.
     grad_buffer : optional contiguous tensor (the logits' shape and dtype) that receives the
         gradient during the forward; it may be the logits themselves (then they are overwritten,
         which saves a logits-sized buffer; only do so when nothing else needs their values).
-    grad_norms : compute ``grad_norm_policy`` / ``grad_norm_entropy`` (a few ops on the PyTorch
-        path; free in the kernels). When False they are reported as 0.
+    grad_norms : compute ``grad_norm_policy`` / ``grad_norm_entropy`` and their per-row
+        squares ``grad_sq_policy`` / ``grad_sq_entropy`` (a few ops on the PyTorch path; free in
+        the kernels). When False the norms are reported as 0 and the per-row squares as None.
+
+    Returns a ``LossOutput``; its per-row ``loss_rows``, ``entropy`` and ``grad_sq_*`` give
+    the metrics of any subset of rows (one population member's) from this one call.
     """
     inp = _loss_input(logits, actions, advantages, alpha, temperature, mask, weights,
                       grad_buffer, beta, grad_norms)
-    loss, H, log_p, support, gn_pol, gn_ent = _run_loss(inp)
-    if logits.dim() != 2:
-        lead = logits.shape[:-1]
-        H, log_p, support = H.reshape(lead), log_p.reshape(lead), support.reshape(lead)
-    return LossOutput(loss, H, log_p, support, gn_pol, gn_ent)
+    loss, H, log_p, support, gn_pol, gn_ent, *per_row = _run_loss(inp)
+    H, log_p, support, loss_rows, sq_pol, sq_ent = _lead_shape(logits, H, log_p, support, *per_row)
+    return LossOutput(loss, H, log_p, support, gn_pol, gn_ent, loss_rows=loss_rows,
+                      grad_sq_policy=sq_pol, grad_sq_entropy=sq_ent)
 
 
 def ppo_loss(logits, actions, advantages, old_log_prob, beta=0.0, clip_eps=0.2, alpha=1.0,
@@ -246,20 +283,21 @@ def ppo_loss(logits, actions, advantages, old_log_prob, beta=0.0, clip_eps=0.2, 
     unclipped branch is active is ``A r (p - e_a)`` (softmax) or
     ``-A r p_a^{1-alpha} (e_a - q_hat)`` (alpha > 1), computed through ``p_a`` so an action the
     new sparse policy gives probability 0 has gradient exactly 0 (DESIGN.md, PPO). The entropy
-    term is as in ``pg_loss``. Parameters as in ``pg_loss``, plus ``old_log_prob`` (...) finite
-    and ``clip_eps > 0``.
+    term is as in ``pg_loss``. Parameters as in ``pg_loss`` (``beta`` a float or per row),
+    plus ``old_log_prob`` (...) finite and ``clip_eps > 0``; returns a ``LossOutput`` with the
+    per-row ``loss_rows`` (``l_i = -min(r_i A_i, clip(r_i) A_i) - beta_i H_i``) and
+    ``grad_sq_*`` as in ``pg_loss``.
     """
     if clip_eps is None:
         V.check_positive("clip_eps", clip_eps)  # the error a None deserves, not PG's path
     inp = _loss_input(logits, actions, advantages, alpha, temperature, mask, weights,
                       grad_buffer, beta, grad_norms, old_log_prob=old_log_prob,
                       clip_eps=clip_eps)
-    loss, H, log_p, support, gn_pol, gn_ent, ratio, clipped = _run_loss(inp)
-    if logits.dim() != 2:
-        lead = logits.shape[:-1]
-        H, log_p, support = H.reshape(lead), log_p.reshape(lead), support.reshape(lead)
-        ratio, clipped = ratio.reshape(lead), clipped.reshape(lead)
-    return LossOutput(loss, H, log_p, support, gn_pol, gn_ent, ratio, clipped)
+    loss, H, log_p, support, gn_pol, gn_ent, *per_row = _run_loss(inp)
+    H, log_p, support, loss_rows, sq_pol, sq_ent, ratio, clipped = _lead_shape(
+        logits, H, log_p, support, *per_row)
+    return LossOutput(loss, H, log_p, support, gn_pol, gn_ent, ratio, clipped, loss_rows=loss_rows,
+                      grad_sq_policy=sq_pol, grad_sq_entropy=sq_ent)
 
 
 @torch.no_grad()

@@ -119,6 +119,8 @@ class LossInput:
 
     ``actions`` int64, ``advantages``, ``row_scale`` (the loss is ``sum_i row_scale_i l_i``) and,
     for PPO, ``old_log_prob``: per-row, made contiguous ``(N,)`` here (int64 / compute dtype).
+    ``beta``: the entropy coefficient, a float or (a population's members in one call) a
+    per-row tensor, made contiguous ``(N,)`` like the others.
     ``grad_out``: optional ``(N, V)`` buffer in the logits' dtype that receives the gradient; it
     may alias the logits. ``need_norms``: report the two squared gradient norms (the kernels get
     them for free and always do).
@@ -128,7 +130,7 @@ class LossInput:
     actions: torch.Tensor
     advantages: torch.Tensor
     row_scale: torch.Tensor
-    beta: float
+    beta: float | torch.Tensor
     need_grad: bool
     grad_out: torch.Tensor | None = None
     need_norms: bool = True
@@ -142,6 +144,8 @@ class LossInput:
         set_("actions", _per_row("actions", self.actions, n, torch.int64))
         set_("advantages", _per_row("advantages", self.advantages, n, cdt))
         set_("row_scale", _per_row("row_scale", self.row_scale, n, cdt))
+        if isinstance(self.beta, torch.Tensor):
+            set_("beta", _per_row("beta", self.beta.detach(), n, cdt))
         if (self.old_log_prob is None) != (self.clip_eps is None):
             raise ValueError("LossInput: old_log_prob and clip_eps go together (PPO) or not at all")
         if self.old_log_prob is not None:
@@ -176,8 +180,9 @@ class LossRows(NamedTuple):
 
     ``loss_rows`` l_i; ``entropy``; ``log_prob`` of the taken action; ``support`` int32;
     ``grad`` the gradient of ``sum_i row_scale_i l_i`` (logits' dtype; None without need_grad);
-    ``grad_policy_sq`` / ``grad_entropy_sq`` 0-d squared norms of its two terms (0 when not
-    computed); PPO only: ``ratio`` and bool ``clipped``.
+    ``grad_policy_sq`` / ``grad_entropy_sq`` (N,) per-row squared norms of its two terms' rows
+    (their sums are the squared Frobenius norms; None when not computed); PPO only: ``ratio`` and
+    bool ``clipped``.
     """
 
     loss_rows: torch.Tensor
@@ -185,8 +190,8 @@ class LossRows(NamedTuple):
     log_prob: torch.Tensor
     support: torch.Tensor
     grad: torch.Tensor | None
-    grad_policy_sq: torch.Tensor
-    grad_entropy_sq: torch.Tensor
+    grad_policy_sq: torch.Tensor | None
+    grad_entropy_sq: torch.Tensor | None
     ratio: torch.Tensor | None = None
     clipped: torch.Tensor | None = None
 

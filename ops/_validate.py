@@ -103,6 +103,18 @@ def check_finite(name: str, value: torch.Tensor) -> None:
         raise ValueError(f"{name} must be finite; {name}[{i}] (flat index) = {value.reshape(-1)[i].item()}")
 
 
+def check_nonnegative_rows(name: str, value: torch.Tensor) -> None:
+    """Every entry of a per-row coefficient (a per-row ``beta``) is finite and >= 0."""
+    flat = value.reshape(-1)
+    bad = ~torch.isfinite(flat) | (flat < 0)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        v = flat[i].item()
+        what = "negative" if math.isfinite(v) else "non-finite"
+        raise ValueError(f"{name} has a {what} entry {v} at row {i} (flat index); "
+                         "allowed: finite values >= 0")
+
+
 def check_actions(actions, logits: torch.Tensor, mask: torch.Tensor | None,
                   check_masked: bool = True) -> torch.Tensor:
     """Integer actions of the logits' leading shape, in range and (``check_masked``) allowed."""

@@ -93,7 +93,8 @@ class _LossFunction(torch.autograd.Function):
 
     ``apply(logits, inp, backend)``: ``inp.rows.logits`` is ``logits`` (the tensor autograd
     tracks). Returns the loss, then the detached statistics: entropy, log_prob, support, the
-    two gradient norms and, for PPO, ratio and clipped.
+    two gradient norms (0 when not computed), the loss rows, the two terms' per-row squared
+    gradient norms (None when not computed) and, for PPO, ratio and clipped.
     """
 
     @staticmethod
@@ -103,12 +104,17 @@ class _LossFunction(torch.autograd.Function):
         ctx.in_place = inp.grad_out is not None
         ctx.set_materialize_grads(False)  # no zero tensors for the statistics' (absent) gradients
         ctx.save_for_backward(out.grad)
-        stats = [out.entropy, out.log_prob, out.support, out.grad_policy_sq.sqrt(),
-                 out.grad_entropy_sq.sqrt()]
-        if inp.is_ppo:
-            stats += [out.ratio, out.clipped]
-        ctx.mark_non_differentiable(*stats)
-        return (loss, *stats)
+        pol_sq, ent_sq = out.grad_policy_sq, out.grad_entropy_sq
+        if pol_sq is None:
+            norms = [loss.new_zeros(()), loss.new_zeros(())]
+        else:
+            # the Frobenius norm of a term's gradient from its rows' squared norms
+            norms = [pol_sq.sum().sqrt(), ent_sq.sum().sqrt()]
+        stats = [out.entropy, out.log_prob, out.support, *norms, out.loss_rows]
+        rows_sq = [pol_sq, ent_sq]
+        ppo = [out.ratio, out.clipped] if inp.is_ppo else []
+        ctx.mark_non_differentiable(*stats, *[t for t in rows_sq if t is not None], *ppo)
+        return (loss, *stats, *rows_sq, *ppo)
 
     @staticmethod
     def backward(ctx, grad_loss, *_):

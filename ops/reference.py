@@ -343,14 +343,15 @@ def _block(inp: LossInput, b: slice) -> LossInput:
         inp, rows=Rows(rows.logits[b], None if rows.mask is None else rows.mask[b], rows.mapping),
         actions=inp.actions[b], advantages=inp.advantages[b], row_scale=inp.row_scale[b],
         grad_out=None if inp.grad_out is None else inp.grad_out[b],
+        beta=inp.beta[b] if isinstance(inp.beta, torch.Tensor) else inp.beta,
         old_log_prob=None if inp.old_log_prob is None else inp.old_log_prob[b])
 
 
 def _fused(inp: LossInput) -> LossRows:
     """``_fused_rows`` over blocks of rows on the CPU, writing one logits-sized gradient.
 
-    Every per-row quantity depends on its own row only, so blocking changes no value; the batch
-    sums (the two squared gradient norms) add the blocks' partial sums.
+    Every per-row quantity (the squared gradient norms included) depends on its own row only,
+    so blocking changes no value.
     """
     logits = inp.rows.logits
     n, n_act = logits.shape
@@ -370,25 +371,32 @@ def _fused(inp: LossInput) -> LossRows:
             # (small per-block results kept alive between them fragment it and grow the RSS)
             out = {k: (v.new_empty((n,)) if v.dim() == 1 else v.clone())
                    for k, v in part._asdict().items() if v is not None and k != "grad"}
-        else:
-            out["grad_policy_sq"].add_(part.grad_policy_sq)
-            out["grad_entropy_sq"].add_(part.grad_entropy_sq)
         for k, v in part._asdict().items():
             if v is not None and v.dim() == 1:
                 out[k][b] = v
         del part
-    return LossRows(grad=inp.grad_out, **out)
+    # absent (None) results stay None: ratio and clipped for pg, the norms when not computed
+    return LossRows(**{k: out.get(k) for k in LossRows._fields if k != "grad"}, grad=inp.grad_out)
+
+
+def _add_beta_H(policy_rows, H, beta):
+    """``policy_rows + beta H`` for a float beta (as one op) or a per-row tensor."""
+    if isinstance(beta, torch.Tensor):
+        return torch.addcmul(policy_rows, beta, H)
+    return torch.add(policy_rows, H, alpha=beta)
 
 
 def _fused_rows(inp: LossInput) -> LossRows:
     """Shared body of ``pg`` and ``ppo``: one pass of the mapping, then the closed-form gradient.
 
     Per row (DESIGN.md, fused loss and PPO): ``l = -A log p_a - beta H`` for pg, and
-    ``l = -min(r A, clip(r, 1-eps, 1+eps) A) - beta H`` with ``r = p_a / p_a^old`` for ppo. The
+    ``l = -min(r A, clip(r, 1-eps, 1+eps) A) - beta H`` with ``r = p_a / p_a^old`` for ppo, beta
+    a float or a per-row tensor (one coefficient per population member's rows). The
     policy term's gradient is ``c * (p - e_a)`` (softmax) or ``c * w_a (q_hat - e_a)`` with
     ``w_a = p_a^{1-alpha}`` (alpha > 1), where ``c = A`` (pg) or ``c = A r`` on rows whose
     unclipped branch is active (ppo). Going through ``p_a`` makes a zero-probability action's
-    gradient exactly 0 (``w_a = 0``).
+    gradient exactly 0 (``w_a = 0``). With ``need_norms``, the per-row squared norms of the two
+    terms' gradient rows.
 
     Bad rows are not checked here: NaN, +inf and all-masked rows make the loss NaN, which the
     public API turns into a precise error with one synchronisation per call. RL minibatches
@@ -423,7 +431,7 @@ def _fused_rows(inp: LossInput) -> LossRows:
         policy_rows = log_p_a * A
         if w_a is not None:  # an action outside the support contributes no policy term
             policy_rows = torch.where(in_support, policy_rows, 0.0)
-        loss_rows = torch.add(policy_rows, H, alpha=beta).neg_()
+        loss_rows = _add_beta_H(policy_rows, H, beta).neg_()
         coef = A
     else:
         clip_eps = inp.clip_eps
@@ -431,12 +439,11 @@ def _fused_rows(inp: LossInput) -> LossRows:
         surrogate = torch.minimum(ratio * A, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * A)
         clipped = torch.where(A > 0, ratio > 1.0 + clip_eps, ratio < 1.0 - clip_eps)
         coef = torch.where(clipped, 0.0, A * ratio)
-        loss_rows = torch.add(surrogate, H, alpha=beta).neg_()
+        loss_rows = _add_beta_H(surrogate, H, beta).neg_()
 
-    zero = torch.zeros((), dtype=cdt, device=logits.device)
-    pol_sq_total = ent_sq_total = zero
+    pol_sq = ent_sq = None
     if not inp.need_grad:
-        return LossRows(loss_rows, H, log_p_a, support, None, zero, zero, ratio, clipped)
+        return LossRows(loss_rows, H, log_p_a, support, None, None, None, ratio, clipped)
 
     scale = inp.row_scale if temperature == 1.0 else inp.row_scale / temperature
     pol_c = coef * scale  # d(sum_i c_i l_i)/d logits = c_i / T * dl_i/dz
@@ -446,8 +453,8 @@ def _fused_rows(inp: LossInput) -> LossRows:
         if inp.need_norms:
             # ||c (p - e_a)||^2 = c^2 (sum p^2 - 2 p_a + 1): no policy vector is built
             pol_sq = _rowdot(p, p).sub_(p.gather(-1, idx).view(-1), alpha=2.0).add_(1.0)
-            pol_sq_total = torch.dot(pol_c * pol_c, pol_sq)
-            ent_sq_total = torch.dot(ent.view(-1), ent.view(-1))
+            pol_sq.mul_(pol_c).mul_(pol_c)
+            ent_sq = _rowdot(ent, ent)
         grad = ent.addcmul_(p, pol_c.unsqueeze(-1))
     else:
         # entropy part  -beta dH/dz = beta (p - q_hat) / (alpha - 1)
@@ -456,8 +463,8 @@ def _fused_rows(inp: LossInput) -> LossRows:
         if inp.need_norms:
             q_a = q_hat.gather(-1, idx).view(-1)
             pol_sq = _rowdot(q_hat, q_hat).sub_(q_a, alpha=2.0).add_(1.0)
-            pol_sq_total = torch.dot(pol_c * pol_c, pol_sq)
-            ent_sq_total = torch.dot(ent.view(-1), ent.view(-1))
+            pol_sq.mul_(pol_c).mul_(pol_c)
+            ent_sq = _rowdot(ent, ent)
         grad = ent.addcmul_(q_hat, pol_c.unsqueeze(-1))
     grad.scatter_add_(-1, idx, pol_c.neg().unsqueeze(-1))
     if inp.grad_out is not None:
@@ -465,8 +472,7 @@ def _fused_rows(inp: LossInput) -> LossRows:
         grad = inp.grad_out
     elif grad.dtype != logits.dtype:
         grad = grad.to(logits.dtype)
-    return LossRows(loss_rows, H, log_p_a, support, grad, pol_sq_total, ent_sq_total, ratio,
-                    clipped)
+    return LossRows(loss_rows, H, log_p_a, support, grad, pol_sq, ent_sq, ratio, clipped)
 
 
 def pg(*, inp: LossInput) -> LossRows:

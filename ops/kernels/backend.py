@@ -60,15 +60,14 @@ def _loss(inp: LossInput, max_block_v):
     out = _policy_loss_forward(
         rows.logits, rows.mask, inp.actions, inp.advantages.to(f32),
         None if inp.old_log_prob is None else inp.old_log_prob.to(f32), inp.row_scale.to(f32),
-        inp.beta, inp.clip_eps, m.alpha, m.temperature, inp.need_grad, inp.grad_out,
-        int(m.algorithm), m.newton, max_block_v=max_block_v)
+        inp.beta.to(f32) if isinstance(inp.beta, torch.Tensor) else inp.beta, inp.clip_eps,
+        m.alpha, m.temperature, inp.need_grad, inp.grad_out, int(m.algorithm), m.newton,
+        max_block_v=max_block_v)
     check_row_max(out.row_max)
-    if inp.need_grad:
-        # per-row partial sums from the kernel, reduced here: O(N)
-        pol_sq, ent_sq = out.grad_sq[:, 0].sum(), out.grad_sq[:, 1].sum()
-    else:
-        pol_sq = torch.zeros((), dtype=f32, device=rows.logits.device)
-        ent_sq = pol_sq.clone()
+    pol_sq = ent_sq = None
+    if inp.need_grad and inp.need_norms:
+        # the kernel's per-row squared norms (free); the columns as (N,) tensors of their own
+        pol_sq, ent_sq = out.grad_sq.t().contiguous()
     return LossRows(out.loss_rows, out.entropy, out.log_prob, out.support, out.grad, pol_sq,
                     ent_sq, out.ratio, out.clipped)
 

@@ -7,7 +7,8 @@ and, when asked, the gradient of ``sum_i row_scale_i l_i`` (DESIGN.md section 1)
     softmax  dl/dz = [c (p - e_a) + beta p (log p + H)] / T
     alpha>1  dl/dz = [c p_a^(1-alpha) (q_hat - e_a) + beta (p - q_hat) / (alpha - 1)] / T
 
-with ``c = A`` (pg) or ``c = A r`` where the unclipped branch is active, else 0 (ppo). Going
+with ``c = A`` (pg) or ``c = A r`` where the unclipped branch is active, else 0 (ppo), and
+``beta`` one float or (ROW_BETA) one value per row. Going
 through ``p_a`` (``p_a^(1-alpha) = S^(alpha-1) / d_a``, 0 off the support) keeps the gradient of a
 zero-probability action exactly 0. Bytes: the statistics passes read the row (once from memory
 for single-tile rows; longer rows re-read it, mostly from L2), the gradient pass reads each tile
@@ -42,26 +43,28 @@ class PolicyLossLaunch(NamedTuple):
 @triton.jit
 def _policy_loss_forward_kernel(
     logits_ptr, mask_ptr, actions_ptr, advantages_ptr, old_log_prob_ptr, row_scale_ptr,
-    grad_ptr, loss_ptr, entropy_ptr, log_prob_ptr, support_ptr, ratio_ptr, clipped_ptr,
-    row_max_ptr, grad_sq_ptr, iters_ptr,
+    beta_ptr, grad_ptr, loss_ptr, entropy_ptr, log_prob_ptr, support_ptr, ratio_ptr,
+    clipped_ptr, row_max_ptr, grad_sq_ptr, iters_ptr,
     N, V, stride_row, beta, clip_eps, alpha, temperature,
     MAPPING: tl.constexpr, NEWTON: tl.constexpr, IS_PPO: tl.constexpr, HAS_MASK: tl.constexpr,
-    NEED_GRAD: tl.constexpr, SINGLE: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_V: tl.constexpr, MAX_ITERS: tl.constexpr, DEBUG: tl.constexpr,
+    NEED_GRAD: tl.constexpr, ROW_BETA: tl.constexpr, SINGLE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, MAX_ITERS: tl.constexpr, DEBUG: tl.constexpr,
 ):
     """Loss rows, per-row statistics and (NEED_GRAD) the gradient for BLOCK_N rows.
 
     Pointers (row-major, ``stride_row`` elements between rows):
       logits_ptr (N, V) fp16/bf16/fp32 raw logits; mask_ptr (N, V) uint8 (1 = allowed) if
       HAS_MASK; actions_ptr (N,) int64; advantages_ptr, old_log_prob_ptr (IS_PPO),
-      row_scale_ptr (N,) fp32; grad_ptr (N, V) logits' dtype, may alias logits_ptr.
+      row_scale_ptr (N,) fp32; beta_ptr (N,) fp32 per-row beta if ROW_BETA (else the scalar
+      ``beta``); grad_ptr (N, V) logits' dtype, may alias logits_ptr.
       Outputs (N,): loss, entropy, log_prob, ratio (IS_PPO), row_max fp32; support int32;
       clipped int8 (IS_PPO); grad_sq_ptr (N, 2) fp32: per-row squared norms of the policy and
-      entropy parts of the gradient (summed on the host); iters_ptr (N,) int32 if DEBUG: the
-      passes of the threshold search per row.
+      entropy parts of the gradient (returned per row, summed for the norms); iters_ptr (N,)
+      int32 if DEBUG: the passes of the threshold search per row.
     Constexprs: MAPPING 0 softmax / 1 sparsemax / 2 entmax-1.5 / 3 entmax-alpha; NEWTON: Newton
-      steps on tau (alpha <= 2) else bisection; IS_PPO; HAS_MASK; NEED_GRAD; SINGLE: the row
-      is one BLOCK_V tile kept in registers; BLOCK_N rows per program; MAX_ITERS caps the
+      steps on tau (alpha <= 2) else bisection; IS_PPO; HAS_MASK; NEED_GRAD; ROW_BETA: beta per
+      row from beta_ptr (a variant of its own: the float path reads no extra operand); SINGLE:
+      the row is one BLOCK_V tile kept in registers; BLOCK_N rows per program; MAX_ITERS caps the
       threshold search; DEBUG also stores the per-row iteration counts.
     """
     # 1. rows of this program; int64 offsets because N * V overflows int32 at LLM sizes
@@ -102,6 +105,10 @@ def _policy_loss_forward_kernel(
         w_a = tl.where(in_support, tl.exp2((alpha - 1.0) * tl.log2(S)) / d_a, 0.0)
 
     # 4. loss rows: policy term (0 off an alpha > 1 support: computed through p_a), entropy bonus
+    if ROW_BETA:
+        b = tl.load(beta_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    else:
+        b = beta
     if IS_PPO:
         old = tl.load(old_log_prob_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
         ratio = tl.exp(log_p_a - old)
@@ -117,7 +124,7 @@ def _policy_loss_forward_kernel(
         else:
             policy = -A * tl.where(in_support, log_p_a, 0.0)
         coef = A * w_a
-    tl.store(loss_ptr + rows, policy - beta * H, mask=row_ok)
+    tl.store(loss_ptr + rows, policy - b * H, mask=row_ok)
     tl.store(entropy_ptr + rows, H, mask=row_ok)
     tl.store(log_prob_ptr + rows, log_p_a, mask=row_ok)
     tl.store(support_ptr + rows, support, mask=row_ok)
@@ -127,7 +134,7 @@ def _policy_loss_forward_kernel(
     if NEED_GRAD:
         scale = tl.load(row_scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32) / temperature
         pol_c = coef * scale
-        ent_c = beta * scale
+        ent_c = b * scale
         pol_sq = tl.zeros([BLOCK_N], tl.float32)
         ent_sq = tl.zeros([BLOCK_N], tl.float32)
         for start in range(0, V, BLOCK_V):
@@ -153,8 +160,10 @@ def _policy_loss_forward_kernel(
 def _policy_loss_forward(logits, mask, actions, advantages, old_log_prob, row_scale, beta,
                          clip_eps, alpha, temperature, need_grad, grad_out, mapping, newton,
                          max_block_v=None, max_iters=64):
-    """Launches the kernel; returns its outputs as a ``PolicyLossLaunch``."""
+    """Launches the kernel; returns its outputs as a ``PolicyLossLaunch``. ``beta``: a float, or
+    a contiguous (N,) fp32 tensor (the ROW_BETA variant)."""
     N, V = logits.shape
+    row_beta = isinstance(beta, torch.Tensor)
     dev = logits.device
     f32 = dict(dtype=torch.float32, device=dev)
     # uninitialised: the kernel writes every element (tests poison these buffers to check)
@@ -171,19 +180,21 @@ def _policy_loss_forward(logits, mask, actions, advantages, old_log_prob, row_sc
     if need_grad:
         grad = grad_out if grad_out is not None else _rows.empty(logits.shape, dtype=logits.dtype,
                                                                  device=dev)
-    _rows.check_layout(logits, mask, grad, actions, advantages, old_log_prob, row_scale)
+    _rows.check_layout(logits, mask, grad, actions, advantages, old_log_prob, row_scale,
+                       beta if row_beta else None)
     iters = _rows.iteration_buffer(N, mapping, dev)
     cfg = launch_config(N, V, dev, max_block_v)
     _rows.launch(
         _policy_loss_forward_kernel, (triton.cdiv(N, cfg["BLOCK_N"]),),
         logits, mask.view(torch.uint8) if mask is not None else logits, actions, advantages,
-        old_log_prob if is_ppo else advantages, row_scale, grad if need_grad else logits,
+        old_log_prob if is_ppo else advantages, row_scale, beta if row_beta else row_scale,
+        grad if need_grad else logits,
         loss, H, log_p, support, ratio, clipped, row_max, grad_sq,
         loss if iters is None else iters,
-        N, V, logits.stride(0), float(beta), float(clip_eps or 0.0), float(alpha),
-        float(temperature),
+        N, V, logits.stride(0), 0.0 if row_beta else float(beta), float(clip_eps or 0.0),
+        float(alpha), float(temperature),
         MAPPING=mapping, NEWTON=newton, IS_PPO=is_ppo, HAS_MASK=mask is not None,
-        NEED_GRAD=need_grad, SINGLE=cfg["SINGLE"], BLOCK_N=cfg["BLOCK_N"],
+        NEED_GRAD=need_grad, ROW_BETA=row_beta, SINGLE=cfg["SINGLE"], BLOCK_N=cfg["BLOCK_N"],
         BLOCK_V=cfg["BLOCK_V"], MAX_ITERS=max_iters, DEBUG=iters is not None,
         num_warps=cfg["num_warps"],
     )
