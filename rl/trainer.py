@@ -777,8 +777,9 @@ class Trainer:
         """One gradient step of every active member on its minibatch ``idx`` (K, S).
 
         ``want_stats``: return each member's entropy, support and PPO statistics of this step;
-        ``want_norms``: also its losses and per-term gradient norms, which take one ops call per
-        member (otherwise members sharing alpha, temperature, beta and clip range share a call).
+        ``want_norms``: also its losses and per-term gradient norms. Members sharing the mapping,
+        the temperature and the clip range share one ops call (beta per row); every member's
+        numbers come from its own rows of the call's per-row outputs.
         """
         a, K, A = self.algo, self.K, self.n_actions
         ppo = a.name == "ppo"
@@ -799,20 +800,23 @@ class Trainer:
             v_rows = torch.maximum(v_rows, (clipped_v - target).square())
         v_loss = (v_rows * weight).sum(1) / count
         act_list = [k for k in range(K) if bool(active[k])]
-        # ops: one call per group of members sharing (alpha, temperature, beta, clip); per member
-        # when metrics are wanted (the logit-space gradient norms are a member's own)
+        # ops: one call per group of members sharing (alpha, temperature, clip range)
         groups: dict[tuple, list[int]] = {}
         for k in act_list:
             m = self.members[k]
-            key = (k,) if want_norms else (m.alpha, m.temperature_coef.value, m.beta_coef.value, clips[k])
-            groups.setdefault(key, []).append(k)
+            groups.setdefault((m.alpha, m.temperature_coef.value, clips[k]), []).append(k)
         total = v_loss[act_list].sum() * a.vf_coef
         per_member: dict[int, dict[str, torch.Tensor]] = {}
         out_rows = {}
         new_logp = old_logp.new_zeros(old_logp.shape) if ppo else None
+        S = idx.shape[1]
         for ks in groups.values():
             m = self.members[ks[0]]
-            beta, temperature = m.beta_coef.value, m.temperature_coef.value
+            betas = [self.members[k].beta_coef.value for k in ks]
+            # one beta per row when the group's members differ in it (a float keeps ops' scalar path)
+            beta = betas[0] if len(set(betas)) == 1 else torch.tensor(
+                betas, dtype=torch.float32, device=idx.device).repeat_interleave(S)
+            temperature = m.temperature_coef.value
             sel = torch.tensor(ks, device=idx.device)
             w = (weight / count.unsqueeze(1)).index_select(0, sel).reshape(-1)
             kw = dict(beta=beta, alpha=m.alpha, temperature=temperature,
@@ -854,7 +858,7 @@ class Trainer:
         norms_cpu = norms.cpu()
         for k in act_list:
             if bool(active[k]) and not math.isfinite(float(norms_cpu[k])):
-                out = out_rows.get((k,))
+                out = next((o for g, o in out_rows.items() if k in g), None)
                 self._diverge(k, "non-finite " + self._bad_terms(k, out, v_loss[k], norms_cpu[k], where))
                 active[k] = False
                 grad[k] = 0.0
@@ -868,13 +872,18 @@ class Trainer:
         if not want_stats:
             return {}
         with torch.no_grad():
-            S = idx.shape[1]
             for ks, out in out_rows.items():
                 g = len(ks)
                 H_all = out.entropy.view(g, S)
                 support_all = out.support_size.view(g, S).float()
                 ratio_all = out.ratio.view(g, S) if ppo else None
                 clipped_all = out.clipped.view(g, S).float() if ppo else None
+                loss_all = out.loss_rows.view(g, S)
+                if want_norms:
+                    # the op's gradient is that of the mean of the g members' losses: a member's
+                    # own rows, times g, are its own loss's gradient rows
+                    pol_sq = out.grad_sq_policy.view(g, S).sum(1).sqrt() * g
+                    ent_sq = out.grad_sq_entropy.view(g, S).sum(1).sqrt() * g
                 for i, k in enumerate(ks):
                     m = self.members[k]
                     if bool(stopped[k]) or not m.running:
@@ -887,13 +896,14 @@ class Trainer:
                         "entropy/max": H[real].max(),
                         "policy/support_size": (support_all[i] * wk).sum() / n,
                     }
-                    if want_norms:  # a group of one: the op's loss and norms are the member's
+                    if want_norms:
+                        loss_k = (loss_all[i] * wk).sum() / n  # pg_loss - beta * H of the member
                         s.update({
-                            "losses/policy": out.loss.detach() + m.beta_coef.value * s["entropy/mean"],
+                            "losses/policy": loss_k + m.beta_coef.value * s["entropy/mean"],
                             "losses/value": v_loss[k].detach(),
-                            "losses/total": out.loss.detach() + a.vf_coef * v_loss[k].detach(),
-                            "grad_norm/policy": out.grad_norm_policy.float(),
-                            "grad_norm/entropy": out.grad_norm_entropy.float(),
+                            "losses/total": loss_k + a.vf_coef * v_loss[k].detach(),
+                            "grad_norm/policy": pol_sq[i],
+                            "grad_norm/entropy": ent_sq[i],
                             "grad_norm/value": value_norms[k],
                             "grad_norm/total": norms[k],
                         })

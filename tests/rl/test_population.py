@@ -71,7 +71,11 @@ def _expected_gradient(trainer, k, algo):
         losses = algos.a2c_losses(logits, values, batch, **kw)
     params = dict(net.named_parameters())
     grads = torch.autograd.grad(losses.loss, [params[n] for n in trainer.net.layout])
-    return torch.cat([g.reshape(-1) for g in grads])
+    metrics = {"losses/total": float(losses.loss.detach()),
+               "grad_norm/policy": float(losses.out.grad_norm_policy),
+               "grad_norm/entropy": float(losses.out.grad_norm_entropy),
+               "entropy/mean": float(losses.out.entropy.mean())}
+    return torch.cat([g.reshape(-1) for g in grads]), metrics
 
 
 GROUPED = (  # two members share (alpha, temperature, beta): on updates that do not log, one ops call
@@ -103,7 +107,7 @@ def test_each_members_gradient_is_its_single_run_gradient(tmp_path, algo, masked
             if masked:
                 assert trainer.buffer.masks is not None and not bool(trainer.buffer.masks.all())
             expected = [_expected_gradient(trainer, k, algo) for k in range(trainer.K)]
-            trainer.update()
+            metrics = trainer.update()
         finally:
             trainer.close()
     finally:
@@ -111,9 +115,13 @@ def test_each_members_gradient_is_its_single_run_gradient(tmp_path, algo, masked
             ctx.__exit__(None, None, None)
     (got,) = capture.grads
     for k in range(3):
-        want = expected[k]
+        want, want_metrics = expected[k]
         assert float(want.norm()) > 0
         torch.testing.assert_close(got[k].double(), want, rtol=2e-4, atol=2e-6 * float(want.abs().max()))
+        if not grouped:  # an update that logs: each member's own losses and per-term norms
+            assert metrics[k]["grad_norm/total"] == pytest.approx(float(want.norm()), rel=1e-4)
+            for tag, value in want_metrics.items():
+                assert metrics[k][tag] == pytest.approx(value, rel=1e-4, abs=1e-7), (k, tag)
     # members' rows differ: nothing was shared
     assert not torch.allclose(got[0], got[1])
 
@@ -198,23 +206,28 @@ def test_a_diverging_member_stops_alone(tmp_path):
     assert json.loads((tmp_path / "m1" / SUMMARY_NAME).read_text())["status"] == "diverged"
 
 
-def test_members_sharing_a_mapping_and_beta_share_one_ops_call(tmp_path, monkeypatch):
+def test_members_sharing_a_mapping_share_one_ops_call_whatever_their_beta(tmp_path, monkeypatch):
     calls = []
     loss = ops.ppo_loss
 
     def spy(logits, *args, **kwargs):
-        calls.append((kwargs["alpha"], kwargs["beta"], logits.shape[0], kwargs["grad_norms"]))
+        beta = kwargs["beta"]
+        calls.append((kwargs["alpha"], beta if isinstance(beta, float) else sorted(set(beta.tolist())),
+                      logits.shape[0]))
         return loss(logits, *args, **kwargs)
 
     monkeypatch.setattr(ops, "ppo_loss", spy)
-    members = _members(tmp_path, "total_steps=64", "log_interval=1000", "histogram_interval=0", members=(
-        ("seed=0", "beta=0.1"), ("seed=1", "beta=0.1"), ("seed=2", "beta=0.1", "policy=sparsemax"),
+    members = _members(tmp_path, "total_steps=64", "log_interval=1", members=(
+        ("seed=0", "beta=0.1"), ("seed=1", "beta=0.2"), ("seed=2", "beta=0.1", "policy=sparsemax"),
         ("seed=3", "beta=0.1", "policy=sparsemax")))
     train_population(members)
-    # 2 updates x 2 epochs x 2 minibatches, two groups each; updates that log (none here but the
-    # first, update 0 % 1000 == 0 is not reached: updates count from 1) would call per member
+    # 2 updates x 2 epochs x 2 minibatches, one call per mapping, logging updates included
     assert len(calls) == 2 * 2 * 2 * 2
-    assert {c[0] for c in calls} == {1.0, 2.0} and all(c[2] == 2 * 16 for c in calls)
+    softmax = [c for c in calls if c[0] == 1.0]
+    sparsemax = [c for c in calls if c[0] == 2.0]
+    assert len(softmax) == len(sparsemax) == 8 and all(c[2] == 2 * 16 for c in calls)
+    assert all(c[1] == pytest.approx([0.1, 0.2]) for c in softmax)  # per-row beta
+    assert all(c[1] == 0.1 for c in sparsemax)  # one beta: ops' scalar path
 
 
 KILLED = """
