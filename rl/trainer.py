@@ -328,11 +328,9 @@ class Trainer:
         nets = []
         for m in self.members:
             torch.manual_seed(m.seed)
-            # policy.network picks the encoder; "auto" (by observation) is the factory's default
-            kind = {} if net.network == "auto" else {"network": net.network}
             nets.append(make_network(info.observation_space, self.n_actions,
                                      hidden_sizes=net.hidden_sizes, activation=net.activation,
-                                     shared=net.shared, **kind).to(self.device))
+                                     shared=net.shared, network=net.network).to(self.device))
         self.net = StackedNetwork(nets)
         # Actor-only logits per rollout step, values batched after it: worth it when the critic
         # is a network of its own (a shared trunk would run twice).
