@@ -30,7 +30,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from rl.config import EnvSettings, env_settings
 
-__all__ = ["EnvInfo", "action_mask_from", "env_info", "make_envs", "policy_obs"]
+__all__ = ["EnvInfo", "MemberEnvs", "action_mask_from", "concat_infos", "concat_obs", "env_info",
+           "load_rms_state", "make_envs", "policy_obs", "rms_state"]
 
 # The modes `_build` implements; rl.config's schema accepts exactly these.
 VECTORIZATION_MODES = ("auto", "vector_entry_point", "sync", "async", "envpool")
@@ -480,3 +481,93 @@ def action_mask_from(obs: Any, infos: Mapping[str, Any] | None) -> np.ndarray | 
         if not present.all():
             mask[~present] = True
     return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# A population's envs: K vector envs stepped as one (rl/trainer.py)
+# ---------------------------------------------------------------------------------------------
+def _wrapper_chain(env: Any):
+    while env is not None:
+        yield env
+        env = getattr(env, "env", None)
+
+
+def rms_state(envs: Any) -> dict[str, dict[str, Any]]:
+    """Running statistics of the normalization wrappers (obs_rms, return_rms) as tensors."""
+    import torch
+
+    state = {}
+    for env in _wrapper_chain(envs):
+        for attr in ("obs_rms", "return_rms"):
+            rms = getattr(env, attr, None)
+            if rms is not None and attr not in state:
+                state[attr] = {k: torch.as_tensor(np.asarray(getattr(rms, k), dtype=np.float64))
+                               for k in ("mean", "var", "count")}
+    return state
+
+
+def load_rms_state(envs: Any, state: dict[str, dict[str, Any]]) -> None:
+    for env in _wrapper_chain(envs):
+        for attr, values in state.items():
+            rms = getattr(env, attr, None)
+            if rms is not None:
+                for k, v in values.items():
+                    old = getattr(rms, k)
+                    setattr(rms, k, v.numpy().astype(np.asarray(old).dtype).reshape(np.shape(old)))
+
+
+def concat_infos(parts: list[dict], sizes: list[int]) -> dict:
+    """Vector-env ``infos`` of consecutive env blocks as one dict (arrays concatenated; a key a
+    block lacks is zeros/False there, as gymnasium's own vector infos)."""
+    keys = [k for p in parts for k in p]
+    out: dict = {}
+    for key in dict.fromkeys(keys):
+        values = [p.get(key) for p in parts]
+        ref = next(v for v in values if v is not None)
+        if isinstance(ref, dict):
+            out[key] = concat_infos([v if v is not None else {} for v in values], sizes)
+        else:
+            ref = np.asarray(ref)
+            out[key] = np.concatenate([np.asarray(v) if v is not None else
+                                       np.zeros((n, *ref.shape[1:]), dtype=ref.dtype)
+                                       for v, n in zip(values, sizes, strict=True)])
+    return out
+
+
+class MemberEnvs:
+    """K vector envs stepped as one: member k owns sub-envs ``k*N .. (k+1)*N - 1``.
+
+    Used when a wrapper keeps statistics (normalization) or envs are pickled per member; otherwise
+    the trainer steps one vector env of K x N sub-envs directly.
+    """
+
+    def __init__(self, envs: list[Any]):
+        self.envs = envs
+        self.sizes = [e.num_envs for e in envs]
+        self.num_envs = sum(self.sizes)
+        first = envs[0]
+        self.single_observation_space = first.single_observation_space
+        self.single_action_space = first.single_action_space
+        self.metadata = first.metadata
+
+    def reset_member(self, k: int, seed: int):
+        return self.envs[k].reset(seed=seed)
+
+    def step(self, actions: np.ndarray):
+        parts, start = [], 0
+        for env, n in zip(self.envs, self.sizes, strict=True):
+            parts.append(env.step(actions[start:start + n]))
+            start += n
+        obs = concat_obs([p[0] for p in parts])
+        rew, term, trunc = (np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))
+        return obs, rew, term, trunc, concat_infos([p[4] for p in parts], self.sizes)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def concat_obs(parts: list[Any]) -> Any:
+    if isinstance(parts[0], dict):
+        return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+    return np.concatenate([np.asarray(p) for p in parts])

@@ -39,9 +39,16 @@ _EVAL_SEED_OFFSET = 1_000_003
 
 def evaluate_members(trainer: Trainer, members: list[int], episodes: int) -> dict[int, tuple[float, float]]:
     """Greedy and sampled mean returns of ``members``: ``{k: (greedy, sampled)}``."""
-    from rl.envs import action_mask_from, make_envs, policy_obs
+    from rl.envs import (
+        MemberEnvs,
+        action_mask_from,
+        concat_infos,
+        concat_obs,
+        make_envs,
+        policy_obs,
+        rms_state,
+    )
     from rl.evaluate import _restore_obs_rms
-    from rl.trainer import MemberEnvs, _concat_infos, _concat_obs, _rms_state
 
     K, E = trainer.K, episodes
     per = 2 * E  # sub-envs per member: E greedy, then E sampled
@@ -51,10 +58,10 @@ def evaluate_members(trainer: Trainer, members: list[int], episodes: int) -> dic
     if trainer.per_member_envs:
         envs = MemberEnvs([make_envs(eval_env_s, per, s) for s in seeds])
         for k, env in enumerate(envs.envs):
-            _restore_obs_rms(env, {"obs_normalization": _rms_state(trainer.envs.envs[k])})
+            _restore_obs_rms(env, {"obs_normalization": rms_state(trainer.envs.envs[k])})
         results = [envs.reset_member(k, s) for k, s in enumerate(seeds)]
-        obs = _concat_obs([r[0] for r in results])
-        infos = _concat_infos([r[1] for r in results], envs.sizes)
+        obs = concat_obs([r[0] for r in results])
+        infos = concat_infos([r[1] for r in results], envs.sizes)
     else:
         envs = make_envs(eval_env_s, K * per, seeds[0])
         obs, infos = envs.reset(seed=int(np.random.SeedSequence(seeds).generate_state(1)[0]))

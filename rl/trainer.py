@@ -71,6 +71,7 @@ from rl.checkpoint import (
     write_json,
 )
 from rl.config import validate
+from rl.envs import MemberEnvs, concat_infos, concat_obs, load_rms_state, rms_state
 from rl.rollout import RolloutBuffer
 from rl.schedules import build_coefficient
 from rl.stacked import StackedNetwork, StackedOptimizer, row_norms
@@ -133,94 +134,6 @@ class MemberRun:
 
     def mean_return(self) -> float:
         return float(np.mean(self.recent_returns)) if self.recent_returns else math.nan
-
-
-# ---------------------------------------------------------------------------------------------
-# The K members' envs
-# ---------------------------------------------------------------------------------------------
-def _wrapper_chain(env: Any):
-    while env is not None:
-        yield env
-        env = getattr(env, "env", None)
-
-
-def _rms_state(envs: Any) -> dict[str, dict[str, torch.Tensor]]:
-    """Running statistics of the normalization wrappers (obs_rms, return_rms) as tensors."""
-    state = {}
-    for env in _wrapper_chain(envs):
-        for attr in ("obs_rms", "return_rms"):
-            rms = getattr(env, attr, None)
-            if rms is not None and attr not in state:
-                state[attr] = {k: torch.as_tensor(np.asarray(getattr(rms, k), dtype=np.float64))
-                               for k in ("mean", "var", "count")}
-    return state
-
-
-def _load_rms_state(envs: Any, state: dict[str, dict[str, torch.Tensor]]) -> None:
-    for env in _wrapper_chain(envs):
-        for attr, values in state.items():
-            rms = getattr(env, attr, None)
-            if rms is not None:
-                for k, v in values.items():
-                    old = getattr(rms, k)
-                    setattr(rms, k, v.numpy().astype(np.asarray(old).dtype).reshape(np.shape(old)))
-
-
-def _concat_infos(parts: list[dict], sizes: list[int]) -> dict:
-    """Vector-env ``infos`` of consecutive env blocks as one dict (arrays concatenated; a key a
-    block lacks is zeros/False there, as gymnasium's own vector infos)."""
-    keys = [k for p in parts for k in p]
-    out: dict = {}
-    for key in dict.fromkeys(keys):
-        values = [p.get(key) for p in parts]
-        ref = next(v for v in values if v is not None)
-        if isinstance(ref, dict):
-            out[key] = _concat_infos([v if v is not None else {} for v in values], sizes)
-        else:
-            ref = np.asarray(ref)
-            out[key] = np.concatenate([np.asarray(v) if v is not None else
-                                       np.zeros((n, *ref.shape[1:]), dtype=ref.dtype)
-                                       for v, n in zip(values, sizes, strict=True)])
-    return out
-
-
-class MemberEnvs:
-    """K vector envs stepped as one: member k owns sub-envs ``k*N .. (k+1)*N - 1``.
-
-    Used when a wrapper keeps statistics (normalization) or envs are pickled per member; otherwise
-    the trainer steps one vector env of K x N sub-envs directly.
-    """
-
-    def __init__(self, envs: list[Any]):
-        self.envs = envs
-        self.sizes = [e.num_envs for e in envs]
-        self.num_envs = sum(self.sizes)
-        first = envs[0]
-        self.single_observation_space = first.single_observation_space
-        self.single_action_space = first.single_action_space
-        self.metadata = first.metadata
-
-    def reset_member(self, k: int, seed: int):
-        return self.envs[k].reset(seed=seed)
-
-    def step(self, actions: np.ndarray):
-        parts, start = [], 0
-        for env, n in zip(self.envs, self.sizes, strict=True):
-            parts.append(env.step(actions[start:start + n]))
-            start += n
-        obs = _concat_obs([p[0] for p in parts])
-        rew, term, trunc = (np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))
-        return obs, rew, term, trunc, _concat_infos([p[4] for p in parts], self.sizes)
-
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
-
-
-def _concat_obs(parts: list[Any]) -> Any:
-    if isinstance(parts[0], dict):
-        return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
-    return np.concatenate([np.asarray(p) for p in parts])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,8 +325,8 @@ class Trainer:
                             m.run_dir)
             seed = m.seed if state is None else self._resume_seed([m.seed], m.global_step)
             results.append(self.envs.reset_member(k, seed))
-        obs = _concat_obs([r[0] for r in results])
-        return obs, _concat_infos([r[1] for r in results], self.envs.sizes)
+        obs = concat_obs([r[0] for r in results])
+        return obs, concat_infos([r[1] for r in results], self.envs.sizes)
 
     # ------------------------------------------------------------------ checkpoints
     def _cols(self, k: int) -> slice:
@@ -437,7 +350,7 @@ class Trainer:
             "solved_at": m.solved_at,
             "last_entropy": None if m.last_entropy is None else list(m.last_entropy),
             "rng": {"sample": m.sample_gen.get_state(), "perm": m.perm_gen.get_state()},
-            "obs_normalization": _rms_state(self.envs.envs[k] if self.per_member_envs else self.envs),
+            "obs_normalization": rms_state(self.envs.envs[k] if self.per_member_envs else self.envs),
             "env_state": {
                 "obs": buf.obs[0, cols].cpu(),
                 "mask": None if buf.masks is None else buf.masks[0, cols].cpu(),
@@ -471,7 +384,7 @@ class Trainer:
         norm = state["obs_normalization"]
         if norm:
             if self.per_member_envs:
-                _load_rms_state(self.envs.envs[k], norm)
+                load_rms_state(self.envs.envs[k], norm)
         log.info("%s: resumed from %s at env step %d (update %d)", m.run_dir, m.resume,
                  m.global_step, m.update)
 
