@@ -69,14 +69,18 @@ _SUBMITIT_COMMON = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_
 
 
 # ---------------------------------------------------------------------------------------- grouping
-def group_jobs(keys: Sequence[Hashable], max_population: int) -> list[list[int]]:
+def group_jobs(keys: Sequence[Hashable], max_population: int,
+               min_populations: int = 1) -> list[list[int]]:
     """Populations as lists of job indices: jobs with equal ``keys`` together, at most
-    ``max_population`` per population.
+    ``max_population`` per population, and at least ``min_populations`` populations when there
+    are that many jobs.
 
     Groups come in the order of their first job, jobs in sweep order. A group larger than
     ``max_population`` is cut into ``ceil(n / max_population)`` populations of near-equal size
     (70 jobs at 64 give 35 + 35, not 64 + 6): populations run side by side, and the largest one
-    sets the sweep's wall time.
+    sets the sweep's wall time. With fewer populations than ``min_populations`` (the local
+    processes that can run at once: a population trains on one core), the largest population is
+    cut in two until there are enough, so no core idles (60 jobs, 2 processes: 30 + 30).
     """
     if isinstance(max_population, bool) or not isinstance(max_population, int) or max_population < 1:
         raise ValueError(f"hydra.launcher.max_population must be an integer >= 1; got {max_population!r}")
@@ -92,6 +96,10 @@ def group_jobs(keys: Sequence[Hashable], max_population: int) -> list[list[int]]
             end = start + size + (p < extra)
             populations.append(jobs[start:end])
             start = end
+    while len(populations) < min_populations and max(map(len, populations), default=0) > 1:
+        i = max(range(len(populations)), key=lambda j: len(populations[j]))
+        jobs = populations[i]
+        populations[i:i + 1] = [jobs[:(len(jobs) + 1) // 2], jobs[(len(jobs) + 1) // 2:]]
     return populations
 
 
@@ -400,7 +408,8 @@ class PopulationLauncher(Launcher):
 
             todo = sorted(keys)
             populations = [[todo[i] for i in p]
-                           for p in group_jobs([keys[j] for j in todo], self.max_population)]
+                           for p in group_jobs([keys[j] for j in todo], self.max_population,
+                                               self.n_jobs if self.backend == "local" else 1)]
             skipped = sum(r is not None and r["status"] == "skipped" for r in results)
             log.info("%d job(s): %d already finished, %d in %d population(s) (max_population %d, backend %s)",
                      len(jobs), skipped, len(todo), len(populations), self.max_population, self.backend)

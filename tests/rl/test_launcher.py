@@ -38,6 +38,14 @@ def test_group_jobs_splits_a_group_larger_than_max_population_evenly():
     assert group_jobs(["a"] * 4, 1) == [[0], [1], [2], [3]]
 
 
+def test_group_jobs_fills_every_local_process():
+    """Fewer populations than processes: the largest is cut in two until each process has one."""
+    assert [len(p) for p in group_jobs(["a"] * 60, 64, min_populations=2)] == [30, 30]
+    assert group_jobs(["a"] * 3 + ["b"], 64, min_populations=3) == [[0, 1], [2], [3]]
+    assert group_jobs(["a"], 64, min_populations=4) == [[0]]  # one job cannot be cut
+    assert [len(p) for p in group_jobs(["a"] * 70, 64, min_populations=2)] == [35, 35]
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "8"])
 def test_group_jobs_rejects_a_bad_max_population(bad):
     with pytest.raises(ValueError, match=r"hydra.launcher.max_population must be an integer >= 1; got"):
