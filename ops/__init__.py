@@ -62,9 +62,10 @@ class LossOutput:
     grad_sq_policy, grad_sq_entropy:
         Detached per-row squared norms of the rows, at the logits, of the two terms' gradients
         of ``loss`` (the weighted mean), so ``grad_sq_policy.sum().sqrt()`` is
-        ``grad_norm_policy`` (likewise for the entropy); a subset of rows (one population
-        member's) gives that subset's share. ``None`` with ``grad_norms=False`` or when the
-        logits do not require grad.
+        ``grad_norm_policy`` (likewise for the entropy). The rows of one population member give
+        its share; the gradient norm of that member's own weighted mean loss is
+        ``sqrt(sum over its rows) * sum(w) / sum(w over its rows)``. ``None`` with
+        ``grad_norms=False`` or when the logits do not require grad.
     """
 
     loss: torch.Tensor

@@ -90,6 +90,27 @@ def test_row_beta_equals_row_by_row(ppo, alpha):
 
 
 @pytest.mark.parametrize("ppo", [False, True], ids=["pg", "ppo"])
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+def test_member_metrics_from_one_call(ppo, alpha):
+    """Members (the leading index, 3 rows each, one beta each) in one call: each member's loss,
+    mean entropy and gradient norms of its own weighted mean loss follow from the per-row
+    outputs as the LossOutput docstring says, equal to calling the op on the member alone."""
+    c = make_case(("members", ppo, alpha), (*LEAD, V), alpha, 0.9, True, ppo)
+    member_beta = torch.tensor([0.05, 0.4], dtype=torch.float64)
+    out, _ = _call(c, ppo, member_beta[:, None].expand(LEAD), alpha, 0.9)
+    w = c["weights"]
+    for k in range(LEAD[0]):
+        alone, _ = _call(c, ppo, float(member_beta[k]), alpha, 0.9, sel=k)
+        share = w[k] / w[k].sum()
+        torch.testing.assert_close((share * out.loss_rows[k]).sum(), alone.loss.detach(), **F64)
+        torch.testing.assert_close(out.entropy[k], alone.entropy, **F64)
+        for term in ("policy", "entropy"):
+            rescale = w.sum() / w[k].sum()
+            norm = getattr(out, f"grad_sq_{term}")[k].sum().sqrt() * rescale
+            torch.testing.assert_close(norm, getattr(alone, f"grad_norm_{term}"), **F64)
+
+
+@pytest.mark.parametrize("ppo", [False, True], ids=["pg", "ppo"])
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_row_norms_are_autograd_row_norms(ppo, alpha):
     """grad_sq_* are the squared norms of the rows of autograd's gradient of each term of the
