@@ -255,7 +255,7 @@ def pg_loss(logits, actions, advantages, beta=0.0, alpha=1.0, temperature=1.0, m
     advantages : (...) tensor or a float (1.0 gives cross-entropy).
     beta : entropy coefficient >= 0: a float, or a (...) tensor (any form ``advantages`` takes)
         with one coefficient per row, ``l_i = policy_i - beta_i H_i``, so that the members of a
-        population that differ only in beta share one call.
+        population that differ only in beta share one call. A constant: no gradient flows to it.
     alpha, temperature, mask : the mapping (see the module docstring).
     weights : optional (...) nonnegative row weights; the loss is ``sum w l / sum w``.
     grad_buffer : optional contiguous tensor (the logits' shape and dtype) that receives the
