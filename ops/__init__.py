@@ -62,9 +62,10 @@ class LossOutput:
     grad_sq_policy, grad_sq_entropy:
         Detached per-row squared norms of the rows, at the logits, of the two terms' gradients
         of ``loss`` (the weighted mean), so ``grad_sq_policy.sum().sqrt()`` is
-        ``grad_norm_policy`` (likewise for the entropy); a subset of rows (one population
-        member's) gives that subset's share. ``None`` with ``grad_norms=False`` or when the
-        logits do not require grad.
+        ``grad_norm_policy`` (likewise for the entropy). The rows of one population member give
+        its share; the gradient norm of that member's own weighted mean loss is
+        ``sqrt(sum over its rows) * sum(w) / sum(w over its rows)``. ``None`` with
+        ``grad_norms=False`` or when the logits do not require grad.
     """
 
     loss: torch.Tensor
@@ -254,7 +255,7 @@ def pg_loss(logits, actions, advantages, beta=0.0, alpha=1.0, temperature=1.0, m
     advantages : (...) tensor or a float (1.0 gives cross-entropy).
     beta : entropy coefficient >= 0: a float, or a (...) tensor (any form ``advantages`` takes)
         with one coefficient per row, ``l_i = policy_i - beta_i H_i``, so that the members of a
-        population that differ only in beta share one call.
+        population that differ only in beta share one call. A constant: no gradient flows to it.
     alpha, temperature, mask : the mapping (see the module docstring).
     weights : optional (...) nonnegative row weights; the loss is ``sum w l / sum w``.
     grad_buffer : optional contiguous tensor (the logits' shape and dtype) that receives the

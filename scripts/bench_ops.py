@@ -5,6 +5,8 @@ For each (loss, mapping, shape, dtype) it times ``loss.backward()`` of
 
 * ``fused``: ``ops.pg_loss`` / ``ops.ppo_loss`` (the Triton kernels on CUDA, the PyTorch
   closed forms on the CPU);
+* ``fused_rows`` (only when asked, ``--impls fused,fused_rows``): the same with beta given per
+  row (a tensor of BETA, the path a population of runs takes; on CUDA the ROW_BETA variant);
 * ``eager``: the same loss as a PyTorch composite, differentiated by autograd through the
   mapping (``log_softmax`` for softmax; the ``entmax`` package's sparsemax / entmax15 for
   alpha > 1, the implementation users would otherwise pick);
@@ -98,19 +100,20 @@ def composite_loss(kind, alpha):
     return loss
 
 
-def fused_loss(kind, alpha):
+def fused_loss(kind, alpha, per_row_beta=False):
     def loss(logits, actions, advantages, old_log_prob):
+        beta = torch.full_like(advantages, BETA) if per_row_beta else BETA
         if kind == "pg":
-            return ops.pg_loss(logits, actions, advantages, beta=BETA, alpha=alpha).loss
-        return ops.ppo_loss(logits, actions, advantages, old_log_prob, beta=BETA,
+            return ops.pg_loss(logits, actions, advantages, beta=beta, alpha=alpha).loss
+        return ops.ppo_loss(logits, actions, advantages, old_log_prob, beta=beta,
                             clip_eps=CLIP, alpha=alpha).loss
 
     return loss
 
 
 def build(impl, kind, alpha):
-    if impl == "fused":
-        return fused_loss(kind, alpha)
+    if impl in ("fused", "fused_rows"):
+        return fused_loss(kind, alpha, per_row_beta=impl == "fused_rows")
     fn = composite_loss(kind, alpha)
     if impl == "compile":
         fn = torch.compile(fn, dynamic=False)
@@ -343,6 +346,12 @@ def markdown_table(rows):
         speed = f"{e['ms'] / f['ms']:.2f}x" if f and e and "ms" in f and "ms" in e else "-"
         lines.append(f"| {kind} | {mapping} | {shape} | {dtype} | {ms(f)} | {ms(e)} | {ms(c)} | "
                      f"{speed} | {mem(f)} | {mem(e)} | {mem(c)} |")
+    if any("fused_rows" in impls for impls in cases.values()):
+        lines += ["", "| loss | mapping | B x V | dtype | fused ms | fused, per-row beta ms |",
+                  "|---|---|---|---|---|---|"]
+        for (kind, mapping, shape, dtype), impls in cases.items():
+            lines.append(f"| {kind} | {mapping} | {shape} | {dtype} | {ms(impls.get('fused'))} | "
+                         f"{ms(impls.get('fused_rows'))} |")
     return "\n".join(lines)
 
 

@@ -2,8 +2,9 @@
 
 * Both backends implement ``Backend`` in full; each autograd Function runs its backward on the
   backend its forward ran on.
-* Per-row arguments reach the backends as contiguous (N,) tensors whatever their form (Python
-  scalar, 0-d, stride-0 broadcast, a strided column, a transposed view), and the logits and mask
+* Per-row arguments (per-row beta included) reach the backends as contiguous (N,) tensors
+  whatever their form (Python scalar, 0-d, stride-0 broadcast, a strided column, a transposed
+  view), and the logits and mask
   in one row-major layout: every public op under the Triton backend (Triton's interpreter on
   CPU tensors, ``tests/conftest.py``) equals the torch backend for every form, and a hypothesis
   test draws forms, shapes, dtypes and mappings.
@@ -144,11 +145,14 @@ def base_case(key, lead=LEAD, n_act=V, dtype=torch.float32, alpha=1.0):
         old_log_prob=p.gather(-1, actions[..., None])[..., 0].log().float()
         + 0.3 * torch.randn(lead, generator=g),
         weights=torch.rand(lead, generator=g) + 0.1,
+        # per-row beta values; a case uses them only when a test puts them in "beta"
+        beta_rows=torch.rand(lead, generator=g) * 0.5,
     )
 
 
 def run_public(op, args, alpha, temperature, beta=0.3, clip_eps=0.2):
-    """One public op with a backward; its outputs and the logits' gradient, detached."""
+    """One public op with a backward; its outputs and the logits' gradient, detached.
+    ``args["beta"]``, when present, replaces ``beta`` (a per-row form)."""
     z = args["z"].detach().clone().requires_grad_()
     if op == "probs":
         out = ops.probs(z, alpha=alpha, temperature=temperature, mask=args["mask"])
@@ -162,11 +166,11 @@ def run_public(op, args, alpha, temperature, beta=0.3, clip_eps=0.2):
         extra = (args["old_log_prob"],) if op == "ppo" else ()
         kw = dict(clip_eps=clip_eps) if op == "ppo" else {}
         out = getattr(ops, f"{op}_loss")(z, args["actions"], args["advantages"], *extra,
-                                         beta=beta, alpha=alpha, temperature=temperature,
+                                         beta=args.get("beta", beta), alpha=alpha, temperature=temperature,
                                          mask=args["mask"], weights=args["weights"], **kw)
         out.loss.backward()
         res = [out.loss, out.entropy, out.log_prob, out.support_size, out.grad_norm_policy,
-               out.grad_norm_entropy]
+               out.grad_norm_entropy, out.loss_rows, out.grad_sq_policy, out.grad_sq_entropy]
         if op == "ppo":
             res += [out.ratio, out.clipped]
     return [r.detach() for r in res] + [z.grad]
@@ -190,7 +194,7 @@ def assert_backends_agree(monkeypatch, op, args, alpha, temperature, dtype=torch
 
 
 @pytest.mark.parametrize(("name", "form"), [
-    (name, form) for name in ("advantages", "old_log_prob", "weights", "actions")
+    (name, form) for name in ("advantages", "old_log_prob", "weights", "actions", "beta")
     for form in ("scalar", "0-d", "broadcast", "strided", "transposed")
     # actions have the logits' leading shape: no scalar form
     if not (name == "actions" and form in ("scalar", "0-d"))])
@@ -198,7 +202,7 @@ def test_per_row_forms(monkeypatch, name, form):
     """The defect this guards: a scalar advantage read as a stride-0 view gave a loss of 1.2e34,
     a column of a (N, 3) tensor read the wrong rows."""
     args = base_case(("forms", name, form))
-    args[name] = per_row_form(args[name], form)
+    args[name] = per_row_form(args["beta_rows" if name == "beta" else name], form)
     # a broadcast action is row 0's: allowed in every row
     args["mask"] = args["mask"].scatter(-1, args["actions"].reshape(*LEAD, 1), True)
     ops_ = ["ppo"] if name == "old_log_prob" else ["pg", "ppo"]
@@ -233,7 +237,7 @@ FORMS = ["tensor", "scalar", "0-d", "broadcast", "strided", "transposed"]
     alpha=st.sampled_from([1.0, 1.5, 2.0, 1.3, 2.5]),
     temperature=st.sampled_from([1.0, 0.6, 1.7]),
     forms=st.fixed_dictionaries({k: st.sampled_from(FORMS) for k in
-                                 ("advantages", "old_log_prob", "weights")}),
+                                 ("advantages", "old_log_prob", "weights", "beta")}),
     actions_form=st.sampled_from(["tensor", "broadcast", "strided", "transposed"]),
     logits=st.sampled_from(["contiguous", "transposed", "column-strided"]),
     mask=st.sampled_from(["none", "contiguous", "transposed"]),
@@ -245,7 +249,7 @@ def test_forms_shapes_and_dtypes(op, n_act, dtype, alpha, temperature, forms, ac
     lead = (4, 4)
     args = base_case(("hyp", seed), lead=lead, n_act=n_act, dtype=dtype, alpha=alpha)
     for k, form in forms.items():
-        args[k] = per_row_form(args[k], form)
+        args[k] = per_row_form(args["beta_rows" if k == "beta" else k], form)
     args["actions"] = per_row_form(args["actions"], actions_form)
     # the broadcast action (row 0's) must be allowed everywhere: allow it
     args["mask"] = args["mask"].scatter(-1, args["actions"].reshape(*lead, 1), True)
