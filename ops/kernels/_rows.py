@@ -21,9 +21,11 @@ convex and decreasing, so Newton started at the lower end ``tau = -1`` increases
 the root; for alpha = 2 the step is Michelot's closed form ``tau = (sum_S y - 1) / |S|`` on the
 current support, exact as soon as the support stops changing; h is exact in one step for any
 alpha when the supported entries are equal. Measured: 1-12 passes for alpha in [1.1, 2] at V up
-to 32768. Other alpha than 1.5 and 2 finish with the last Newton step, the sums carried to first
-order (as for alpha > 2 below): the stopping test leaves tau up to 2^-20 |tau| short of the root,
-which is a relative error of ``k delta / d`` on a ``p`` near the threshold.
+to 32768. Other alpha than 1.5 and 2 search in the pivot frame and finish with the last Newton
+step, the sums carried to first order, as alpha > 2 does (below): the stopping test leaves tau up
+to 2^-20 |tau| short of the root, and in the row-max frame ``d = y - tau`` of an action near the
+threshold keeps only the absolute precision of ``|y| ~ 1`` (relative errors ``k delta / d`` and
+``k eps / d`` in ``p``).
 
 alpha > 2 (k < 1, NEWTON off): h is not convex and ``p = d^k`` is steep at small d (alpha = 4:
 ``d = 3e-7`` is ``p = 0.0065``), so tau must be known to a fraction of the smallest d on the
@@ -34,9 +36,10 @@ moved to each new ``tau`` (``pivot += tau / y_scale``, tau and the bracket shift
 rounded ``y_scale * (new - old)``), so tau stays small and ``x - pivot`` is exact near the
 threshold. It bisects while a Newton step would change the support (it reduces the smallest d
 on it, ``d_min``, by half or more, or reaches the largest d off it), takes Newton steps once it
-would not, stops when that step is below 2^-12 ``d_min`` (or the bracket below 2^-20 ``d_min``,
-or ``|sum p - 1|`` below 2^-20), and finishes with that last Newton step, the sums carried to
-first order (O((step / d_min)^2) remains). The saved statistic ``m`` is then the pivot.
+would not, stops when that step is below 2^-12 ``d_min`` (or the bracket below 2^-20 of the
+smallest ``|d|`` on either side of the threshold, or ``|sum p - 1|`` below 2^-20), and finishes
+with that last Newton step, the sums carried to first order (O((step / d_min)^2) remains). The
+saved statistic ``m`` is then the pivot.
 Measured at 16 x 4096 fp32: 1-26 passes, median ~5 (before: bisection to 2^-20 |tau|, 22-25).
 
 Every launch goes through ``launch`` (below), and ``record_iterations`` turns on a DEBUG variant
@@ -89,7 +92,7 @@ def _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols, V, HAS_MASK: tl.constex
 
 
 @triton.jit
-def _entmax_tile(x, m, tau, alpha, y_scale, MAPPING: tl.constexpr):
+def _entmax_tile(x, m, tau, am1, y_scale, MAPPING: tl.constexpr):
     """For a tile: ``on = d > 0`` and ``p = d^k``, ``q = d^(k-1)``, ``p^alpha = d^(k+1)`` on it,
     with ``d = y - tau``, ``y = y_scale (x - m)``, ``y_scale = (alpha - 1) / T``."""
     d = y_scale * (x - m[:, None]) - tau[:, None]
@@ -104,23 +107,23 @@ def _entmax_tile(x, m, tau, alpha, y_scale, MAPPING: tl.constexpr):
         q = d
         pa = pk * d
     else:
-        pk = tl.exp2(tl.log2(d) / (alpha - 1.0))
+        pk = tl.exp2(tl.log2(d) / am1)
         q = pk / d
         pa = pk * d
     return on, tl.where(on, pk, 0.0), tl.where(on, q, 0.0), tl.where(on, pa, 0.0)
 
 
 @triton.jit
-def _row_statistics(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature, alpha,
-                    MAPPING: tl.constexpr, NEWTON: tl.constexpr, HAS_MASK: tl.constexpr,
+def _row_statistics(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature, alpha, am1,
+                    y_scale, MAPPING: tl.constexpr, NEWTON: tl.constexpr, HAS_MASK: tl.constexpr,
                     SINGLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
                     MAX_ITERS: tl.constexpr):
     """Per-row statistics of the mapping of ``z / T`` (x: raw logit tiles).
 
     Returns ``(row_max, m, t0, S, Tq, H, support, iters)``: row_max is the max of z over allowed
     actions (NaN if the row holds NaN, -inf if nothing is allowed) for validation; m the same
-    made finite (alpha > 2: the threshold search's pivot, the frame of t0); t0 = log s =
-    log-sum-exp - m (softmax) or tau (alpha > 1); S = sum p and Tq = sum q before
+    made finite (alpha other than 1.5 and 2: the threshold search's pivot, the frame of t0);
+    t0 = log s = log-sum-exp - m (softmax) or tau (alpha > 1); S = sum p and Tq = sum q before
     normalisation (1 for softmax); H the entropy; support = #{p > 0} (int32); iters the passes
     of the threshold search each row took part in (int32, 0 for softmax; only stored by DEBUG
     launches, otherwise compiled away).
@@ -177,30 +180,30 @@ def _row_statistics(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature
         c = n
         iters = tl.zeros([BLOCK_N], tl.int32)
     else:
-        # alpha > 2: m comes back as the search's pivot (the frame of t0, module docstring)
+        # alpha other than 1.5 and 2: m comes back as the search's pivot (the frame of t0,
+        # module docstring)
         m, t0, S, Tq, H, c, iters = _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok,
-                                                      x_row, V, temperature, alpha, m, n, ok,
-                                                      MAPPING, NEWTON, HAS_MASK, SINGLE, BLOCK_N,
-                                                      BLOCK_V, MAX_ITERS)
+                                                      x_row, V, temperature, alpha, am1, y_scale,
+                                                      m, n, ok, MAPPING, NEWTON, HAS_MASK, SINGLE,
+                                                      BLOCK_N, BLOCK_V, MAX_ITERS)
     return row_max, m, t0, S, Tq, H, c, iters
 
 
 @triton.jit
-def _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature, alpha, m, n,
-                      ok, MAPPING: tl.constexpr, NEWTON: tl.constexpr, HAS_MASK: tl.constexpr,
-                      SINGLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
-                      MAX_ITERS: tl.constexpr):
+def _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature, alpha, am1,
+                      y_scale, m, n, ok, MAPPING: tl.constexpr, NEWTON: tl.constexpr,
+                      HAS_MASK: tl.constexpr, SINGLE: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_V: tl.constexpr, MAX_ITERS: tl.constexpr):
     """tau of entmax-alpha (module docstring) and ``(pivot, S, Tq, H, support)`` at that tau.
 
     The threshold is ``tau`` in the frame ``d = y_scale (x - pivot) - tau``: the pivot is the
-    row max (tau in ``[-1, 0)``) except for alpha > 2 (not NEWTON), where it follows the
-    threshold (module docstring, "alpha > 2").
+    row max (tau in ``[-1, 0)``) for sparsemax and entmax-1.5; for other alpha it follows the
+    threshold (module docstring, "alpha > 2"). ``am1 = alpha - 1`` and ``y_scale = am1 / T``
+    come from the host (``frame_scalars``).
     """
     one = tl.full([BLOCK_N], 1.0, tl.float32)
     # 2. alpha > 1: safeguarded Newton (or bisection) on tau; each iteration is one pass at the
     #    current tau, whose sums are kept, so the final sums belong to the final tau.
-    am1 = alpha - 1.0
-    y_scale = am1 / temperature
     tau = tl.full([BLOCK_N], -1.0, tl.float32)
     lo = tau
     hi = -tl.exp2(-am1 * tl.log2(tl.maximum(n, 1).to(tl.float32)))
@@ -233,7 +236,7 @@ def _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperatu
             else:
                 x = _load_x(logits_ptr, mask_ptr, row_off, row_ok, start + tl.arange(0, BLOCK_V),
                             V, HAS_MASK)
-            on, pk, q, pa = _entmax_tile(x, pivot, tau, alpha, y_scale, MAPPING)
+            on, pk, q, pa = _entmax_tile(x, pivot, tau, am1, y_scale, MAPPING)
             S += tl.sum(pk, axis=1)
             Tq += tl.sum(q, axis=1)
             P += tl.sum(pa, axis=1)
@@ -259,7 +262,11 @@ def _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperatu
         else:
             delta = (S - tl.exp2((2.0 - alpha) * tl.log2(S))) / Tq
         if NEWTON:
-            tol = _TAU_RTOL * tl.abs(tau)
+            if MAPPING == 3:
+                # |tau| in the row-max frame (tau itself is small in the pivot frame)
+                tol = _TAU_RTOL * tl.abs(tau + y_scale * (pivot - m))
+            else:
+                tol = _TAU_RTOL * tl.abs(tau)
             conv = (hi - lo <= tol) | (tl.abs(f) <= _SUM_ATOL) | (it + 1 >= MAX_ITERS)
             if MAPPING == 1:
                 conv = conv | (c == c_prev)  # support unchanged: Michelot's tau is exact
@@ -274,13 +281,17 @@ def _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperatu
             local = (delta < 0.5 * d_min) & (delta >= d_off)
             step = tau + delta
             step = tl.where(local & (step > lo) & (step < hi), step, 0.5 * (lo + hi))
+            # the bracket is small enough only relative to the action nearest the threshold on
+            # either side: the largest d off the support too, or a bracket still holding an
+            # action just inside the support (d = 1.7e-8, p = 0.0026 at alpha = 4) stopped on
+            # its far side, where d_min is that of the other actions, and lost it
             conv = ((local & (tl.abs(delta) <= _NEWTON_RTOL * d_min))
-                    | (hi - lo <= _TAU_RTOL * d_min) | (tl.abs(f) <= _SUM_ATOL)
-                    | (it + 1 >= MAX_ITERS))
+                    | (hi - lo <= _TAU_RTOL * tl.minimum(d_min, -d_off))
+                    | (tl.abs(f) <= _SUM_ATOL) | (it + 1 >= MAX_ITERS))
         iters += active.to(tl.int32)
         tau_next = tl.where(done | conv, tau, step)
         done = done | conv
-        if not NEWTON:
+        if MAPPING == 3:
             # move the pivot to the next tau (raw logit scale): tau and the bracket shift by the
             # same rounded amount, and tau stays small, so d = y_scale (x - pivot) - tau keeps
             # its relative precision however close an action lies to the threshold
@@ -339,7 +350,8 @@ def _entmax_threshold(logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperatu
 
 
 @triton.jit
-def _mapping_tile(x, m, t0, S, Tq, H, alpha, temperature, MAPPING: tl.constexpr):
+def _mapping_tile(x, m, t0, S, Tq, H, alpha, am1, y_scale, temperature,
+                  MAPPING: tl.constexpr):
     """``(p, w, neg_dH)`` on a tile: p the probabilities; w = p (softmax) or q_hat (alpha > 1),
     so that ``d log p_a / dz = p_a^(1-alpha) (e_a - w)``; ``neg_dH = -dH/dz`` before dividing by T:
     Shannon ``p (log p + H)``, Tsallis ``(p - q_hat) / (alpha - 1)`` (DESIGN.md section 1)."""
@@ -350,10 +362,10 @@ def _mapping_tile(x, m, t0, S, Tq, H, alpha, temperature, MAPPING: tl.constexpr)
         neg_dH = p * (tl.where(p > 0, log_p, 0.0) + H[:, None])
         return p, p, neg_dH
     else:
-        on, pk, q, pa = _entmax_tile(x, m, t0, alpha, (alpha - 1.0) / temperature, MAPPING)
+        on, pk, q, pa = _entmax_tile(x, m, t0, am1, y_scale, MAPPING)
         p = pk / S[:, None]
         w = q / Tq[:, None]
-        return p, w, (p - w) / (alpha - 1.0)
+        return p, w, (p - w) / am1
 
 
 # Lists that ``record_iterations`` blocks are filling; a launch of the threshold search runs its
@@ -444,6 +456,15 @@ def _interpreted():
 def _interpreted_probe(x_ptr):
     """Never launched: its type tells whether ``@triton.jit`` ran under the interpreter."""
     pass
+
+
+def frame_scalars(alpha, temperature):
+    """``(am1, y_scale) = (alpha - 1, (alpha - 1) / T)``, each computed in double and rounded to
+    fp32 once, as the reference's scalars are. Compiled kernels take float arguments as fp32, and
+    ``alpha - 1`` of the fp32 alpha (1.3 -> 1.2999999523) is 1.6e-7 relative off; an action near
+    the threshold (``d = y - tau``, ``|y| <= 1``) has ``d`` off by that times ``|y| / d`` (at
+    ``d = 1e-3``: 1e-4 relative, times k in ``p = d^k``)."""
+    return float(alpha) - 1.0, (float(alpha) - 1.0) / float(temperature)
 
 
 def empty(shape, dtype, device):

@@ -20,7 +20,7 @@ from ops.kernels._rows import _load_x, _mapping_tile, _row_statistics, launch_co
 @triton.jit
 def _entropy_forward_kernel(
     logits_ptr, mask_ptr, entropy_ptr, support_ptr, row_max_ptr, stats_ptr, iters_ptr,
-    N, V, stride_row, alpha, temperature,
+    N, V, stride_row, alpha, am1, y_scale, temperature,
     MAPPING: tl.constexpr, NEWTON: tl.constexpr, HAS_MASK: tl.constexpr, SINGLE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, MAX_ITERS: tl.constexpr, DEBUG: tl.constexpr,
 ):
@@ -42,7 +42,7 @@ def _entropy_forward_kernel(
         x_row = 0.0
     # 2. statistics (the only pass over the logits, or the passes of the tau search)
     row_max, m, t0, S, Tq, H, support, iters = _row_statistics(
-        logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature, alpha, MAPPING, NEWTON,
+        logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature, alpha, am1, y_scale, MAPPING, NEWTON,
         HAS_MASK, SINGLE, BLOCK_N, BLOCK_V, MAX_ITERS)
     # 3. O(N) writes
     if DEBUG:
@@ -59,7 +59,7 @@ def _entropy_forward_kernel(
 @triton.jit
 def _entropy_backward_kernel(
     logits_ptr, mask_ptr, stats_ptr, entropy_ptr, grad_H_ptr, grad_ptr,
-    N, V, stride_row, alpha, temperature,
+    N, V, stride_row, alpha, am1, y_scale, temperature,
     MAPPING: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
@@ -83,7 +83,7 @@ def _entropy_backward_kernel(
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         x = _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols, V, HAS_MASK)
-        p, w, neg_dH = _mapping_tile(x, m, t0, S, Tq, H, alpha, temperature, MAPPING)
+        p, w, neg_dH = _mapping_tile(x, m, t0, S, Tq, H, alpha, am1, y_scale, temperature, MAPPING)
         in_bounds = row_ok[:, None] & (cols[None, :] < V)
         tl.store(grad_ptr + row_off[:, None] + cols[None, :],
                  (-g[:, None] * neg_dH).to(grad_ptr.dtype.element_ty), mask=in_bounds)
@@ -106,7 +106,7 @@ def _entropy_forward(logits, mask, alpha, temperature, mapping, newton, max_bloc
         _entropy_forward_kernel, (triton.cdiv(N, cfg["BLOCK_N"]),),
         logits, mask.view(torch.uint8) if mask is not None else logits, H, support, row_max,
         stats, H if iters is None else iters, N, V, logits.stride(0), float(alpha),
-        float(temperature),
+        *_rows.frame_scalars(alpha, temperature), float(temperature),
         MAPPING=mapping, NEWTON=newton, HAS_MASK=mask is not None, SINGLE=cfg["SINGLE"],
         BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], MAX_ITERS=max_iters,
         DEBUG=iters is not None, num_warps=cfg["num_warps"],
@@ -126,7 +126,8 @@ def _entropy_backward(logits, mask, stats, H, grad_H, alpha, temperature, mappin
     _rows.launch(
         _entropy_backward_kernel, (triton.cdiv(N, cfg["BLOCK_N"]),),
         logits, mask.view(torch.uint8) if mask is not None else logits, stats, H,
-        grad_H, grad, N, V, logits.stride(0), float(alpha), float(temperature),
+        grad_H, grad, N, V, logits.stride(0), float(alpha), *_rows.frame_scalars(alpha, temperature),
+        float(temperature),
         MAPPING=mapping, HAS_MASK=mask is not None, BLOCK_N=cfg["BLOCK_N"],
         BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"],
     )

@@ -45,7 +45,7 @@ def _policy_loss_forward_kernel(
     logits_ptr, mask_ptr, actions_ptr, advantages_ptr, old_log_prob_ptr, row_scale_ptr,
     beta_ptr, grad_ptr, loss_ptr, entropy_ptr, log_prob_ptr, support_ptr, ratio_ptr,
     clipped_ptr, row_max_ptr, grad_sq_ptr, iters_ptr,
-    N, V, stride_row, beta, clip_eps, alpha, temperature,
+    N, V, stride_row, beta, clip_eps, alpha, am1, y_scale, temperature,
     MAPPING: tl.constexpr, NEWTON: tl.constexpr, IS_PPO: tl.constexpr, HAS_MASK: tl.constexpr,
     NEED_GRAD: tl.constexpr, ROW_BETA: tl.constexpr, SINGLE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, MAX_ITERS: tl.constexpr, DEBUG: tl.constexpr,
@@ -79,7 +79,7 @@ def _policy_loss_forward_kernel(
 
     # 2. statistics: row max, log-sum-exp or tau, normalisers, entropy, support
     row_max, m, t0, S, Tq, H, support, iters = _row_statistics(
-        logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature, alpha, MAPPING, NEWTON,
+        logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature, alpha, am1, y_scale, MAPPING, NEWTON,
         HAS_MASK, SINGLE, BLOCK_N, BLOCK_V, MAX_ITERS)
     if DEBUG:
         tl.store(iters_ptr + rows, iters, mask=row_ok)
@@ -97,12 +97,12 @@ def _policy_loss_forward_kernel(
         in_support = x_a > float("-inf")
         w_a = tl.full([BLOCK_N], 1.0, tl.float32)
     else:
-        d_a = (alpha - 1.0) / temperature * (x_a - m) - t0
+        d_a = y_scale * (x_a - m) - t0
         in_support = d_a > 0
         d_a = tl.where(in_support, d_a, 1.0)
-        log_p_a = tl.where(in_support, tl.log(d_a) / (alpha - 1.0) - tl.log(S), float("-inf"))
+        log_p_a = tl.where(in_support, tl.log(d_a) / am1 - tl.log(S), float("-inf"))
         # p_a^(1-alpha) with p_a = d_a^k / S
-        w_a = tl.where(in_support, tl.exp2((alpha - 1.0) * tl.log2(S)) / d_a, 0.0)
+        w_a = tl.where(in_support, tl.exp2(am1 * tl.log2(S)) / d_a, 0.0)
 
     # 4. loss rows: policy term (0 off an alpha > 1 support: computed through p_a), entropy bonus
     if ROW_BETA:
@@ -143,7 +143,7 @@ def _policy_loss_forward_kernel(
                 x = x_row
             else:
                 x = _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols_v, V, HAS_MASK)
-            p, w, neg_dH = _mapping_tile(x, m, t0, S, Tq, H, alpha, temperature, MAPPING)
+            p, w, neg_dH = _mapping_tile(x, m, t0, S, Tq, H, alpha, am1, y_scale, temperature, MAPPING)
             is_a = (cols_v[None, :] == a[:, None]).to(tl.float32)
             g_pol = pol_c[:, None] * (w - is_a)
             g_ent = ent_c[:, None] * neg_dH
@@ -192,7 +192,7 @@ def _policy_loss_forward(logits, mask, actions, advantages, old_log_prob, row_sc
         loss, H, log_p, support, ratio, clipped, row_max, grad_sq,
         loss if iters is None else iters,
         N, V, logits.stride(0), 0.0 if row_beta else float(beta), float(clip_eps or 0.0),
-        float(alpha), float(temperature),
+        float(alpha), *_rows.frame_scalars(alpha, temperature), float(temperature),
         MAPPING=mapping, NEWTON=newton, IS_PPO=is_ppo, HAS_MASK=mask is not None,
         NEED_GRAD=need_grad, ROW_BETA=row_beta, SINGLE=cfg["SINGLE"], BLOCK_N=cfg["BLOCK_N"],
         BLOCK_V=cfg["BLOCK_V"], MAX_ITERS=max_iters, DEBUG=iters is not None,

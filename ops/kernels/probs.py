@@ -21,7 +21,7 @@ from ops.kernels._rows import _load_x, _mapping_tile, _row_statistics, launch_co
 @triton.jit
 def _probs_forward_kernel(
     logits_ptr, mask_ptr, probs_ptr, row_max_ptr, stats_ptr, iters_ptr,
-    N, V, stride_row, alpha, temperature,
+    N, V, stride_row, alpha, am1, y_scale, temperature,
     MAPPING: tl.constexpr, NEWTON: tl.constexpr, HAS_MASK: tl.constexpr, SINGLE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, MAX_ITERS: tl.constexpr, DEBUG: tl.constexpr,
 ):
@@ -41,7 +41,7 @@ def _probs_forward_kernel(
     else:
         x_row = 0.0
     row_max, m, t0, S, Tq, H, support, iters = _row_statistics(
-        logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature, alpha, MAPPING, NEWTON,
+        logits_ptr, mask_ptr, row_off, row_ok, x_row, V, temperature, alpha, am1, y_scale, MAPPING, NEWTON,
         HAS_MASK, SINGLE, BLOCK_N, BLOCK_V, MAX_ITERS)
     if DEBUG:
         tl.store(iters_ptr + rows, iters, mask=row_ok)
@@ -56,7 +56,7 @@ def _probs_forward_kernel(
             x = x_row
         else:
             x = _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols_v, V, HAS_MASK)
-        p, w, neg_dH = _mapping_tile(x, m, t0, S, Tq, H, alpha, temperature, MAPPING)
+        p, w, neg_dH = _mapping_tile(x, m, t0, S, Tq, H, alpha, am1, y_scale, temperature, MAPPING)
         in_bounds = row_ok[:, None] & (cols_v[None, :] < V)
         tl.store(probs_ptr + row_off[:, None] + cols_v[None, :],
                  p.to(probs_ptr.dtype.element_ty), mask=in_bounds)
@@ -65,7 +65,7 @@ def _probs_forward_kernel(
 @triton.jit
 def _probs_backward_kernel(
     logits_ptr, mask_ptr, stats_ptr, grad_p_ptr, grad_ptr,
-    N, V, stride_row, alpha, temperature,
+    N, V, stride_row, alpha, am1, y_scale, temperature,
     MAPPING: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
@@ -88,7 +88,7 @@ def _probs_backward_kernel(
         cols = start + tl.arange(0, BLOCK_V)
         in_bounds = row_ok[:, None] & (cols[None, :] < V)
         x = _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols, V, HAS_MASK)
-        p, w, neg_dH = _mapping_tile(x, m, t0, S, Tq, H, alpha, temperature, MAPPING)
+        p, w, neg_dH = _mapping_tile(x, m, t0, S, Tq, H, alpha, am1, y_scale, temperature, MAPPING)
         g = tl.load(grad_p_ptr + row_off[:, None] + cols[None, :], mask=in_bounds,
                     other=0.0).to(tl.float32)
         dot += tl.sum(tl.where(w > 0, w * g, 0.0), axis=1)
@@ -106,7 +106,7 @@ def _probs_backward_kernel(
         cols = start + tl.arange(0, BLOCK_V)
         in_bounds = row_ok[:, None] & (cols[None, :] < V)
         x = _load_x(logits_ptr, mask_ptr, row_off, row_ok, cols, V, HAS_MASK)
-        p, w, neg_dH = _mapping_tile(x, m, t0, S, Tq, H, alpha, temperature, MAPPING)
+        p, w, neg_dH = _mapping_tile(x, m, t0, S, Tq, H, alpha, am1, y_scale, temperature, MAPPING)
         g = tl.load(grad_p_ptr + row_off[:, None] + cols[None, :], mask=in_bounds,
                     other=0.0).to(tl.float32)
         out = tl.where(w > 0, c[:, None] * w * (g - dot[:, None]), 0.0)
@@ -130,7 +130,7 @@ def _probs_forward(logits, mask, alpha, temperature, mapping, newton, max_block_
         _probs_forward_kernel, (triton.cdiv(N, cfg["BLOCK_N"]),),
         logits, mask.view(torch.uint8) if mask is not None else logits, probs, row_max, stats,
         row_max if iters is None else iters, N, V, logits.stride(0), float(alpha),
-        float(temperature),
+        *_rows.frame_scalars(alpha, temperature), float(temperature),
         MAPPING=mapping, NEWTON=newton, HAS_MASK=mask is not None, SINGLE=cfg["SINGLE"],
         BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], MAX_ITERS=max_iters,
         DEBUG=iters is not None, num_warps=cfg["num_warps"],
@@ -150,7 +150,8 @@ def _probs_backward(logits, mask, stats, grad_p, alpha, temperature, mapping, ma
     _rows.launch(
         _probs_backward_kernel, (triton.cdiv(N, cfg["BLOCK_N"]),),
         logits, mask.view(torch.uint8) if mask is not None else logits, stats, grad_p, grad,
-        N, V, logits.stride(0), float(alpha), float(temperature),
+        N, V, logits.stride(0), float(alpha), *_rows.frame_scalars(alpha, temperature),
+        float(temperature),
         MAPPING=mapping, HAS_MASK=mask is not None, BLOCK_N=cfg["BLOCK_N"],
         BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"],
     )
