@@ -17,10 +17,12 @@ resumes interrupted ones (rl/sweep.py). Extra ``key=value`` arguments go to ever
 
 Budget: ``--full`` trains each (env, algo) for the published budget (rl/analysis/published.py,
 which is also the preset's ``total_steps``) with 5 seeds (3 on MinAtar and Atari). The default
-(``--scale 1``) is ``DEFAULT_FRACTION`` of that budget with 3 seeds, sized for about an hour on
-2 CPU cores (arithmetic in docs/experiments/benchmark.md); ``--scale S`` multiplies those steps,
-``--steps N`` sets every run's steps, ``--seeds N`` the number of seeds. Steps are rounded to
-whole rollouts of the preset (num_envs x n_steps).
+(``--scale 1``) is ``DEFAULT_FRACTION`` of that budget with ``DEFAULT_SEEDS`` seeds, sized from
+measured population SPS for about an hour on 2 CPU cores (arithmetic in
+docs/experiments/benchmark.md): on ``classic`` that is the full setting (it fits), on ``minatar``
+1M of the 10M steps. ``--scale S`` multiplies the default steps, ``--steps N`` sets every run's
+steps, ``--seeds N`` the number of seeds; a run is at least one rollout of the preset
+(num_envs x n_steps).
 
 Outputs (OUT/): ``runs.csv`` (one row per run: final training return, greedy and sampled
 evaluation return, normalized score), ``<suite>.md`` / ``<suite>.csv`` (per env, algo,
@@ -60,11 +62,13 @@ SUITES = {
 }
 SUITE_ALGOS = {"classic": ("ppo", "a2c"), "minatar": ("ppo",), "atari": ("ppo", "a2c")}
 FULL_SEEDS = {"classic": 5, "minatar": 3, "atari": 3}
-DEFAULT_SEEDS = 3
-# Scale 1 trains this fraction of each published budget (docs/experiments/benchmark.md has
-# the measured SPS and the arithmetic: classic at 1/5 of the zoo budgets, 3 seeds, softmax,
-# is ~1 h on 2 cores).
-DEFAULT_FRACTION = {"classic": 0.2, "minatar": 0.02, "atari": 0.01}
+DEFAULT_SEEDS = {"classic": 5, "minatar": 3, "atari": 3}
+# Scale 1 trains this fraction of each published budget. docs/experiments/benchmark.md has the
+# measured SPS and the arithmetic: all of classic at the zoo budgets, 5 seeds, softmax, is
+# ~2,500 core-seconds of training (~25-40 min on 2 cores with start-up and evaluation); MinAtar
+# at ~3.5k env steps/s per 5-run population makes 1M steps x 3 seeds x 5 games ~75 core-minutes.
+# Atari's fraction is a placeholder (not measured: ALE on 2 cores is far from an hour at 10M).
+DEFAULT_FRACTION = {"classic": 1.0, "minatar": 0.1, "atari": 0.01}
 MAPPINGS = ("softmax", "entmax15", "sparsemax")
 MAPPING_NAMES = {"softmax": "softmax", "entmax15": "entmax-1.5", "sparsemax": "sparsemax"}
 LAUNCHERS = ("population", "local", "slurm", "population_slurm")
@@ -115,21 +119,21 @@ def published_budget(env: str, algo: str, game: str | None = None) -> int:
 
 
 def run_steps(args, env: str, algo: str, game: str | None = None) -> int:
-    """Env steps of each run of (env, algo) under the options, in whole rollouts (>= 1)."""
+    """Env steps of each run of (env, algo) under the options: at least one rollout of the preset
+    (num_envs x n_steps); otherwise as given, so the full setting is the published budget itself."""
     if args.steps is not None:
         target = args.steps
     elif args.full:
         target = published_budget(env, algo, game)
     else:
         target = published_budget(env, algo, game) * DEFAULT_FRACTION[args.suite] * args.scale
-    quantum = rollout_steps(env, algo)
-    return max(quantum, round(target / quantum) * quantum)
+    return max(rollout_steps(env, algo), round(target))
 
 
 def n_seeds(args) -> int:
     if args.seeds is not None:
         return args.seeds
-    return FULL_SEEDS[args.suite] if args.full else DEFAULT_SEEDS
+    return (FULL_SEEDS if args.full else DEFAULT_SEEDS)[args.suite]
 
 
 def cells(args) -> list[tuple[str, str, str | None]]:
@@ -462,7 +466,7 @@ def parse_args(argv=None):
     ap.add_argument("--mappings", default="softmax",
                     help="comma-separated of softmax, entmax15, sparsemax, or 'all'")
     ap.add_argument("--seeds", type=int, default=None,
-                    help=f"seeds per cell (default {DEFAULT_SEEDS}; --full: 5, 3 on minatar/atari)")
+                    help=f"seeds per cell (default {DEFAULT_SEEDS}; --full: {FULL_SEEDS})")
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies the default steps")
     ap.add_argument("--steps", type=int, default=None, help="env steps of every run (overrides --scale)")
     ap.add_argument("--full", action="store_true", help="the published budgets and seeds")

@@ -22,7 +22,7 @@ Sources
   protocol; Seaquest-MinAtar has no checkpoint ("-").
 * Random-policy returns (``RANDOM``): measured here, uniform random actions, by
   ``measure_random`` (``python -m rl.analysis.published --random``); no published value is
-  used. See the docstring of ``RANDOM``.
+  used. See the comment above ``RANDOM``.
 """
 
 from __future__ import annotations
@@ -90,20 +90,20 @@ REFERENCES: tuple[Reference, ...] = (
                       ("SpaceInvaders", 627.160, 201.974))),
 )
 
-# Mean undiscounted return of the uniform random policy, measured here by `measure_random`
-# (gymnasium / this project's env factory, 100 episodes, seed 0; not published numbers).
-# None where not measured yet (Atari: needs ale-py and is slow on 2 cores): those envs get no
-# normalized score.
+# Mean undiscounted return of the uniform random policy over 100 episodes (seed 0), measured
+# here on 2026-12-05 by `python -m rl.analysis.published --random` (gymnasium 1.4.0, minatar 1.0.15):
+# our measurements, not published numbers. Atari games are not measured (ALE/<Game>-v5 episodes
+# of a random policy are long on 2 cores): they get no normalized score.
 RANDOM: dict[str, float | None] = {
-    "CartPole-v1": None,
-    "Acrobot-v1": None,
-    "MountainCar-v0": None,
-    "LunarLander-v3": None,
-    "MinAtar/Asterix-v1": None,
-    "MinAtar/Breakout-v1": None,
-    "MinAtar/Freeway-v1": None,
-    "MinAtar/Seaquest-v1": None,
-    "MinAtar/SpaceInvaders-v1": None,
+    "CartPole-v1": 23.680,
+    "Acrobot-v1": -497.080,
+    "MountainCar-v0": -200.000,
+    "LunarLander-v3": -191.959,
+    "MinAtar/Asterix-v1": 0.400,
+    "MinAtar/Breakout-v1": 0.400,
+    "MinAtar/Freeway-v1": 0.390,
+    "MinAtar/Seaquest-v1": 0.080,
+    "MinAtar/SpaceInvaders-v1": 4.480,
 }
 
 
