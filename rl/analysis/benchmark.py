@@ -286,12 +286,12 @@ def suite_table(table: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["env", "algo", "_m"]).drop(columns="_m").reset_index(drop=True)
 
 
-def _fmt_ci(m, lo, hi) -> str:
+def _fmt_ci(m, lo, hi, digits: int = 1) -> str:
     if not np.isfinite(m):
         return "-"
     if not np.isfinite(lo):
-        return f"{m:.1f} (1 seed)"
-    return f"{m:.1f} [{lo:.1f}, {hi:.1f}]"
+        return f"{m:.{digits}f} (1 run)"
+    return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def _fmt_steps(n) -> str:
@@ -370,7 +370,7 @@ def write_aggregate(agg: pd.DataFrame, poi: pd.DataFrame, out: Path, suite: str)
              "| algo | mapping | tasks | runs | normalized IQM [95% CI] |", "|---|---|---|---|---|"]
     for r in agg.itertuples():
         lines.append(f"| {r.algo} | {r.mapping} | {r.tasks} | {r.runs} | "
-                     f"{_fmt_ci(r.normalized_iqm, r.ci_low, r.ci_high).replace('.1f', '.2f')} |")
+                     f"{_fmt_ci(r.normalized_iqm, r.ci_low, r.ci_high, digits=2)} |")
     if not poi.empty:
         lines += ["", "Probability of improvement P(X > Y) (mean over tasks):", "",
                   "| algo | X | Y | tasks | P(X > Y) |", "|---|---|---|---|---|"]
@@ -405,7 +405,9 @@ def plot_curves(table: pd.DataFrame, runs_dir: Path, out: Path, suite: str, form
                 if not cs:
                     continue
                 mean, lo, hi = mean_band(cs, 1000)
-                ax.plot(centres, mean, color=f"C{k}", label=f"{mapping} (n={len(cs)})")
+                few = np.isfinite(mean).sum() < 3  # a run of one or two rollouts: show the points
+                ax.plot(centres, mean, color=f"C{k}", marker="o" if few else None,
+                        label=f"{mapping} (n={len(cs)})")
                 ax.fill_between(centres, lo, hi, color=f"C{k}", alpha=0.2, lw=0)
             ref = published.reference(env, algo)
             if ref is not None and ref.value is not None:
