@@ -25,12 +25,13 @@ steps, ``--seeds N`` the number of seeds; a run is at least one rollout of the p
 (num_envs x n_steps).
 
 Outputs (OUT/): ``runs.csv`` (one row per run: final training return, greedy and sampled
-evaluation return, normalized score), ``<suite>.md`` / ``<suite>.csv`` (per env, algo,
-mapping: IQM [95% bootstrap CI] over seeds of the training and greedy-eval final return beside
-the published value and its source), ``<suite>_aggregate.md`` / ``.csv`` (normalized score
-IQM over all tasks with a stratified-bootstrap CI, and probability of improvement between
-mappings), ``figures/<suite>_curves.png`` (training return per env, mean over seeds with a 95%
-band, one line per mapping).
+evaluation return, normalized score); ``<suite>.md`` / ``<suite>.csv`` (per env, algo, mapping:
+how many seeds solved (the trainer's ``solved_at_step``: the mean of 100 training episodes
+reached the env's ``solved_return``), IQM [95% bootstrap CI] over seeds of the training and the
+greedy-eval final return, beside the published value and its source); ``<suite>_aggregate.md``
+/ ``.csv`` (normalized-score IQM over all tasks with a stratified-bootstrap CI, probability of
+improvement between mappings); ``figures/<suite>_curves.png`` (training return per env, mean
+over seeds with a 95% band, one line per mapping).
 """
 
 from __future__ import annotations
@@ -172,6 +173,8 @@ def sweep_commands(args) -> list[tuple[str, list[str]]]:
 def run_sweeps(args) -> None:
     """Every sweep, `parallel` at a time; a non-zero exit stops the benchmark after the rest end."""
     cmds = [(label, [sys.executable, "-m", "rl.train", *argv]) for label, argv in sweep_commands(args)]
+    # Longest budgets first, so the last sweeps to start are short ones and the cores stay busy.
+    cmds.sort(key=lambda c: -int(next(a for a in c[1] if a.startswith("total_steps="))[12:]))
     for label, cmd in cmds:
         print(f"[benchmark] {label}: {shlex.join(cmd)}", flush=True)
     if args.dry_run:
@@ -226,7 +229,8 @@ def collect(runs_dir: Path) -> pd.DataFrame:
             "steps": summary.get("steps"), "final_return": summary.get("final_mean_return"),
             "eval_greedy": summary.get("eval_return_greedy"),
             "eval_sampled": summary.get("eval_return_sampled"),
-            "solved_at_step": summary.get("solved_at_step"), "wall_time_s": summary.get("wall_time_s"),
+            "solved_return": get("env.solved_return"), "solved_at_step": summary.get("solved_at_step"),
+            "wall_time_s": summary.get("wall_time_s"),
         })
     return pd.DataFrame(rows)
 
@@ -271,7 +275,11 @@ def suite_table(table: pd.DataFrame) -> pd.DataFrame:
         tr = _iqm_ci(g.final_return.astype(float))
         ev = _iqm_ci(g.eval_greedy.astype(float))
         ref = published.reference(env, algo)
+        # seeds whose mean of 100 training episodes reached the env's solved_return (none: no such bar)
+        has_bar = "solved_return" in g and g.solved_return.notna().all()
+        solved = int(g.solved_at_step.notna().sum()) if has_bar else None
         rows.append({"env": env, "algo": algo, "mapping": mapping, "budget": budget, "seeds": len(g),
+                     "solved": solved,
                      "train_iqm": tr[0], "train_ci_low": tr[1], "train_ci_high": tr[2],
                      "greedy_iqm": ev[0], "greedy_ci_low": ev[1], "greedy_ci_high": ev[2],
                      "published": None if ref is None else ref.value,
@@ -300,9 +308,9 @@ def _fmt_steps(n) -> str:
 
 def write_suite_table(summary: pd.DataFrame, out: Path, suite: str) -> list[Path]:
     summary.to_csv(out / f"{suite}.csv", index=False)
-    lines = ["| env | algo | mapping | budget | seeds | training return IQM [95% CI] | "
+    lines = ["| env | algo | mapping | budget | seeds | solved | training return IQM [95% CI] | "
              "greedy eval IQM [95% CI] | published (budget, evaluation) | source |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
         if r.published is None or not np.isfinite(r.published):
             pub = "none" + (f" ({r.note})" if r.note else "")
@@ -311,6 +319,7 @@ def write_suite_table(summary: pd.DataFrame, out: Path, suite: str) -> list[Path
             std = "" if std is None or not np.isfinite(std) else f" ± {std:g}"
             pub = f"{r.published:g}{std} ({_fmt_steps(r.published_budget)}, {r.published_eval})"
         lines.append(f"| {r.env} | {r.algo} | {r.mapping} | {_fmt_steps(r.budget)} | {r.seeds} | "
+                     f"{'-' if pd.isna(r.solved) else f'{int(r.solved)}/{r.seeds}'} | "
                      f"{_fmt_ci(r.train_iqm, r.train_ci_low, r.train_ci_high)} | "
                      f"{_fmt_ci(r.greedy_iqm, r.greedy_ci_low, r.greedy_ci_high)} | {pub} | {r.source} |")
     (out / f"{suite}.md").write_text("\n".join(lines) + "\n")

@@ -45,7 +45,8 @@ def test_benchmark_command_writes_tables_and_figure_and_rerun_skips(tmp_path):
     assert row.seeds == 2 and row.published == 500.0 and row.published_budget == 100_000
     assert "rl-baselines3-zoo" in row.source
     assert row.greedy_ci_low <= row.greedy_iqm <= row.greedy_ci_high
-    assert "| CartPole-v1 | ppo | softmax |" in (out / "classic.md").read_text()
+    assert row.solved == 0  # 512 steps: no seed reaches CartPole's 475
+    assert "| CartPole-v1 | ppo | softmax | 0.512k | 2 | 0/2 |" in (out / "classic.md").read_text()
     summaries = sorted((out / "runs").rglob("summary.json"))
     assert len(summaries) == 2
     stamps = [p.stat().st_mtime_ns for p in summaries]
@@ -112,6 +113,28 @@ def test_aggregate_over_tasks_iqm_and_probability_of_improvement():
     assert sparse.ci_low == pytest.approx(0.9) and sparse.ci_high == pytest.approx(0.9)
     p = {(r.x, r.y): r.p_x_better for r in poi.itertuples()}
     assert p[("sparsemax", "softmax")] == 1.0 and p[("softmax", "sparsemax")] == 0.0
+
+
+def test_suite_table_counts_solved_seeds_and_keeps_the_reference(tmp_path):
+    t = pd.DataFrame({
+        "env": ["LunarLander-v3"] * 5 + ["MinAtar/Seaquest-v1"] * 2,
+        "algo": ["ppo"] * 7, "mapping": ["softmax"] * 7, "budget": [1_000_000] * 5 + [10_000_000] * 2,
+        "final_return": [210.0, 220.0, 230.0, 150.0, 240.0, 5.0, 7.0],
+        "eval_greedy": [250.0, 260.0, 270.0, 100.0, 280.0, 6.0, 8.0],
+        "solved_return": [200.0] * 5 + [None] * 2,
+        "solved_at_step": [5e5, 6e5, 7e5, None, 8e5, None, None]})
+    summary = benchmark.suite_table(t)
+    ll = summary[summary.env == "LunarLander-v3"].iloc[0]
+    assert ll.solved == 4 and ll.seeds == 5
+    assert ll.greedy_iqm == pytest.approx(260.0)  # middle three of 100, 250, 260, 270, 280
+    assert ll.published == pytest.approx(242.119) and ll.published_budget == 1_000_000
+    sq = summary[summary.env == "MinAtar/Seaquest-v1"].iloc[0]
+    assert pd.isna(sq.solved) and pd.isna(sq.published)
+    benchmark.write_suite_table(summary, tmp_path, "x")
+    md = (tmp_path / "x.md").read_text()
+    assert "| LunarLander-v3 | ppo | softmax | 1M | 5 | 4/5 | 210.0 [" in md
+    assert "| MinAtar/Seaquest-v1 | ppo | softmax | 10M | 2 | - |" in md
+    assert "none (the gymnax README lists no checkpoint" in md
 
 
 def test_stratified_bootstrap_keeps_tasks_apart():
