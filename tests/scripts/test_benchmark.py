@@ -132,7 +132,7 @@ def test_suite_table_counts_solved_seeds_and_keeps_the_reference(tmp_path):
     assert pd.isna(sq.solved) and pd.isna(sq.published)
     benchmark.write_suite_table(summary, tmp_path, "x")
     md = (tmp_path / "x.md").read_text()
-    assert "| LunarLander-v3 | ppo | softmax | 1M | 5 | 4/5 | 210.0 [" in md
+    assert "| LunarLander-v3 | ppo | softmax | 1M | 5 | 4/5 | 220.0 [" in md
     assert "| MinAtar/Seaquest-v1 | ppo | softmax | 10M | 2 | - |" in md
     assert "none (the gymnax README lists no checkpoint" in md
 
