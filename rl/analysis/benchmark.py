@@ -1,9 +1,9 @@
 """``reproduce.py benchmark``: train a suite with the per-env presets, compare with published numbers.
 
-    .venv/bin/python scripts/reproduce.py benchmark                         # classic, ~1 h on 2 cores
-    .venv/bin/python scripts/reproduce.py benchmark --full                  # published budgets, 5 seeds
+    .venv/bin/python scripts/reproduce.py benchmark                         # classic: zoo budgets, 5 seeds
+    .venv/bin/python scripts/reproduce.py benchmark --suite minatar         # 1M steps, 3 seeds (~1 h)
     .venv/bin/python scripts/reproduce.py benchmark --suite minatar --full  # 10M steps, 3 seeds
-    .venv/bin/python scripts/reproduce.py benchmark --suite atari --games Pong Breakout --full
+    .venv/bin/python scripts/reproduce.py benchmark --suite atari --games Pong --full eval.episodes=0
     .venv/bin/python scripts/reproduce.py benchmark --mappings all --seeds 3 --scale 0.5
     .venv/bin/python scripts/reproduce.py benchmark --steps 2048 --seeds 2 --envs cartpole
 
