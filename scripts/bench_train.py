@@ -1,19 +1,31 @@
-"""Training speed against Stable-Baselines3 on CartPole-v1: env steps and wall seconds to solve.
+"""Training speed against Stable-Baselines3 on CartPole-v1 or LunarLander-v3: env steps and wall
+seconds to solve.
 
-Runs ``rl-train``'s default configuration (CartPole-v1, PPO, softmax; any overrides given) and
-Stable-Baselines3 PPO with the rl-baselines3-zoo CartPole-v1 hyper-parameters (8 envs,
-n_steps 32, batch 256, gae_lambda 0.8, gamma 0.98, 20 epochs, lr 1e-3 linear, clip 0.2
-linear, ent_coef 0) side by side on the same machine, one torch thread each, several seeds.
+``--env cartpole`` (default): ``rl-train``'s default configuration (CartPole-v1, PPO, softmax;
+any overrides given) against Stable-Baselines3 PPO with the rl-baselines3-zoo CartPole-v1
+hyper-parameters (8 envs, n_steps 32, batch 256, gae_lambda 0.8, gamma 0.98, 20 epochs, lr 1e-3
+linear, clip 0.2 linear, ent_coef 0); solved at 475.
+``--env lunarlander``: ``rl-train env=lunarlander`` (the preset conf/preset/lunarlander_ppo.yaml)
+against SB3 PPO with the zoo's LunarLander-v2 settings (16 envs, n_steps 1024, batch 64,
+gae_lambda 0.98, gamma 0.999, 4 epochs, ent_coef 0.01, lr 3e-4 and clip 0.2 constant, 1M
+steps) on LunarLander-v3; solved at 200. Issue 13's target: ours at most 1/4 of SB3's
+seconds from process launch to solve.
+Both run side by side on the same machine, one torch thread each, several seeds.
 Each run is its own subprocess and the runs of the two are interleaved (ours seed 0, SB3 seed
 0, ours seed 1, ...) so both see the same machine load. A run counts as solved when the mean
 return of the last 100 finished training episodes first reaches 475; it stops there (or at
 ``total_steps``). Reported per run: env steps and wall seconds at that point (seconds from the
-start of training, model and env construction excluded for both) and SPS = steps / seconds.
+start of training, model and env construction excluded for both), seconds from the launch of
+the run's process (interpreter start, imports and construction included: ``launch_solve_s``,
+taken at the first check after the solve: SB3's next env step, our end of that rollout's
+update) and SPS = steps / seconds.
 
     .venv/bin/python scripts/bench_train.py                     # default config vs SB3
     .venv/bin/python scripts/bench_train.py --policies          # + sparsemax and entmax-1.5
     .venv/bin/python scripts/bench_train.py --seeds 5 --sb3-seeds 3 --out benchmarks/results/x.json
     .venv/bin/python scripts/bench_train.py --ours-only -- algo.update_epochs=10   # overrides
+    .venv/bin/python scripts/bench_train.py --env lunarlander --seeds 5 --sb3-seeds 5
+    .venv/bin/python scripts/bench_train.py --env lunarlander --total-steps 32768 --seeds 1 --sb3-seeds 1
 
 Writes JSON (machine, CPU, library versions, every run) and prints a markdown table with the
 median and the range over seeds. Timings on a shared machine are noisy: compare runs taken
@@ -41,11 +53,22 @@ SOLVED_RETURN = 475.0
 WINDOW = 100
 # rl-baselines3-zoo hyperparams/ppo.yml, CartPole-v1 (n_timesteps 1e5).
 SB3_ZOO = dict(n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
-               ent_coef=0.0, learning_rate=1e-3, clip_range=0.2, total_steps=100_000)
+               ent_coef=0.0, learning_rate=1e-3, clip_range=0.2, total_steps=100_000, schedule="linear")
+# rl-baselines3-zoo hyperparams/ppo.yml, LunarLander-v2 (n_timesteps 1e6; lr and clip are SB3's
+# constant defaults); the same numbers as conf/preset/lunarlander_ppo.yaml.
+SB3_ZOO_LUNAR = dict(n_envs=16, n_steps=1024, batch_size=64, gae_lambda=0.98, gamma=0.999, n_epochs=4,
+                     ent_coef=0.01, learning_rate=3e-4, clip_range=0.2, total_steps=1_000_000,
+                     schedule="constant")
+# Per --env: Gymnasium id, solved return (mean of the last 100 training episodes), our base
+# overrides (the env's preset comes with env=...), SB3's hyper-parameters.
+ENVS = {
+    "cartpole": dict(env_id="CartPole-v1", solved=SOLVED_RETURN, ours=[], sb3=SB3_ZOO),
+    "lunarlander": dict(env_id="LunarLander-v3", solved=200.0, ours=["env=lunarlander"], sb3=SB3_ZOO_LUNAR),
+}
 
 
 # --------------------------------------------------------------------------------- one run
-def _run_ours(seed: int, overrides: list[str], stop_at_solve: bool) -> dict:
+def _run_ours(seed: int, overrides: list[str], stop_at_solve: bool, env: str = "cartpole") -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -56,9 +79,14 @@ def _run_ours(seed: int, overrides: list[str], stop_at_solve: bool) -> dict:
     class StopWhenSolved(Callback):
         """Stops after the update of the rollout that solved it (the on_rollout_end hook)."""
 
+        solve_unix: float | None = None
+
         def on_rollout_end(self, trainer):
             if trainer.members[0].solved_at is not None:
-                trainer.request_stop("solved")
+                if self.solve_unix is None:
+                    self.solve_unix = time.time()
+                if stop_at_solve:
+                    trainer.request_stop("solved")
 
     from rl.config import register_configs
     from rl.train import CONF_DIR
@@ -66,9 +94,11 @@ def _run_ours(seed: int, overrides: list[str], stop_at_solve: bool) -> dict:
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = compose("config", overrides=["progress=false", f"seed={seed}", "threads=1", *overrides])
+        cfg = compose("config", overrides=["progress=false", f"seed={seed}", "threads=1",
+                                           *ENVS[env]["ours"], *overrides])
+    stopper = StopWhenSolved()
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, run_dir, callbacks=[StopWhenSolved()] if stop_at_solve else [])
+        trainer = Trainer(cfg, run_dir, callbacks=[stopper])
         try:
             summary = trainer.train()
         finally:
@@ -76,10 +106,11 @@ def _run_ours(seed: int, overrides: list[str], stop_at_solve: bool) -> dict:
     return {"impl": "ours", "policy": cfg.policy.name, "seed": seed, "overrides": overrides,
             "solve_steps": summary["solved_at_step"], "solve_s": summary["solved_at_seconds"],
             "steps": summary["steps"], "wall_s": summary["wall_time_s"],
-            "last100": summary["final_mean_return"]}
+            "last100": summary["final_mean_return"], "solve_unix": stopper.solve_unix}
 
 
-def _run_sb3(seed: int, stop_at_solve: bool) -> dict:
+def _run_sb3(seed: int, stop_at_solve: bool, env_name: str = "cartpole",
+             total_steps: int | None = None) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -92,6 +123,7 @@ def _run_sb3(seed: int, stop_at_solve: bool) -> dict:
             super().__init__()
             self.returns: list[float] = []
             self.hit: tuple[int, float] | None = None
+            self.solve_unix: float | None = None
 
         def _on_training_start(self):
             self.t0 = time.perf_counter()
@@ -101,35 +133,46 @@ def _run_sb3(seed: int, stop_at_solve: bool) -> dict:
                 if "episode" in info:
                     self.returns.append(float(info["episode"]["r"]))
                     if (self.hit is None and len(self.returns) >= WINDOW
-                            and sum(self.returns[-WINDOW:]) / WINDOW >= SOLVED_RETURN):
+                            and sum(self.returns[-WINDOW:]) / WINDOW >= solved):
                         self.hit = (self.num_timesteps, time.perf_counter() - self.t0)
+                        self.solve_unix = time.time()
             return not (stop_at_solve and self.hit is not None)
 
-    z = SB3_ZOO
-    env = make_vec_env("CartPole-v1", n_envs=z["n_envs"], seed=seed)
+    spec = ENVS[env_name]
+    z, solved = spec["sb3"], spec["solved"]
+    env = make_vec_env(spec["env_id"], n_envs=z["n_envs"], seed=seed)
+    linear = z["schedule"] == "linear"  # SB3 schedules take the remaining progress f: 1 -> 0
     model = PPO("MlpPolicy", env, n_steps=z["n_steps"], batch_size=z["batch_size"],
                 gae_lambda=z["gae_lambda"], gamma=z["gamma"], n_epochs=z["n_epochs"],
-                ent_coef=z["ent_coef"], learning_rate=lambda f: f * z["learning_rate"],
-                clip_range=lambda f: f * z["clip_range"], seed=seed, device="cpu")
+                ent_coef=z["ent_coef"],
+                learning_rate=(lambda f: f * z["learning_rate"]) if linear else z["learning_rate"],
+                clip_range=(lambda f: f * z["clip_range"]) if linear else z["clip_range"],
+                seed=seed, device="cpu")
     cb = Solve()
     t0 = time.perf_counter()
-    model.learn(z["total_steps"], callback=cb)
+    model.learn(total_steps or z["total_steps"], callback=cb)
     wall = time.perf_counter() - t0
     last = cb.returns[-WINDOW:]
     return {"impl": "sb3", "policy": "softmax", "seed": seed, "overrides": [],
             "solve_steps": cb.hit and cb.hit[0], "solve_s": cb.hit and cb.hit[1],
             "steps": model.num_timesteps, "wall_s": wall,
-            "last100": sum(last) / len(last) if last else None}
+            "last100": sum(last) / len(last) if last else None, "solve_unix": cb.solve_unix}
 
 
 def _subprocess(args: list[str], timeout: float) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    launched = time.time()
     proc = subprocess.run([sys.executable, __file__, *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"run {args} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    run = json.loads(lines[-1])
+    # seconds from launching the process (interpreter, imports, construction) to the solve
+    solve_unix = run.pop("solve_unix", None)
+    run["launch_solve_s"] = None if solve_unix is None else solve_unix - launched
+    run["process_s"] = time.time() - launched
+    return run
 
 
 # --------------------------------------------------------------------------------- report
@@ -157,6 +200,8 @@ def summarize(runs: list[dict]) -> dict:
             "seeds": len(rs), "solved": len(solved),
             "solve_steps": _stats([r["solve_steps"] for r in solved]),
             "solve_s": _stats([r["solve_s"] for r in solved]),
+            "launch_solve_s": _stats([r["launch_solve_s"] for r in solved
+                                      if r.get("launch_solve_s") is not None]),
             "sps": _stats([r["sps"] for r in rs]),
         }
     # per-seed wall-time ratio SB3 / ours of the default config (runs taken side by side)
@@ -165,6 +210,10 @@ def summarize(runs: list[dict]) -> dict:
               if s["solve_s"] and s["seed"] in ours and ours[s["seed"]]["solve_s"]]
     if ratios:
         out["speedup_sb3_over_ours_solve_s"] = _stats(ratios)
+    ratios = [s["launch_solve_s"] / ours[s["seed"]]["launch_solve_s"] for s in groups.get("sb3/softmax", [])
+              if s.get("launch_solve_s") and s["seed"] in ours and ours[s["seed"]].get("launch_solve_s")]
+    if ratios:
+        out["speedup_sb3_over_ours_launch_solve_s"] = _stats(ratios)
     return out
 
 
@@ -176,8 +225,8 @@ def _fmt(st: dict | None, unit: str = "", scale: float = 1.0, digits: int = 1) -
 
 
 def table(summary: dict) -> str:
-    rows = ["| run | solved | env steps to solve | seconds to solve | SPS |",
-            "|---|---|---|---|---|"]
+    rows = ["| run | solved | env steps to solve | seconds to solve | seconds from launch | SPS |",
+            "|---|---|---|---|---|---|"]
     labels = {"ours/softmax": "entropy-rl PPO softmax (default)", "sb3/softmax": "SB3 PPO (zoo)",
               "ours/sparsemax": "entropy-rl PPO sparsemax", "ours/entmax15": "entropy-rl PPO entmax-1.5"}
     for name, s in summary.items():
@@ -185,16 +234,23 @@ def table(summary: dict) -> str:
             continue
         rows.append(f"| {labels.get(name, name)} | {s['solved']}/{s['seeds']} | "
                     f"{_fmt(s['solve_steps'], 'k', 1000.0)} | {_fmt(s['solve_s'], ' s')} | "
+                    f"{_fmt(s.get('launch_solve_s'), ' s')} | "
                     f"{_fmt(s['sps'], 'k', 1000.0)} |")
     if "speedup_sb3_over_ours_solve_s" in summary:
         rows.append("")
         rows.append("SB3 seconds / ours, same seed, side by side: "
                     + _fmt(summary["speedup_sb3_over_ours_solve_s"], "x", digits=2))
+    if "speedup_sb3_over_ours_launch_solve_s" in summary:
+        rows.append("SB3 / ours, seconds from process launch to solve, same seed: "
+                    + _fmt(summary["speedup_sb3_over_ours_launch_solve_s"], "x", digits=2))
     return "\n".join(rows)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--env", default="cartpole", help=f"one of {', '.join(ENVS)}")
+    ap.add_argument("--total-steps", type=int, default=None,
+                    help="env steps of every run (default: our config's, SB3's zoo n_timesteps)")
     ap.add_argument("--seeds", type=int, default=5, help="seeds of our default config (0..n-1)")
     ap.add_argument("--sb3-seeds", type=int, default=3, help="seeds of SB3 (0..n-1)")
     ap.add_argument("--policies", action="store_true", help="also run policy=sparsemax and entmax15")
@@ -203,20 +259,29 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="run to total_steps instead of stopping at solve")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     ap.add_argument("--out", type=Path, default=None,
-                    help="JSON path (default benchmarks/results/train_cartpole_<date>.json)")
+                    help="JSON path (default benchmarks/results/train_<env>_<date>.json)")
     ap.add_argument("--_run", nargs=2, metavar=("IMPL", "SEED"), help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="config overrides for our runs (after --)")
     args = ap.parse_args()
+    if args.env not in ENVS:
+        raise ValueError(f"--env must be one of {list(ENVS)}; got {args.env!r}")
+    if args.total_steps is not None and args.total_steps < 1:
+        raise ValueError(f"--total-steps must be >= 1; got {args.total_steps}")
 
     stop = not args.full
     if args._run:  # a single run, in this subprocess
         impl, seed = args._run[0], int(args._run[1])
-        r = _run_sb3(seed, stop) if impl == "sb3" else _run_ours(seed, args.overrides, stop)
+        steps = [] if args.total_steps is None else [f"total_steps={args.total_steps}"]
+        r = (_run_sb3(seed, stop, args.env, args.total_steps) if impl == "sb3"
+             else _run_ours(seed, [*steps, *args.overrides], stop, args.env))
         r["sps"] = (r["solve_steps"] / r["solve_s"]) if r["solve_s"] else r["steps"] / r["wall_s"]
         print(json.dumps(r))
         return
 
     flag = ["--full"] if args.full else []
+    flag += ["--env", args.env]
+    if args.total_steps is not None:
+        flag += ["--total-steps", str(args.total_steps)]
     plan: list[list[str]] = []
     for seed in range(max(args.seeds, 0 if args.ours_only else args.sb3_seeds)):
         if seed < args.seeds:
@@ -239,14 +304,16 @@ def main() -> None:
               f"{r['sps']:.0f} SPS", flush=True)
     summary = summarize(runs)
     result = {
-        "benchmark": "train_cartpole", "started_utc": started.isoformat(timespec="seconds"),
+        "benchmark": f"train_{args.env}", "env_id": ENVS[args.env]["env_id"],
+        "started_utc": started.isoformat(timespec="seconds"),
         **_machine(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "solved_return": SOLVED_RETURN, "window": WINDOW, "stop_at_solve": stop,
-        "ours_overrides": args.overrides, "sb3_hyperparameters": SB3_ZOO,
+        "solved_return": ENVS[args.env]["solved"], "window": WINDOW, "stop_at_solve": stop,
+        "total_steps": args.total_steps, "ours_overrides": [*ENVS[args.env]["ours"], *args.overrides],
+        "sb3_hyperparameters": ENVS[args.env]["sb3"],
         "command": " ".join([Path(sys.executable).name, "scripts/bench_train.py", *sys.argv[1:]]),
         "summary": summary, "runs": runs,
     }
-    out = args.out or ROOT / "benchmarks" / "results" / f"train_cartpole_{started:%Y-%m-%d}.json"
+    out = args.out or ROOT / "benchmarks" / "results" / f"train_{args.env}_{started:%Y-%m-%d}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result, indent=1)
     print()

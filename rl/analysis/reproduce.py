@@ -8,6 +8,7 @@
     .venv/bin/python scripts/reproduce.py beta_target --more-seeds 1 2
     .venv/bin/python scripts/reproduce.py distractor_support multirun/distractors/runs -o useful_action.csv
     .venv/bin/python scripts/reproduce.py ablation --launcher slurm hydra.launcher.partition=cpu
+    .venv/bin/python scripts/reproduce.py benchmark --suite classic   # presets vs published numbers
 
 Reproductions (docs/experiments/ and docs/beta.md, one page each):
 
@@ -23,6 +24,9 @@ Reproductions (docs/experiments/ and docs/beta.md, one page each):
 * ``beta_target`` -- CartPole runs whose entropy tracks ``beta_schedule.target_entropy``
   against fixed-beta runs (rl/analysis/beta_target.py; its own options,
   ``reproduce.py beta_target --help``).
+* ``benchmark``   -- the per-env presets (conf/preset/) on a suite (classic, minatar, atari)
+  against published returns (rl/analysis/benchmark.py; its own options,
+  ``reproduce.py benchmark --help``; docs/experiments/benchmark.md).
 * ``bandit``      -- exact regularized optimum on a bandit vs the number of actions,
   closed forms against policies learned through ops.pg_loss (scripts/bandit.py).
 * ``confidence_penalty`` -- cross-entropy - beta H on scikit-learn's digits through
@@ -67,7 +71,7 @@ LAUNCHERS = ("local", "slurm", "slurm_local", "basic")
 STEP_QUANTUM = 256
 SWEEPS = ("ablation", "distractors")
 SCRIPTS = ("bandit", "confidence_penalty")  # ops-only experiments, run as their scripts
-OWN_OPTIONS = ("beta_target", "distractor_support")  # reproductions with their own parser
+OWN_OPTIONS = ("beta_target", "distractor_support", "benchmark")  # reproductions with their own parser
 REPRODUCTIONS = (*SWEEPS, *SCRIPTS, *OWN_OPTIONS)
 
 
@@ -230,6 +234,10 @@ def main(argv=None) -> int:
         from rl.analysis import beta_target
 
         return beta_target.main(argv[1:])
+    if argv and argv[0] == "benchmark":
+        from rl.analysis import benchmark
+
+        return benchmark.main(argv[1:])
     if argv and argv[0] == "distractor_support":
         from rl.analysis import support
 
