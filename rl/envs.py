@@ -30,7 +30,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from rl.config import EnvSettings, env_settings
 
-__all__ = ["EnvInfo", "MemberEnvs", "action_mask_from", "concat_infos", "concat_obs", "env_info",
+__all__ = ["EnvInfo", "MemberEnvs", "action_mask_from", "concat_infos", "concat_obs", "derived_seed",
+           "env_info",
            "load_rms_state", "make_envs", "policy_obs", "rms_state"]
 
 # The modes `_build` implements; rl.config's schema accepts exactly these.
@@ -481,6 +482,12 @@ def action_mask_from(obs: Any, infos: Mapping[str, Any] | None) -> np.ndarray | 
         if not present.all():
             mask[~present] = True
     return mask
+
+
+def derived_seed(*values: int) -> int:
+    """One seed drawn from several (NumPy's SeedSequence), below 2**31: ale-py's vector env hands
+    seeds to C++ as a C int."""
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0] % 2**31)
 
 
 # ---------------------------------------------------------------------------------------------

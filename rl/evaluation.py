@@ -44,6 +44,7 @@ def evaluate_members(trainer: Trainer, members: list[int], episodes: int) -> dic
         action_mask_from,
         concat_infos,
         concat_obs,
+        derived_seed,
         make_envs,
         policy_obs,
         rms_state,
@@ -64,10 +65,10 @@ def evaluate_members(trainer: Trainer, members: list[int], episodes: int) -> dic
         infos = concat_infos([r[1] for r in results], envs.sizes)
     else:
         envs = make_envs(eval_env_s, K * per, seeds[0])
-        obs, infos = envs.reset(seed=int(np.random.SeedSequence(seeds).generate_state(1)[0]))
+        obs, infos = envs.reset(seed=derived_seed(*seeds))
     dev = trainer.device
     gens = [torch.Generator(device=dev).manual_seed(
-        int(np.random.SeedSequence([m.seed, m.global_step, 1]).generate_state(1)[0]))
+        derived_seed(m.seed, m.global_step, 1))
         for m in trainer.members]
     returns = np.full(K * per, np.nan)
     obs_dtype = trainer.buffer.obs.dtype

@@ -71,7 +71,7 @@ from rl.checkpoint import (
     write_json,
 )
 from rl.config import validate
-from rl.envs import MemberEnvs, concat_infos, concat_obs, load_rms_state, rms_state
+from rl.envs import MemberEnvs, concat_infos, concat_obs, derived_seed, load_rms_state, rms_state
 from rl.rollout import RolloutBuffer
 from rl.schedules import build_coefficient
 from rl.stacked import StackedNetwork, StackedOptimizer, row_norms
@@ -291,10 +291,10 @@ class Trainer:
         seeds = [m.seed for m in self.members]
         if len(seeds) == 1:
             return seeds[0]
-        return int(np.random.SeedSequence(seeds).generate_state(1)[0])
+        return derived_seed(*seeds)
 
     def _resume_seed(self, seeds: list[int], step: int) -> int:
-        return int(np.random.SeedSequence([*seeds, step]).generate_state(1)[0])
+        return derived_seed(*seeds, step)
 
     def _exact_snapshot(self, k: int, state: dict) -> Path | None:
         if not bool(self.cfg.exact_env_resume):

@@ -56,3 +56,14 @@ def test_evaluation_respects_masks_and_evaluates_every_member(tmp_path):
 def test_bad_eval_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"eval.episodes=-1 is not allowed"):
         Trainer(tiny("eval.episodes=-1"), tmp_path / "run")
+
+
+def test_atari_runs_evaluate_through_the_ale_vector_env(tmp_path):
+    """ale-py's vector env takes reset seeds as C ints: every derived seed is below 2**31."""
+    from rl.envs import derived_seed
+
+    assert all(0 <= derived_seed(s, 2**40 + s) < 2**31 for s in range(200))
+    cfg = tiny("env=atari", "num_envs=2", "algo.n_steps=64", "algo.batch_size=64", "total_steps=128",
+               "eval.episodes=1", "seed=3", "env.max_episode_steps=100")
+    summary, _, _ = _train(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["eval_return_greedy"] is not None

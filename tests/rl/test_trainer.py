@@ -296,7 +296,7 @@ def test_resume_normalizes_the_first_observation_with_the_saved_statistics(tmp_p
     stored observation is the raw reset observation under the saved running mean and variance."""
     from gymnasium.wrappers.utils import RunningMeanStd
 
-    from rl.envs import make_envs
+    from rl.envs import derived_seed, make_envs
 
     cfg = tiny("total_steps=4096", "env.normalize_obs=true", "num_envs=8")
     first = Trainer(cfg, tmp_path)
@@ -311,7 +311,7 @@ def test_resume_normalizes_the_first_observation_with_the_saved_statistics(tmp_p
     finally:
         resumed.close()
     # the raw observations of the same re-seeded reset, without normalization
-    seed = int(np.random.SeedSequence([0, 512]).generate_state(1)[0])
+    seed = derived_seed(0, 512)
     raw_envs = make_envs(compose("env.normalize_obs=false").env, 8, 0)
     raw, _ = raw_envs.reset(seed=seed)
     raw_envs.close()
