@@ -22,8 +22,14 @@ import torch
 
 from ops import _validate as V
 from ops import reference
-from ops._contract import Algorithm, LossInput, Rows, mapping
-from ops.functions import EntropyFunction, ProbsFunction, _LossFunction, backend_for
+from ops._contract import Algorithm, LossInput, Rows, SoftInput, mapping
+from ops.functions import (
+    EntropyFunction,
+    ProbsFunction,
+    SoftLossFunction,
+    _LossFunction,
+    backend_for,
+)
 
 __all__ = [
     "LossOutput",
@@ -36,11 +42,13 @@ __all__ = [
     "ppo_loss",
     "probs",
     "sample",
+    "soft_policy_loss",
+    "soft_value",
 ]
 
 @dataclass(frozen=True)
 class LossOutput:
-    """What ``pg_loss`` and ``ppo_loss`` return.
+    """What ``pg_loss``, ``ppo_loss`` and ``soft_policy_loss`` return.
 
     Attributes
     ----------
@@ -49,7 +57,8 @@ class LossOutput:
     entropy, log_prob, support_size:
         Detached per-row values (the logits' leading shape): the mapping's entropy, the log
         probability of the taken action (``-inf`` when an alpha > 1 policy gives it
-        probability 0), and the number of actions with nonzero probability.
+        probability 0), and the number of actions with nonzero probability. ``soft_policy_loss``
+        takes no action: its ``log_prob`` is None.
     grad_norm_policy, grad_norm_entropy:
         Detached scalars: Frobenius norms, at the logits, of the gradient of the policy term and
         of the entropy term (``-beta H``) of ``loss``. Both come from the fused op's closed-form
@@ -70,7 +79,7 @@ class LossOutput:
 
     loss: torch.Tensor
     entropy: torch.Tensor
-    log_prob: torch.Tensor
+    log_prob: torch.Tensor | None
     support_size: torch.Tensor
     grad_norm_policy: torch.Tensor
     grad_norm_entropy: torch.Tensor
@@ -299,6 +308,90 @@ def ppo_loss(logits, actions, advantages, old_log_prob, beta=0.0, clip_eps=0.2, 
         logits, H, log_p, support, *per_row)
     return LossOutput(loss, H, log_p, support, gn_pol, gn_ent, ratio, clipped, loss_rows=loss_rows,
                       grad_sq_policy=sq_pol, grad_sq_entropy=sq_ent)
+
+
+def _soft_input(logits, q_values, beta, alpha, temperature, mask, weights, need_grad):
+    """Validated arguments of ``soft_policy_loss`` / ``soft_value`` as the backends' ``SoftInput``."""
+    beta = V.check_positive("beta", beta, allow_zero=True)
+    rows = _rows(logits, alpha, temperature, mask)
+    q = V.check_q_values(q_values, logits).detach()
+    cdt = V.compute_dtype(logits.dtype)
+    return SoftInput(rows, q.reshape(rows.logits.shape), _row_scale(weights, logits, cdt), beta,
+                     need_grad=need_grad)
+
+
+def _verify_soft(result, inp: SoftInput):
+    """Names the culprit when the soft loss / value came out non-finite (one synchronisation):
+    a NaN, +inf or all-masked logits row, or a non-finite value of an allowed action."""
+    if result.numel() == 0 or math.isfinite(float(result.detach().sum())):
+        return
+    flat, flat_mask = inp.rows.logits, inp.rows.mask
+    masked = flat if flat_mask is None else flat.detach().masked_fill(~flat_mask, float("-inf"))
+    V.check_row_max(masked.detach().amax(dim=-1))
+    V.check_q_finite(inp.q_values, flat, flat_mask)
+    # none of the inputs is at fault: the values overflowed; return them for the caller to see
+
+
+def soft_policy_loss(logits, q_values, beta=0.0, alpha=1.0, temperature=1.0, mask=None,
+                     weights=None) -> LossOutput:
+    """Soft actor loss (SAC for discrete actions), ``mean_w(-<p, q> - beta H(p))``.
+
+    ``p`` is the mapping of ``logits / temperature`` and ``H`` its own entropy (Shannon for
+    alpha = 1, Tsallis otherwise). The critic is held fixed: ``q_values`` get no gradient (they
+    are detached), only the logits do. The loss is minimal where ``p`` is the mapping applied
+    to ``q / beta`` (softmax(q / beta), entmax-alpha(q / beta)); there its gradient is 0.
+
+    The gradient is the closed form (README, "The soft actor loss"), computed in the forward::
+
+        softmax  -p (q - <p, q>) + beta p (log p + H)
+        alpha>1  -s (q - <s_hat, q>) + beta (p - s_hat) / (alpha - 1)
+
+    with ``s = p^{2-alpha}`` on the support, ``s_hat = s / sum s``; divided by the temperature.
+    ``grad_norm_policy`` is the norm of the first term, ``grad_norm_entropy`` of the second.
+
+    Parameters
+    ----------
+    logits : (..., V) float tensor.
+    q_values : (..., V) float tensor of action values, the logits' shape. Masked actions (mask
+        False or logit -inf) are ignored and may hold anything, -inf and NaN included; every
+        allowed action's value must be finite.
+    beta : entropy coefficient >= 0.
+    alpha, temperature, mask : the mapping (see the module docstring).
+    weights : optional (...) nonnegative row weights; the loss is ``sum w l / sum w``.
+
+    Returns a ``LossOutput`` whose ``log_prob`` is None (no action is taken) and whose
+    ``ratio`` / ``clipped`` are None.
+    """
+    inp = _soft_input(logits, q_values, beta, alpha, temperature, mask, weights,
+                      need_grad=logits.requires_grad and torch.is_grad_enabled())
+    loss, H, support, gn_pol, gn_ent = SoftLossFunction.apply(
+        inp.rows.logits, inp, backend_for(inp.rows.logits))
+    _verify_soft(loss, inp)
+    if logits.dim() != 2:
+        lead = logits.shape[:-1]
+        H, support = H.reshape(lead), support.reshape(lead)
+    return LossOutput(loss, H, None, support, gn_pol, gn_ent)
+
+
+@torch.no_grad()
+def soft_value(logits, q_values, beta=0.0, alpha=1.0, temperature=1.0, mask=None):
+    """Per-row soft state value ``<p, q> + beta H(p)`` (detached; the logits' leading shape).
+
+    The soft (Shannon, alpha = 1) or sparse (Tsallis, alpha > 1) value of the policy ``p`` (the
+    mapping of ``logits / temperature``) under the action values ``q_values``: the bootstrap
+    term of a soft critic's target. Equal to ``-l`` of ``soft_policy_loss``'s rows. At the
+    policy that maximises it, ``p = mapping(q / beta)``, softmax's is ``beta logsumexp(q / beta)``.
+    Masked actions (mask False or logit -inf) get p = 0 and their q is ignored (it may be -inf
+    or NaN); allowed actions' q must be finite. Computed in the compute dtype (float32 for
+    half-precision logits, float64 for float64).
+    """
+    inp = _soft_input(logits, q_values, beta, alpha, temperature, mask, None, need_grad=False)
+    if inp.rows.n_rows == 0:
+        return torch.empty(logits.shape[:-1], dtype=V.compute_dtype(logits.dtype),
+                           device=logits.device)
+    value = backend_for(inp.rows.logits).soft(inp=inp).loss_rows.neg()
+    _verify_soft(value, inp)
+    return value if logits.dim() == 2 else value.reshape(logits.shape[:-1])
 
 
 @torch.no_grad()

@@ -11,6 +11,8 @@ wrong position between layers.
 * ``LossInput``: ``Rows`` plus the per-row operands of a fused loss. Building one makes every
   per-row tensor a contiguous 1-D tensor of length N in the compute dtype (scalars and
   broadcasts materialised, strided views copied): the kernels read them as ``ptr + row``.
+* ``SoftInput``: ``Rows`` plus what the soft actor loss reads: ``q_values`` in the logits'
+  ``(N, V)`` row-major layout (made contiguous here) and the contiguous per-row ``row_scale``.
 * ``ProbsResult``, ``EntropyResult``, ``LossRows``: the results. ``saved`` is opaque: a
   NamedTuple of tensors (or None) that only the same backend's backward reads; the autograd
   Functions store it with ``save_for_backward`` and rebuild it by its type.
@@ -160,6 +162,36 @@ class LossInput:
         return self.old_log_prob is not None
 
 
+@dataclass(frozen=True)
+class SoftInput:
+    """Everything the soft actor loss (``soft``) reads.
+
+    ``q_values``: ``(N, V)`` action values, made contiguous here in the logits' row-major layout
+    (its own float dtype; the backends compute in the logits' compute dtype). Entries of masked
+    actions (mask False or logit -inf) are never read into a result, whatever they hold.
+    ``row_scale``: per-row, contiguous ``(N,)`` in the compute dtype (the loss is
+    ``sum_i row_scale_i l_i``). ``need_grad`` / ``need_norms`` as in ``LossInput``.
+    """
+
+    rows: Rows
+    q_values: torch.Tensor
+    row_scale: torch.Tensor
+    beta: float
+    need_grad: bool
+    need_norms: bool = True
+
+    def __post_init__(self):
+        n = self.rows.n_rows
+        q = self.q_values
+        if q.shape != self.rows.logits.shape or not q.is_floating_point():
+            raise ValueError(f"SoftInput.q_values must be a float tensor of the logits' shape "
+                             f"{tuple(self.rows.logits.shape)}; got {q.dtype} {tuple(q.shape)}")
+        if not q.is_contiguous():
+            object.__setattr__(self, "q_values", q.contiguous())
+        cdt = compute_dtype(self.rows.logits.dtype)
+        object.__setattr__(self, "row_scale", _per_row("row_scale", self.row_scale, n, cdt))
+
+
 class ProbsResult(NamedTuple):
     """``probs``: (N, V) in the logits' dtype; ``saved``: for the same backend's backward."""
 
@@ -178,7 +210,8 @@ class EntropyResult(NamedTuple):
 class LossRows(NamedTuple):
     """Per-row results of a fused loss, in the compute dtype unless stated.
 
-    ``loss_rows`` l_i; ``entropy``; ``log_prob`` of the taken action; ``support`` int32;
+    ``loss_rows`` l_i; ``entropy``; ``log_prob`` of the taken action (None for ``soft``: no
+    action is taken); ``support`` int32;
     ``grad`` the gradient of ``sum_i row_scale_i l_i`` (logits' dtype; None without need_grad);
     ``grad_policy_sq`` / ``grad_entropy_sq`` (N,) per-row squared norms of its two terms' rows
     (their sums are the squared Frobenius norms; None when not computed); PPO only: ``ratio`` and
@@ -213,3 +246,5 @@ class Backend(Protocol):
     def pg(self, *, inp: LossInput) -> LossRows: ...
 
     def ppo(self, *, inp: LossInput) -> LossRows: ...
+
+    def soft(self, *, inp: SoftInput) -> LossRows: ...

@@ -195,3 +195,30 @@ def check_row_max(row_max: torch.Tensor) -> None:
         f"logits row {i} (flat row index) {why}; allowed: finite logits, -inf only for masked "
         "actions, and at least one allowed action per row"
     )
+
+
+def check_q_values(q_values, logits: torch.Tensor) -> torch.Tensor:
+    """Action values of the logits' shape, a float tensor (moved to the logits' device)."""
+    if not isinstance(q_values, torch.Tensor):
+        raise ValueError(f"q_values must be a torch.Tensor, got {type(q_values).__name__}")
+    if not q_values.is_floating_point():
+        raise ValueError(f"q_values.dtype={q_values.dtype} is not allowed; allowed: a float dtype")
+    if q_values.shape != logits.shape:
+        raise ValueError(
+            f"q_values.shape={tuple(q_values.shape)} is not allowed; allowed: the logits' shape "
+            f"{tuple(logits.shape)} (one value per action)"
+        )
+    return q_values if q_values.device == logits.device else q_values.to(logits.device)
+
+
+def check_q_finite(q_values: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """Every allowed action's value is finite (masked actions' values are never read)."""
+    bad = ~torch.isfinite(q_values) & (logits.detach() != float("-inf"))
+    if mask is not None:
+        bad = bad & mask
+    if bool(bad.any()):
+        i = int(bad.reshape(-1).nonzero()[0])
+        raise ValueError(
+            f"q_values must be finite at allowed actions; q_values[{i}] (flat index) = "
+            f"{q_values.reshape(-1)[i].item()} (masked actions may hold anything)"
+        )

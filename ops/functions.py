@@ -27,7 +27,7 @@ import os
 import torch
 
 from ops import reference
-from ops._contract import Backend, LossInput, Rows
+from ops._contract import Backend, LossInput, Rows, SoftInput
 
 _BACKEND_ENV = "ENTROPY_RL_OPS_BACKEND"
 _BACKEND_CHOICES = ("auto", "torch", "triton")
@@ -122,6 +122,34 @@ class _LossFunction(torch.autograd.Function):
         if grad_loss is None:
             return None, None, None
         return _scale_grad(grad, grad_loss, ctx.in_place), None, None
+
+
+class SoftLossFunction(torch.autograd.Function):
+    """Mean soft actor loss ``mean_w(-<p, q> - beta H)``; the closed-form gradient (README, "The
+    soft actor loss") is computed in the forward and scaled in the backward, as for
+    ``_LossFunction``. ``q_values`` travel inside ``inp`` and get no gradient: the critic is held
+    fixed.
+
+    ``apply(logits, inp, backend)`` with ``inp.rows.logits`` the logits; returns the loss, then
+    the detached entropy, support and the two gradient norms.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, inp: SoftInput, backend: Backend):
+        out = backend.soft(inp=inp)
+        loss = torch.dot(out.loss_rows, inp.row_scale)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(out.grad)
+        stats = [out.entropy, out.support, out.grad_policy_sq.sqrt(), out.grad_entropy_sq.sqrt()]
+        ctx.mark_non_differentiable(*stats)
+        return (loss, *stats)
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        (grad,) = ctx.saved_tensors
+        if grad_loss is None:
+            return None, None, None
+        return _scale_grad(grad, grad_loss, False), None, None
 
 
 class EntropyFunction(torch.autograd.Function):

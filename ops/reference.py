@@ -32,6 +32,7 @@ from ops._contract import (
     Mapping,
     ProbsResult,
     Rows,
+    SoftInput,
 )
 from ops._validate import check_row_max, compute_dtype
 
@@ -485,3 +486,65 @@ def ppo(*, inp: LossInput) -> LossRows:
     if not inp.is_ppo:
         raise ValueError("ppo needs a LossInput with old_log_prob and clip_eps")
     return _fused(inp)
+
+
+# ---------------------------------------------------------------------------------------------
+# The soft actor loss (SAC-style, critic fixed)
+# ---------------------------------------------------------------------------------------------
+
+
+def soft(*, inp: SoftInput) -> LossRows:
+    """Soft actor loss rows ``l = -<p, q> - beta H(p)`` and the gradient of ``sum_i c_i l_i``.
+
+    ``-l`` is the soft (Shannon) or sparse (Tsallis) state value ``<p, q> + beta H(p)``. The
+    gradient at ``z`` (README, "The soft actor loss"; DESIGN.md section 1's Jacobians), before
+    the division by T, with ``s = p^{2-alpha}`` on the support and ``s_hat = s / sum s``
+    (softmax: ``s = s_hat = p``)::
+
+        softmax  -p (q - <p, q>) + beta p (log p + H)
+        alpha>1  -s (q - <s_hat, q>) + beta (p - s_hat) / (alpha - 1)
+
+    ``q`` of a masked action (mask False or logit -inf) is read as 0: its p and s are 0, and
+    0 * (-inf or NaN) would be NaN. Non-finite q of an allowed action makes the row NaN (the
+    public API then names it). q gets no gradient (the critic is held fixed).
+    """
+    logits, mask, m = inp.rows.logits, inp.rows.mask, inp.rows.mapping
+    alpha, temperature, beta = m.alpha, m.temperature, inp.beta
+    cdt = compute_dtype(logits.dtype)
+    allowed = logits.detach() != float("-inf")
+    if mask is not None:
+        allowed = allowed & mask
+    q = torch.where(allowed, inp.q_values.to(cdt), 0.0)
+    if m.algorithm == Algorithm.SOFTMAX:
+        log_p, p, H = _log_softmax(logits, mask, temperature)
+        s, s_sum = p, None
+        support = _allowed_count(logits, mask)
+    else:
+        p = _entmax(_shifted_logits(logits, mask, temperature, check=False), m, logits, mask)
+        H, _, n = _alpha_stats(p, m)
+        support = n.to(torch.int32)
+        s = (p > 0).to(cdt) if m.algorithm == Algorithm.SPARSEMAX else torch.where(
+            p > 0, p.pow(2.0 - alpha), 0.0)
+        s_sum = s.sum(dim=-1, keepdim=True)
+    value = _rowdot(p, q)  # <p, q>
+    loss_rows = torch.add(value, H, alpha=beta).neg_()
+
+    zero = torch.zeros((), dtype=cdt, device=logits.device)
+    if not inp.need_grad:
+        return LossRows(loss_rows, H, None, support, None, zero, zero)
+    scale = (inp.row_scale if temperature == 1.0 else inp.row_scale / temperature).unsqueeze(-1)
+    # policy part -s (q - <s_hat, q>): <s_hat, q> = <p, q> for softmax
+    u = value if s_sum is None else _rowdot(s, q) / s_sum.squeeze(-1)
+    pol = (q - u.unsqueeze(-1)).mul_(s).mul_(-scale)
+    if m.algorithm == Algorithm.SOFTMAX:
+        # entropy part -beta dH/dz = beta p (log p + H)
+        ent = log_p.add_(H.unsqueeze(-1)).mul_(p).mul_(beta * scale)
+    else:
+        # entropy part -beta dH/dz = beta (p - s_hat) / (alpha - 1)
+        ent = (p - s / s_sum).mul_(beta / (alpha - 1.0) * scale)
+    pol_sq = torch.dot(pol.view(-1), pol.view(-1)) if inp.need_norms else zero
+    ent_sq = torch.dot(ent.view(-1), ent.view(-1)) if inp.need_norms else zero
+    grad = pol.add_(ent)
+    if grad.dtype != logits.dtype:
+        grad = grad.to(logits.dtype)
+    return LossRows(loss_rows, H, None, support, grad, pol_sq, ent_sq)

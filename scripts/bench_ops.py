@@ -1,10 +1,11 @@
 """Forward+backward time and peak extra memory of the fused losses against their peers.
 
 For each (loss, mapping, shape, dtype) it times ``loss.backward()`` of
-``mean(-A log pi(a) - beta H)`` (pg) or the PPO clipped surrogate with entropy (ppo):
+``mean(-A log pi(a) - beta H)`` (pg), the PPO clipped surrogate with entropy (ppo) or the soft
+actor loss ``mean(-<p, q> - beta H)`` with fixed action values q (soft):
 
-* ``fused``: ``ops.pg_loss`` / ``ops.ppo_loss`` (the Triton kernels on CUDA, the PyTorch
-  closed forms on the CPU);
+* ``fused``: ``ops.pg_loss`` / ``ops.ppo_loss`` / ``ops.soft_policy_loss`` (the Triton kernels
+  on CUDA, the PyTorch closed forms on the CPU);
 * ``fused_rows`` (only when asked, ``--impls fused,fused_rows``): the same with beta given per
   row (a tensor of BETA, the path a population of runs takes; on CUDA the ROW_BETA variant);
 * ``eager``: the same loss as a PyTorch composite, differentiated by autograd through the
@@ -21,6 +22,7 @@ device names.
     python scripts/bench_ops.py                       # CPU, every shape and dtype
     python scripts/bench_ops.py --device cuda         # GPU, every case
     python scripts/bench_ops.py --shapes 16384x1024 --dtypes fp32 --impls fused,eager
+    python scripts/bench_ops.py --losses soft             # the soft actor loss only
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ def make_inputs(shape, dtype, device, alpha, seed=0):
         # an old policy never gives 0 to an action it sampled: keep the log finite
         old_log_prob = old_lp.clamp(min=1e-6).log()
     advantages = torch.randn(B, generator=g).to(device)
-    return logits, actions, advantages, old_log_prob
+    # the soft loss's action values (a critic's output: float32, the logits' shape)
+    q_values = (3 * torch.randn(B, V, generator=g)).to(device)
+    return logits, actions, advantages, old_log_prob, q_values
 
 
 def _composite_probs(z, alpha):
@@ -78,7 +82,7 @@ def _composite_probs(z, alpha):
 def composite_loss(kind, alpha):
     """The loss written the obvious way, differentiated by autograd through the mapping."""
 
-    def loss(logits, actions, advantages, old_log_prob):
+    def loss(logits, actions, advantages, old_log_prob, q_values):
         z = logits.float()
         idx = actions.unsqueeze(-1)
         if alpha == 1.0:
@@ -93,6 +97,9 @@ def composite_loss(kind, alpha):
             log_p_a = p_a.clamp(min=1e-30).log()
         if kind == "pg":
             return (-advantages * log_p_a - BETA * H).mean()
+        if kind == "soft":
+            p = log_p.exp() if alpha == 1.0 else p
+            return (-(p * q_values).sum(-1) - BETA * H).mean()
         ratio = torch.exp(log_p_a - old_log_prob) if p_a is None else p_a / old_log_prob.exp()
         surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - CLIP, 1 + CLIP) * advantages)
         return (-surrogate - BETA * H).mean()
@@ -101,10 +108,12 @@ def composite_loss(kind, alpha):
 
 
 def fused_loss(kind, alpha, per_row_beta=False):
-    def loss(logits, actions, advantages, old_log_prob):
+    def loss(logits, actions, advantages, old_log_prob, q_values):
         beta = torch.full_like(advantages, BETA) if per_row_beta else BETA
         if kind == "pg":
             return ops.pg_loss(logits, actions, advantages, beta=beta, alpha=alpha).loss
+        if kind == "soft":
+            return ops.soft_policy_loss(logits, q_values, beta=BETA, alpha=alpha).loss
         return ops.ppo_loss(logits, actions, advantages, old_log_prob, beta=beta,
                             clip_eps=CLIP, alpha=alpha).loss
 
@@ -254,7 +263,7 @@ def main(argv=None):
                         choices=["cpu", "cuda"])
     parser.add_argument("--shapes", default="65536x6,16384x1024,8192x32768")
     parser.add_argument("--dtypes", default="fp32,bf16")
-    parser.add_argument("--losses", default="pg,ppo")
+    parser.add_argument("--losses", default="pg,ppo,soft")
     parser.add_argument("--mappings", default="softmax,entmax15,sparsemax")
     parser.add_argument("--impls", default="fused,eager,compile")
     parser.add_argument("--reps", type=int, default=7)
@@ -312,7 +321,10 @@ def main(argv=None):
                             row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
                         if device == "cuda" and "ms" in row:
                             # the byte floor: read the logits once, write the gradient once
+                            # (soft: and read the action values once)
                             nbytes = 2 * shape[0] * shape[1] * inputs[0].element_size()
+                            if kind == "soft":
+                                nbytes += shape[0] * shape[1] * inputs[4].element_size()
                             row["floor_bytes"] = nbytes
                             row["GBps"] = nbytes / (row["ms"] * 1e-3) / 1e9
                         rows.append(row)

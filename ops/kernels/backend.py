@@ -19,12 +19,13 @@ from typing import NamedTuple
 
 import torch
 
-from ops._contract import EntropyResult, LossInput, LossRows, Mapping, ProbsResult, Rows
+from ops._contract import EntropyResult, LossInput, LossRows, Mapping, ProbsResult, Rows, SoftInput
 from ops._validate import check_row_max
 from ops.kernels._rows import _interpreted
 from ops.kernels.entropy import _entropy_backward, _entropy_forward
 from ops.kernels.policy_loss import _policy_loss_forward
 from ops.kernels.probs import _probs_backward, _probs_forward
+from ops.kernels.soft_loss import _soft_loss_forward
 
 
 class KernelSaved(NamedTuple):
@@ -84,6 +85,25 @@ def ppo(*, inp: LossInput, max_block_v=None) -> LossRows:
     if not inp.is_ppo:
         raise ValueError("ppo needs a LossInput with old_log_prob and clip_eps")
     return _loss(inp, max_block_v)
+
+
+def soft(*, inp: SoftInput, max_block_v=None) -> LossRows:
+    """Soft actor loss rows ``-<p, q> - beta H``, statistics and (need_grad) the gradient of
+    ``sum_i row_scale_i l_i``, in one launch; see ``ops.reference.soft``. ``log_prob`` is None."""
+    rows = inp.rows
+    _check_launchable(rows.logits)
+    m = rows.mapping
+    loss, H, support, row_max, grad, grad_sq = _soft_loss_forward(
+        rows.logits, rows.mask, inp.q_values, inp.row_scale.to(torch.float32), inp.beta,
+        m.alpha, m.temperature, inp.need_grad, int(m.algorithm), m.newton,
+        max_block_v=max_block_v)
+    check_row_max(row_max)
+    if inp.need_grad:
+        pol_sq, ent_sq = grad_sq[:, 0].sum(), grad_sq[:, 1].sum()
+    else:
+        pol_sq = torch.zeros((), dtype=torch.float32, device=rows.logits.device)
+        ent_sq = pol_sq.clone()
+    return LossRows(loss, H, None, support, grad, pol_sq, ent_sq)
 
 
 def probs_forward(*, rows: Rows, max_block_v=None) -> ProbsResult:

@@ -11,6 +11,9 @@
 * Finite extreme logits (their differences overflow) give finite, correct results in both
   backends.
 * ``grad_buffer=logits`` still reports a masked (-inf) taken action.
+* ``soft_policy_loss`` / ``soft_value``: their ``q_values`` (the logits' shape) in every layout
+  (contiguous, transposed, column-strided, stride-0 broadcast) reach the kernel in the logits'
+  row-major layout.
 """
 
 from __future__ import annotations
@@ -147,6 +150,7 @@ def base_case(key, lead=LEAD, n_act=V, dtype=torch.float32, alpha=1.0):
         weights=torch.rand(lead, generator=g) + 0.1,
         # per-row beta values; a case uses them only when a test puts them in "beta"
         beta_rows=torch.rand(lead, generator=g) * 0.5,
+        q=torch.randn(*lead, n_act, generator=g) * 3,
     )
 
 
@@ -162,6 +166,18 @@ def run_public(op, args, alpha, temperature, beta=0.3, clip_eps=0.2):
         out = ops.entropy(z, alpha=alpha, temperature=temperature, mask=args["mask"])
         (out * torch.linspace(-1, 2, out.numel()).reshape(out.shape)).sum().backward()
         res = [out]
+    elif op == "soft":
+        out = ops.soft_policy_loss(z, args["q"], beta=beta, alpha=alpha, temperature=temperature,
+                                   mask=args["mask"], weights=args["weights"])
+        out.loss.backward()
+        assert out.log_prob is None
+        res = [out.loss, out.entropy, out.support_size, out.grad_norm_policy,
+               out.grad_norm_entropy]
+    elif op == "soft_value":  # no gradient: the values only
+        out = ops.soft_value(z, args["q"], beta=beta, alpha=alpha, temperature=temperature,
+                             mask=args["mask"])
+        assert not out.requires_grad
+        return [out]
     else:
         extra = (args["old_log_prob"],) if op == "ppo" else ()
         kw = dict(clip_eps=clip_eps) if op == "ppo" else {}
@@ -187,7 +203,8 @@ def assert_backends_agree(monkeypatch, op, args, alpha, temperature, dtype=torch
         if not g.is_floating_point():
             assert torch.equal(g, w), (op, i, g, w)
             continue
-        tol = TOL[dtype if i == len(got) - 1 or op == "probs" else torch.float32]
+        last = i == len(got) - 1 and op != "soft_value"  # the gradient, in the logits' dtype
+        tol = TOL[dtype if last or op == "probs" else torch.float32]
         scale = float(w.abs().max()) if w.numel() else 0.0
         torch.testing.assert_close(g, w, atol=tol["atol"] * max(scale, 1.0), rtol=tol["rtol"],
                                    msg=lambda m, op=op, i=i: f"{op} output {i}: {m}")
@@ -206,6 +223,8 @@ def test_per_row_forms(monkeypatch, name, form):
     # a broadcast action is row 0's: allowed in every row
     args["mask"] = args["mask"].scatter(-1, args["actions"].reshape(*LEAD, 1), True)
     ops_ = ["ppo"] if name == "old_log_prob" else ["pg", "ppo"]
+    if name == "weights":
+        ops_ += ["soft"]
     for op in ops_:
         assert_backends_agree(monkeypatch, op, args, alpha=1.0 if op == "pg" else 1.5,
                               temperature=0.8)
@@ -213,7 +232,7 @@ def test_per_row_forms(monkeypatch, name, form):
 
 @pytest.mark.parametrize("mask", ["none", "contiguous", "transposed", "broadcast"])
 @pytest.mark.parametrize("logits", ["contiguous", "transposed", "column-strided"])
-@pytest.mark.parametrize("op", ["probs", "entropy", "pg", "ppo"])
+@pytest.mark.parametrize("op", ["probs", "entropy", "pg", "ppo", "soft", "soft_value"])
 def test_logits_and_mask_layouts(monkeypatch, op, logits, mask):
     args = base_case(("layouts", op, logits, mask), alpha=2.0)
     args["z"] = logits_form(args["z"], logits)
@@ -222,8 +241,38 @@ def test_logits_and_mask_layouts(monkeypatch, op, logits, mask):
         allowed = args["mask"].float().argmax(-1)
         ok = args["mask"].gather(-1, args["actions"][..., None])[..., 0]
         args["actions"] = torch.where(ok, args["actions"], allowed)
-    assert_backends_agree(monkeypatch, op, args, alpha=2.0 if op in ("pg", "probs") else 1.0,
-                          temperature=1.3)
+    assert_backends_agree(monkeypatch, op, args,
+                          alpha=2.0 if op in ("pg", "probs", "soft") else 1.0, temperature=1.3)
+
+
+def q_form(q, form):
+    """Action values (the logits' shape) in a layout: the same numbers (broadcast: one row's)."""
+    if form == "contiguous":
+        return q.clone()
+    if form == "transposed":
+        return q.transpose(0, 1).contiguous().transpose(0, 1)
+    if form == "column-strided":
+        return torch.stack([q, torch.full_like(q, 1e4)], -1).reshape(*q.shape[:-1], -1)[..., ::2]
+    if form == "broadcast":  # one row of values for every row: stride 0
+        return q[:1, :1].expand(q.shape)
+    if form == "fp64":  # another float dtype than the logits'
+        return q.double()
+    raise AssertionError(form)
+
+
+Q_FORMS = ["contiguous", "transposed", "column-strided", "broadcast", "fp64"]
+
+
+@pytest.mark.parametrize("form", Q_FORMS)
+@pytest.mark.parametrize("op", ["soft", "soft_value"])
+def test_q_values_layouts(monkeypatch, op, form):
+    """Also: masked actions hold NaN in q, which neither backend may read."""
+    args = base_case(("q-forms", op, form), alpha=1.5)
+    args["q"] = q_form(args["q"], form)
+    if form == "contiguous":
+        args["q"] = args["q"].masked_fill(~args["mask"], float("nan"))
+    for alpha in (1.0, 1.5):
+        assert_backends_agree(monkeypatch, op, args, alpha=alpha, temperature=0.8)
 
 
 FORMS = ["tensor", "scalar", "0-d", "broadcast", "strided", "transposed"]
@@ -231,7 +280,7 @@ FORMS = ["tensor", "scalar", "0-d", "broadcast", "strided", "transposed"]
 
 @settings(max_examples=20, deadline=None, derandomize=True, database=None)
 @given(
-    op=st.sampled_from(["probs", "entropy", "pg", "ppo"]),
+    op=st.sampled_from(["probs", "entropy", "pg", "ppo", "soft", "soft_value"]),
     n_act=st.sampled_from([1, 2, 5, 16, 33, 256]),
     dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
     alpha=st.sampled_from([1.0, 1.5, 2.0, 1.3, 2.5]),
@@ -241,10 +290,11 @@ FORMS = ["tensor", "scalar", "0-d", "broadcast", "strided", "transposed"]
     actions_form=st.sampled_from(["tensor", "broadcast", "strided", "transposed"]),
     logits=st.sampled_from(["contiguous", "transposed", "column-strided"]),
     mask=st.sampled_from(["none", "contiguous", "transposed"]),
+    q=st.sampled_from(Q_FORMS),
     seed=st.integers(0, 2**16),
 )
 def test_forms_shapes_and_dtypes(op, n_act, dtype, alpha, temperature, forms, actions_form,
-                                 logits, mask, seed):
+                                 logits, mask, q, seed):
     """Drawn: forms of every argument, V, dtype, mapping; leading shape (4, 4) (16 rows)."""
     lead = (4, 4)
     args = base_case(("hyp", seed), lead=lead, n_act=n_act, dtype=dtype, alpha=alpha)
@@ -255,6 +305,7 @@ def test_forms_shapes_and_dtypes(op, n_act, dtype, alpha, temperature, forms, ac
     args["mask"] = args["mask"].scatter(-1, args["actions"].reshape(*lead, 1), True)
     args["z"] = logits_form(args["z"], logits)
     args["mask"] = mask_form(args["mask"], mask)
+    args["q"] = q_form(args["q"], q)
     with pytest.MonkeyPatch.context() as mp:
         assert_backends_agree(mp, op, args, alpha, temperature, dtype)
 
@@ -323,6 +374,16 @@ def test_extreme_logits_every_op(monkeypatch, backend, dtype, alpha):
             assert math.isfinite(float(out.loss.detach())) and bool(torch.isfinite(leaf.grad).all())
             assert math.isfinite(float(out.grad_norm_policy))
             assert math.isfinite(float(out.grad_norm_entropy))
+        # the soft loss and value: p is exact here, so <p, q> + 0.2 H is known
+        q = torch.linspace(-2.0, 3.0, 300).repeat(2, 1)
+        want = (expected_p * q.double()).sum(-1) + 0.2 * expected_H
+        leaf = z.clone().requires_grad_()
+        out = ops.soft_policy_loss(leaf, q, beta=0.2, **kw)
+        out.loss.backward()
+        assert bool(torch.isfinite(leaf.grad).all()), leaf.grad
+        torch.testing.assert_close(out.loss.double(), -want.mean(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ops.soft_value(z, q, beta=0.2, **kw).double(), want,
+                                   atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------
