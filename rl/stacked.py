@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -81,15 +82,7 @@ class StackedNetwork(nn.Module):
                 flat[k, a:b].copy_(params[n].detach().reshape(-1))
         self.flat = nn.Parameter(flat)
         self.flat.grad = torch.zeros_like(flat)
-        # One leaf per parameter, (K, *shape), whose data and gradient are views of the two
-        # (K, P) buffers: backward accumulates straight into ``flat.grad`` (slicing ``flat`` in
-        # the forward instead would make every slice's backward write a whole (K, P) tensor).
-        self._leaves: dict[str, torch.Tensor] = {}
-        for n, (a, b, shape) in self.layout.items():
-            leaf = torch.empty(0, dtype=dtype, device=device, requires_grad=True)
-            leaf.data = self.flat.data[:, a:b].view(self.K, *shape)
-            leaf.grad = self.flat.grad[:, a:b].view(self.K, *shape)
-            self._leaves[n] = leaf
+        self._dtype, self._device = dtype, device
         self.n_actions = int(getattr(first, "n_actions", 0)) or None
         self.preprocess = getattr(first, "preprocess", None)
         self._raw = bool(getattr(first, "_raw", False))
@@ -134,32 +127,43 @@ class StackedNetwork(nn.Module):
         plan = []
         for name, m in modules:
             key = f"{prefix}.{name}" if name else prefix
-            if isinstance(m, nn.Linear):
-                plan.append(("linear", (key + ".weight", key + ".bias")))
+            if isinstance(m, nn.Linear):  # x @ W^T + b as baddbmm(b (K, 1, out), x, W^T (K, in, out))
+                plan.append(("linear", (self._leaf(key + ".weight", lambda t: t.transpose(1, 2)),
+                                        self._leaf(key + ".bias", lambda t: t.unsqueeze(1)))))
             elif isinstance(m, nn.Conv2d):
-                plan.append(("conv", (key + ".weight", key + ".bias", m.stride, m.padding, m.dilation)))
+                plan.append(("conv", (self._leaf(key + ".weight"), self._leaf(key + ".bias"),
+                                      m.stride, m.padding, m.dilation)))
             elif isinstance(m, nn.Flatten):
                 plan.append(("flatten", None))
             else:
                 plan.append(("act", _ELEMENTWISE[type(m)]))
         return tuple(plan)
 
-    def _param(self, name: str) -> torch.Tensor:
-        return self._leaves[name]
+    def _leaf(self, name: str, view=None) -> torch.Tensor:
+        """A leaf tensor whose data and gradient are views of parameter ``name``'s columns of the
+        two (K, P) buffers (``view`` of the (K, *shape) view, e.g. the transposed weight the batched
+        matmul takes): backward accumulates straight into ``flat.grad``, and the forward needs no
+        per-call reshaping (slicing ``flat`` in the forward instead would make each slice's
+        backward write a whole (K, P) tensor)."""
+        a, b, shape = self.layout[name]
+        view = view or (lambda t: t)
+        leaf = torch.empty(0, dtype=self._dtype, device=self._device, requires_grad=True)
+        leaf.data = view(self.flat.data[:, a:b].view(self.K, *shape))
+        leaf.grad = view(self.flat.grad[:, a:b].view(self.K, *shape))
+        return leaf
 
     def _run(self, plan, x: torch.Tensor) -> torch.Tensor:
         """``x``: (K, B, features...) -> (K, B, out...)."""
         K = self.K
         for kind, arg in plan:
             if kind == "linear":
-                w, b = self._param(arg[0]), self._param(arg[1])
-                x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+                x = torch.baddbmm(arg[1], x, arg[0])
             elif kind == "act":
                 x = arg(x)
             elif kind == "flatten":
                 x = x.flatten(2)
             else:
-                w, b = self._param(arg[0]), self._param(arg[1])
+                w, b = arg[0], arg[1]
                 B = x.shape[1]
                 out_c = w.shape[1]
                 # (K, B, C, H, W) -> (B, K*C, H, W); one grouped convolution for all members
@@ -247,7 +251,7 @@ class StackedOptimizer:
         self.betas, self.adam_eps = betas, adam_eps
         self.alpha, self.rms_eps = rmsprop_alpha, rmsprop_eps
         K = flat.shape[0]
-        self.steps = torch.zeros(K, dtype=torch.float64)
+        self.steps = np.zeros(K, dtype=np.float64)
         self.exp_avg = torch.zeros_like(flat.detach()) if name == "adam" else None
         self.exp_avg_sq = torch.zeros_like(flat.detach())
 
@@ -256,24 +260,27 @@ class StackedOptimizer:
         """One step of every row where ``active`` (K,) bool; ``lr``: (K,) learning rates."""
         p, g = self.flat.data, self.flat.grad
         K = p.shape[0]
-        act = torch.ones(K, dtype=torch.bool) if active is None else active.cpu()
-        if not bool(act.any()):
+        # the per-row scalars in NumPy: a handful of K-vectors, cheaper than tensor ops
+        act = np.ones(K, dtype=bool) if active is None else active.cpu().numpy()
+        if not act.any():
             return
-        self.steps += act.double()
-        rows = None if bool(act.all()) else torch.nonzero(act).squeeze(1).to(p.device)
-        lr = lr.to(torch.float64)
+        self.steps += act
+        rows = None if act.all() else torch.from_numpy(np.flatnonzero(act)).to(p.device)
+        lr = lr.cpu().numpy().astype(np.float64)
+
+        def column(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(x).to(p.dtype).to(p.device).unsqueeze(1)
+
         if self.name == "adam":
             b1, b2 = self.betas
             t = self.steps
-            bc1 = 1.0 - b1 ** t
-            bc2_sqrt = (1.0 - b2 ** t).sqrt()
-            step_size = (lr / bc1).to(p.dtype).to(p.device).unsqueeze(1)
-            bc2_sqrt = bc2_sqrt.to(p.dtype).to(p.device).unsqueeze(1)
+            step_size = column(lr / (1.0 - b1 ** t))
+            bc2_sqrt = column(np.sqrt(1.0 - b2 ** t))
             if rows is None:
                 self.exp_avg.lerp_(g, 1 - b1)
                 self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (self.exp_avg_sq.sqrt() / bc2_sqrt).add_(self.adam_eps)
-                p.sub_(step_size * self.exp_avg / denom)
+                denom = self.exp_avg_sq.sqrt().div_(bc2_sqrt).add_(self.adam_eps)
+                p.sub_(self.exp_avg.mul(step_size).div_(denom))
             else:
                 m = self.exp_avg[rows].lerp_(g[rows], 1 - b1)
                 v = self.exp_avg_sq[rows].mul_(b2).addcmul_(g[rows], g[rows], value=1 - b2)
@@ -282,10 +289,10 @@ class StackedOptimizer:
                 p[rows] = p[rows] - step_size[rows] * m / denom
         else:
             a = self.alpha
-            lr_col = lr.to(p.dtype).to(p.device).unsqueeze(1)
+            lr_col = column(lr)
             if rows is None:
                 self.exp_avg_sq.mul_(a).addcmul_(g, g, value=1 - a)
-                p.sub_(lr_col * g / self.exp_avg_sq.sqrt().add_(self.rms_eps))
+                p.sub_(g.mul(lr_col).div_(self.exp_avg_sq.sqrt().add_(self.rms_eps)))
             else:
                 v = self.exp_avg_sq[rows].mul_(a).addcmul_(g[rows], g[rows], value=1 - a)
                 self.exp_avg_sq[rows] = v

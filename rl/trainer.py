@@ -450,17 +450,23 @@ class Trainer:
                            values=rows(buf.values), masks=None if buf.masks is None else rows(buf.masks))
 
     # ------------------------------------------------------------------ rollout
-    def policy_probs(self, logits: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-        """The members' policies, (K, B, A): one ops call per distinct (alpha, temperature)."""
+    def mapping_groups(self, device: torch.device) -> list[tuple[float, float, torch.Tensor]]:
+        """``(alpha, temperature, member indices)`` of the members sharing a mapping."""
         groups: dict[tuple[float, float], list[int]] = {}
         for k, m in enumerate(self.members):
             groups.setdefault((m.alpha, m.temperature_coef.value), []).append(k)
+        return [(alpha, t, torch.tensor(ks, device=device)) for (alpha, t), ks in groups.items()]
+
+    def policy_probs(self, logits: torch.Tensor, masks: torch.Tensor | None,
+                     groups: list | None = None) -> torch.Tensor:
+        """The members' policies, (K, B, A): one ops call per distinct (alpha, temperature)
+        (``groups``: `mapping_groups`, computed once per rollout by the caller)."""
+        groups = groups if groups is not None else self.mapping_groups(logits.device)
         if len(groups) == 1:
-            (alpha, temperature), = groups
+            alpha, temperature, _ = groups[0]
             return ops.probs(logits, alpha, temperature, masks)
         p = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-        for (alpha, temperature), ks in groups.items():
-            idx = torch.tensor(ks, device=logits.device)
+        for alpha, temperature, idx in groups:
             sub_mask = None if masks is None else masks.index_select(0, idx)
             p.index_copy_(0, idx, ops.probs(logits.index_select(0, idx), alpha, temperature,
                                             sub_mask).float())
@@ -475,12 +481,15 @@ class Trainer:
         """
         K, N, A = p.shape
         gens = generators if generators is not None else [m.sample_gen for m in self.members]
-        u = torch.stack([torch.rand(N, generator=g, device=p.device) for g in gens])
+        u = (torch.rand(1, N, generator=gens[0], device=p.device) if K == 1 else
+             torch.stack([torch.rand(N, generator=g, device=p.device) for g in gens]))
         cdf = p.cumsum(-1)
-        draw = (cdf <= (u * cdf[..., -1]).unsqueeze(-1)).sum(-1)
-        # rounding can put u * total at or past the last cdf entry: take the last possible action
-        last = A - 1 - (p > 0).flip(-1).int().argmax(-1)
-        torch.minimum(draw, last, out=out.view(K, N))
+        # the first action whose cdf exceeds u * total: never one of probability 0
+        draw = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
+        if bool((draw >= A).any()):  # rounding put u * total at the total: the last possible action
+            last = A - 1 - (p > 0).flip(-1).int().argmax(-1)
+            draw = torch.minimum(draw, last)
+        out.view(K, N).copy_(draw)
 
     def collect_rollout(self) -> list[tuple[int, float, int, int]]:
         """One rollout of n_steps steps; returns the finished episodes (member, return, length, step)."""
@@ -489,6 +498,7 @@ class Trainer:
         split = self._split_forward
         obs_shape = buf.obs.shape[2:]
         step0 = [m.global_step for m in self.members]
+        groups = self.mapping_groups(buf.obs.device)  # the temperature changes between rollouts only
         with torch.inference_mode():
             for t in range(buf.n_steps):
                 obs = buf.obs[t].view(K, N, *obs_shape)
@@ -498,7 +508,7 @@ class Trainer:
                 else:
                     logits, values = net(obs)
                     buf.values[t].copy_(values.reshape(K * N))
-                p = self.policy_probs(logits, mask)
+                p = self.policy_probs(logits, mask, groups)
                 self.sample_actions(p, buf.actions[t])
                 buf.probs[t].copy_(p.reshape(K * N, -1))
                 obs, rewards, terminated, truncated, infos = self.envs.step(buf.actions[t].cpu().numpy())
@@ -644,16 +654,24 @@ class Trainer:
         m0 = self.members[running[0]]
         logs = (m0.update + 1) % m0.log_interval == 0 or (
             m0.histogram_interval and (m0.update + 1) % m0.histogram_interval == 0)
+        whole = None  # one minibatch (the rollout): gathered once, the same every epoch
+        plans: dict = {}
         for epoch in range(epochs):
             want = every_epoch or epoch == epochs - 1
             epoch_stats: dict[int, list] = {k: [] for k in running}
-            for mb, (idx, weight) in enumerate(self._minibatches(valid_rows, running, num_mb)):
+            if num_mb == 1:
+                whole = whole or [self._gather(data, idx.to(dev), weight.to(dev), norm_adv=False)
+                                  for idx, weight in self._minibatches(valid_rows, running, 1)]
+                batches = whole
+            else:
+                batches = (self._gather(data, idx.to(dev), weight.to(dev), norm_adv=a.norm_adv)
+                           for idx, weight in self._minibatches(valid_rows, running, num_mb))
+            for mb, batch in enumerate(batches):
                 if not bool(active.any()):
                     break
                 where = (f"update {self.members[running[0]].update + 1}, epoch {epoch + 1}, "
                          f"minibatch {mb + 1}")
-                step_stats = self._step(data, idx.to(dev), weight.to(dev), active, lr_t, clips,
-                                        norm_adv=a.norm_adv and not norm_once, want_stats=want,
+                step_stats = self._step(batch, active, lr_t, clips, plans, want_stats=want,
                                         want_norms=want and logs, where=where)
                 for k, s in step_stats.items():
                     epoch_stats[k].append(s)
@@ -684,8 +702,41 @@ class Trainer:
                 weight[k, :c.numel()] = 1.0
             yield idx, weight
 
-    def _step(self, data, idx, weight, active, lr_t, clips, *, norm_adv, want_stats, want_norms, where):
-        """One gradient step of every active member on its minibatch ``idx`` (K, S).
+    def _gather(self, data, idx: torch.Tensor, weight: torch.Tensor, *, norm_adv: bool) -> SimpleNamespace:
+        """The (K, S) minibatch ``idx`` of every member's rollout rows (``weight`` 0 = padding),
+        advantages normalized per member when ``norm_adv``."""
+        rows = torch.arange(self.K, device=idx.device).unsqueeze(1)
+        adv = data.advantages[rows, idx]
+        return SimpleNamespace(
+            obs=data.obs[rows, idx], actions=data.actions[rows, idx], old_logp=data.log_probs[rows, idx],
+            old_values=data.values[rows, idx], target=data.returns[rows, idx],
+            adv=_masked_normalize(adv, weight) if norm_adv else adv,
+            masks=None if data.masks is None else data.masks[rows, idx],
+            weight=weight, count=weight.sum(1).clamp_min(1.0), S=idx.shape[1])
+
+    def _plan(self, active: torch.Tensor, clips: list, S: int, device: torch.device, plans: dict) -> list:
+        """The ops calls of a step: members sharing (alpha, temperature, clip range) share one,
+        with beta per row when they differ in it (a float keeps ops' scalar path). Cached per
+        update for each set of active members."""
+        key = (tuple(bool(x) for x in active), S)
+        if key not in plans:
+            groups: dict[tuple, list[int]] = {}
+            for k in range(self.K):
+                if bool(active[k]):
+                    m = self.members[k]
+                    groups.setdefault((m.alpha, m.temperature_coef.value, clips[k]), []).append(k)
+            plan = []
+            for (alpha, temperature, clip), ks in groups.items():
+                betas = [self.members[k].beta_coef.value for k in ks]
+                beta = betas[0] if len(set(betas)) == 1 else torch.tensor(
+                    betas, dtype=torch.float32, device=device).repeat_interleave(S)
+                sel = None if len(ks) == self.K else torch.tensor(ks, device=device)
+                plan.append((ks, sel, beta, alpha, temperature, clip))
+            plans[key] = plan
+        return plans[key]
+
+    def _step(self, mb, active, lr_t, clips, plans, *, want_stats, want_norms, where):
+        """One gradient step of every active member on its minibatch ``mb`` (`_gather`).
 
         ``want_stats``: return each member's entropy, support and PPO statistics of this step;
         ``want_norms``: also its losses and per-term gradient norms. Members sharing the mapping,
@@ -694,15 +745,8 @@ class Trainer:
         """
         a, K, A = self.algo, self.K, self.n_actions
         ppo = a.name == "ppo"
-        rows = torch.arange(K, device=idx.device).unsqueeze(1)
-        obs = data.obs[rows, idx]
-        actions, old_logp = data.actions[rows, idx], data.log_probs[rows, idx]
-        old_values, target = data.values[rows, idx], data.returns[rows, idx]
-        adv = data.advantages[rows, idx]
-        masks = None if data.masks is None else data.masks[rows, idx]
-        count = weight.sum(1).clamp_min(1.0)  # real rows per member
-        if norm_adv:
-            adv = _masked_normalize(adv, weight)
+        obs, actions, old_logp, old_values, target = mb.obs, mb.actions, mb.old_logp, mb.old_values, mb.target
+        adv, masks, weight, count, S = mb.adv, mb.masks, mb.weight, mb.count, mb.S
         logits, values = self.net(obs)
         # value loss per member: mean over its real rows ((V - R)^2, PPO's clipped form optional)
         v_rows = (values - target).square()
@@ -711,35 +755,25 @@ class Trainer:
             v_rows = torch.maximum(v_rows, (clipped_v - target).square())
         v_loss = (v_rows * weight).sum(1) / count
         act_list = [k for k in range(K) if bool(active[k])]
-        # ops: one call per group of members sharing (alpha, temperature, clip range)
-        groups: dict[tuple, list[int]] = {}
-        for k in act_list:
-            m = self.members[k]
-            groups.setdefault((m.alpha, m.temperature_coef.value, clips[k]), []).append(k)
-        total = v_loss[act_list].sum() * a.vf_coef
+        total = (v_loss.sum() if len(act_list) == K else v_loss[act_list].sum()) * a.vf_coef
         per_member: dict[int, dict[str, torch.Tensor]] = {}
         out_rows = {}
-        new_logp = old_logp.new_zeros(old_logp.shape) if ppo else None
-        S = idx.shape[1]
-        for ks in groups.values():
-            m = self.members[ks[0]]
-            betas = [self.members[k].beta_coef.value for k in ks]
-            # one beta per row when the group's members differ in it (a float keeps ops' scalar path)
-            beta = betas[0] if len(set(betas)) == 1 else torch.tensor(
-                betas, dtype=torch.float32, device=idx.device).repeat_interleave(S)
-            temperature = m.temperature_coef.value
-            sel = torch.tensor(ks, device=idx.device)
-            w = (weight / count.unsqueeze(1)).index_select(0, sel).reshape(-1)
-            kw = dict(beta=beta, alpha=m.alpha, temperature=temperature,
-                      mask=None if masks is None else masks.index_select(0, sel).reshape(-1, A),
-                      weights=w, grad_norms=want_norms)
-            lg = logits.index_select(0, sel).reshape(-1, A)
-            act = actions.index_select(0, sel).reshape(-1)
-            ad = adv.index_select(0, sel).reshape(-1)
+        need_kl = ppo and (a.target_kl is not None or want_stats)
+        new_logp = old_logp.new_zeros(old_logp.shape) if need_kl else None
+        w_all = weight / count.unsqueeze(1)
+        for ks, sel, beta, alpha, temperature, clip in self._plan(active, clips, S, obs.device, plans):
+            def pick(x, sel=sel):
+                return x if sel is None else x.index_select(0, sel)
+
+            kw = dict(beta=beta, alpha=alpha, temperature=temperature,
+                      mask=None if masks is None else pick(masks).reshape(-1, A),
+                      weights=pick(w_all).reshape(-1), grad_norms=want_norms)
+            lg = pick(logits).reshape(-1, A)
+            act = pick(actions).reshape(-1)
+            ad = pick(adv).reshape(-1)
             try:
                 if ppo:
-                    out = ops.ppo_loss(lg, act, ad, old_logp.index_select(0, sel).reshape(-1),
-                                       clip_eps=clips[ks[0]], **kw)
+                    out = ops.ppo_loss(lg, act, ad, pick(old_logp).reshape(-1), clip_eps=clip, **kw)
                 else:
                     out = ops.pg_loss(lg, act, ad, **kw)
             except ValueError:
@@ -753,9 +787,13 @@ class Trainer:
             # the group's loss is the mean of its members' means: the sum is the members' total
             total = total + out.loss * len(ks)
             out_rows[tuple(ks)] = out
-            if ppo:
-                new_logp.index_copy_(0, sel, out.log_prob.detach().view(len(ks), -1).to(new_logp.dtype))
-        kl = self._approx_kl(new_logp, old_logp, weight, count) if ppo else None
+            if need_kl:
+                logp = out.log_prob.detach().view(len(ks), -1).to(new_logp.dtype)
+                if sel is None:
+                    new_logp = logp
+                else:
+                    new_logp.index_copy_(0, sel, logp)
+        kl = self._approx_kl(new_logp, old_logp, weight, count) if need_kl else None
         self.net.flat.grad.zero_()
         total.backward()
         grad = self.net.flat.grad

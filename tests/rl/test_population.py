@@ -324,3 +324,33 @@ def test_the_stacked_forward_and_gradient_are_each_members_own(space, kwargs):
                                        rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
         state = stacked.member_state_dict(k)
         assert set(state) == set(net.state_dict())
+
+
+@pytest.mark.parametrize("name", ["adam", "rmsprop"])
+def test_the_stacked_optimizer_steps_each_row_as_torch_does_with_its_own_rate(name):
+    """rl.stacked.StackedOptimizer: row k follows torch.optim.Adam / RMSprop at its own learning
+    rate; an inactive row (a member stopped by its target KL, finished or diverged) is untouched,
+    moments and step count included."""
+    from rl.stacked import StackedOptimizer
+
+    gen = torch.Generator().manual_seed(4)
+    flat = torch.nn.Parameter(torch.randn(3, 50, generator=gen, dtype=torch.float64))
+    flat.grad = torch.zeros_like(flat)
+    rows = [torch.nn.Parameter(flat.detach()[k].clone()) for k in range(3)]
+    lrs = [1e-2, 3e-3, 5e-2]
+    make = (lambda p, lr: torch.optim.Adam([p], lr=lr, eps=1e-5)) if name == "adam" else (
+        lambda p, lr: torch.optim.RMSprop([p], lr=lr, alpha=0.99, eps=1e-5))
+    refs = [make(p, lr) for p, lr in zip(rows, lrs, strict=True)]
+    opt = StackedOptimizer(name, flat, adam_eps=1e-5, rmsprop_eps=1e-5)
+    for step in range(6):
+        grad = torch.randn(3, 50, generator=gen, dtype=torch.float64)
+        active = torch.tensor([True, step % 2 == 0, True])
+        flat.grad.copy_(grad)
+        opt.step(torch.tensor(lrs, dtype=torch.float64), active)
+        for k in range(3):
+            if bool(active[k]):
+                rows[k].grad = grad[k].clone()
+                refs[k].step()
+    for k in range(3):
+        torch.testing.assert_close(flat.detach()[k], rows[k].detach(), rtol=1e-12, atol=1e-12)
+    assert opt.member_state(1)["step"] == 3 and opt.member_state(0)["step"] == 6
