@@ -7,6 +7,7 @@
     .venv/bin/python scripts/reproduce.py confidence_penalty
     .venv/bin/python scripts/reproduce.py beta_target --more-seeds 1 2
     .venv/bin/python scripts/reproduce.py distractor_support multirun/distractors/runs -o useful_action.csv
+    .venv/bin/python scripts/reproduce.py ablation --launcher population     # runs as populations
     .venv/bin/python scripts/reproduce.py ablation --launcher slurm hydra.launcher.partition=cpu
     .venv/bin/python scripts/reproduce.py benchmark --suite classic   # presets vs published numbers
 
@@ -66,7 +67,7 @@ DISTRACTOR_STEPS = 50_000
 DISTRACTOR_KS = (0, 10, 100, 1000)
 DISTRACTOR_BETA = 0.01
 BASE_SEEDS = 5
-LAUNCHERS = ("local", "slurm", "slurm_local", "basic")
+LAUNCHERS = ("local", "population", "population_slurm", "slurm", "slurm_local", "basic")
 # PPO collects num_envs x n_steps = 8 x 32 env steps per update (conf/algo/ppo.yaml).
 STEP_QUANTUM = 256
 SWEEPS = ("ablation", "distractors")
@@ -94,6 +95,10 @@ def launcher_overrides(launcher: str, n_jobs: int) -> list[str]:
         return []
     if launcher == "local":
         return ["hydra/launcher=local", f"hydra.launcher.n_jobs={n_jobs}"]
+    if launcher == "population":  # a sweep's runs as populations, n_jobs processes (rl/launcher.py)
+        return ["hydra/launcher=population", f"hydra.launcher.n_jobs={n_jobs}"]
+    if launcher == "population_slurm":
+        return ["hydra/launcher=population_slurm"]
     if launcher == "slurm_local":  # submitit's LocalExecutor starts a whole batch at once
         return ["hydra/launcher=slurm_local", f"hydra.sweeper.max_batch_size={n_jobs}"]
     return ["hydra/launcher=slurm"]
