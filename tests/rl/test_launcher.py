@@ -213,3 +213,11 @@ def test_population_sweep_submitit_local_with_a_failing_population(tmp_path):
             assert f"seed={cfg['seed']}" in failed["overrides"]  # as RecordFailures writes them
             assert not (run / "summary.json").exists()
     assert len({_pid(sweep_dir / str(n)) for n in range(4)}) == 2
+
+
+def test_reproductions_can_run_their_sweeps_as_populations():
+    from rl.analysis.reproduce import LAUNCHERS, launcher_overrides
+
+    assert {"population", "population_slurm"} <= set(LAUNCHERS)
+    assert launcher_overrides("population", 3) == ["hydra/launcher=population", "hydra.launcher.n_jobs=3"]
+    assert launcher_overrides("population_slurm", 3) == ["hydra/launcher=population_slurm"]
