@@ -366,7 +366,8 @@ class SACTrainer(Trainer):
         self.q_optimizer.zero_grad(set_to_none=False)
         q_loss.backward()
         q_norm = self._grad_norm(self.q_params)
-        if not (math.isfinite(float(q_loss.detach())) and math.isfinite(float(q_norm))):
+        # one device sync for both numbers
+        if not all(map(math.isfinite, torch.stack([q_loss.detach(), q_norm]).tolist())):
             self._diverge(0, f"non-finite critic loss or gradient ({where}); the step was not applied")
             return None
         self.q_optimizer.step()
@@ -383,8 +384,9 @@ class SACTrainer(Trainer):
         self.actor_optimizer.zero_grad(set_to_none=False)
         out.loss.backward()
         actor_norm = self._grad_norm(self.actor_params)
-        H_mean = float(out.entropy.mean())
-        if not (math.isfinite(float(out.loss.detach())) and math.isfinite(float(actor_norm))):
+        actor_loss, actor_norm_f, H_mean = torch.stack(
+            [out.loss.detach().float(), actor_norm.float(), out.entropy.float().mean()]).tolist()
+        if not (math.isfinite(actor_loss) and math.isfinite(actor_norm_f)):
             self._diverge(0, f"non-finite actor loss or gradient ({where}); the step was not applied")
             return None
         self.actor_optimizer.step()
@@ -402,7 +404,7 @@ class SACTrainer(Trainer):
             q_taken = torch.cat([q1_a, q2_a]).detach()
             s = {
                 "losses/q": float(q_loss.detach()),
-                "losses/policy": float(out.loss.detach()) + beta * H_mean,  # -<p, q> alone
+                "losses/policy": actor_loss + beta * H_mean,  # -<p, q> alone
                 "entropy/mean": H_mean,
                 "entropy/min": float(H.min()),
                 "entropy/max": float(H.max()),
@@ -410,7 +412,7 @@ class SACTrainer(Trainer):
                 "grad_norm/policy": float(out.grad_norm_policy),
                 "grad_norm/entropy": float(out.grad_norm_entropy),
                 "grad_norm/value": float(q_norm),
-                "grad_norm/actor": float(actor_norm),
+                "grad_norm/actor": actor_norm_f,
                 "q/mean": float(q_taken.mean()),
                 "q/min": float(q_taken.min()),
                 "q/max": float(q_taken.max()),
