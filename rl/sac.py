@@ -189,12 +189,12 @@ class SACTrainer(Trainer):
 
         # the replay buffer: its memory up front, refused above algo.max_buffer_gb
         obs_space = info.observation_space
-        obs_dtype = {np.dtype(np.uint8): torch.uint8, np.dtype(np.bool_): torch.bool}.get(
-            np.dtype(obs_space.dtype) if hasattr(obs_space, "dtype") and obs_space.dtype is not None
-            else np.dtype(np.float32), torch.float32)
-        obs_shape = tuple(obs_space.shape) if obs_space.shape else ()
+        compact = {np.dtype(np.uint8): torch.uint8, np.dtype(np.bool_): torch.bool}
+        obs_dtype = compact.get(np.dtype(obs_space.dtype), torch.float32)  # Discrete (int64): float32
+        obs_shape = tuple(obs_space.shape)
         nbytes = replay_nbytes(a.buffer_size, self.N, obs_shape, obs_dtype, A, info.has_action_mask)
         if nbytes > a.max_buffer_gb * _GIB:
+            self.envs.close()
             raise ValueError(
                 f"algo.buffer_size={a.buffer_size} is not allowed: its replay buffer needs "
                 f"{nbytes / _GIB:.2f} GiB on {dev}, above algo.max_buffer_gb={a.max_buffer_gb}; allowed: a "
