@@ -198,7 +198,7 @@ def test_short_cartpole_run_improves_its_return(tmp_path):
 
     cfg = compose("algo=sac", "device=cpu", "progress=false", "eval.episodes=0", "checkpoint_interval=0",
                   "total_steps=6000", "algo.learning_starts=500", "log_interval=25",
-                  "beta_schedule.target_entropy=0.3", "beta=0.05")
+                  "beta_schedule.target_entropy=0.3", "beta=0.05", "algo.gradient_steps=1")
     trainer, summary = run(cfg, tmp_path / "run")
     returns = list(trainer.members[0].recent_returns)
     assert np.mean(returns[-10:]) > 2 * np.mean(returns[:10]), returns
