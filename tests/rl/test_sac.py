@@ -332,3 +332,12 @@ def test_rl_train_algo_sac_and_rl_eval_reads_its_checkpoint(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 sampled episodes: return" in proc.stdout
+
+
+def test_minatar_grids_stay_bool_and_the_critics_use_the_minatar_cnn(tmp_path):
+    cfg = sac_cfg("env=minatar_breakout", "total_steps=96", "algo.learning_starts=32")
+    trainer, summary = run(cfg, tmp_path / "run")
+    assert summary["status"] == "completed"
+    assert trainer.buffer.obs.dtype == torch.bool and trainer.buffer.obs.shape[2:] == (10, 10, 4)
+    assert trainer.q1.network == "minatar_cnn" and trainer.actor.network == "minatar_cnn"
+    assert trainer.gradient_steps_done > 0
