@@ -36,6 +36,7 @@ __all__ = [
     "base_algo",
     "base_ppo",
     "base_a2c",
+    "base_sac",
     "base_config",
     "EnvSettings",
     "NetworkSettings",
@@ -132,6 +133,31 @@ class base_a2c(base_algo):
 
 
 @dataclass
+class base_sac(base_algo):
+    """Discrete soft actor-critic (rl/sac.py). Of the fields it shares with ``base_algo`` it
+    reads ``learning_rate`` (the actor's), ``gamma``, ``max_grad_norm``, ``optimizer`` (adam
+    only) and ``adam_eps``; ``n_steps``, ``gae_lambda``, ``norm_adv``, ``vf_coef``, ``anneal_lr``
+    and the rmsprop fields are not used."""
+
+    name: str = "sac"
+    learning_rate: float = 3e-4  # actor learning rate (CleanRL sac_atari policy_lr)
+    q_learning_rate: float = 3e-4  # critic learning rate (CleanRL q_lr)
+    anneal_lr: bool = False
+    gamma: float = 0.99
+    max_grad_norm: float = 0.0  # <= 0: no clipping (CleanRL clips nothing)
+    adam_eps: float = 1e-4  # CleanRL sac_atari's Adam eps
+    buffer_size: int = 1_000_000  # replay capacity in transitions (all envs together)
+    learning_starts: int = 20_000  # env steps of uniformly random actions before the first update
+    batch_size: int = 64  # transitions per gradient step
+    train_frequency: int = 4  # env steps per env between gradient phases
+    gradient_steps: int = 1  # gradient steps per phase
+    tau: float = 1.0  # target <- tau * online + (1 - tau) * target (1: hard copy)
+    target_update_interval: int = 8000  # env steps between target updates
+    max_buffer_gb: float = 32.0  # refuse a replay buffer larger than this (GiB, on the device)
+    checkpoint_buffer_gb: float = 4.0  # save the replay buffer with checkpoints up to this size (GiB)
+
+
+@dataclass
 class base_eval:
     """Evaluation during training (rl/evaluation.py)."""
 
@@ -169,10 +195,11 @@ def register_configs() -> ConfigStore:
     cs.store(group="policy", name="base_policy", node=base_policy)
     cs.store(group="algo", name="base_ppo", node=base_ppo)
     cs.store(group="algo", name="base_a2c", node=base_a2c)
+    cs.store(group="algo", name="base_sac", node=base_sac)
     return cs
 
 
-_ALGOS = ("ppo", "a2c")
+_ALGOS = ("ppo", "a2c", "sac")
 _OPTIMIZERS = ("adam", "rmsprop")
 # policy.name labels the mapping in summaries and tables; the fixed-alpha mappings must carry
 # their own alpha (None: any alpha > 1, computed by bisection).
@@ -460,6 +487,36 @@ def _check_keys(node: Any, path: str = "") -> None:
             _check_keys(node[key], f"{name}.")
 
 
+def _check_sac(cfg: Any, env: EnvSettings) -> None:
+    """The fields of ``base_sac`` (rl/sac.py) and what SAC does not support."""
+    algo = cfg.algo
+    for name in ("q_learning_rate", "buffer_size", "learning_starts", "train_frequency",
+                 "gradient_steps", "tau", "target_update_interval", "max_buffer_gb",
+                 "checkpoint_buffer_gb", "batch_size"):
+        if name not in algo:
+            _fail("algo", algo.name, "sac configs compose with schema base_sac (conf/algo/sac.yaml)")
+    _number("algo.q_learning_rate", algo.q_learning_rate, low=0.0, low_open=True, allowed="a float > 0")
+    _integer("algo.buffer_size", algo.buffer_size, 1)
+    _integer("algo.learning_starts", algo.learning_starts, 0)
+    _integer("algo.batch_size", algo.batch_size, 1)
+    _integer("algo.train_frequency", algo.train_frequency, 1)
+    _integer("algo.gradient_steps", algo.gradient_steps, 1)
+    _number("algo.tau", algo.tau, low=0.0, high=1.0, low_open=True, allowed="a float in (0, 1]")
+    _integer("algo.target_update_interval", algo.target_update_interval, 1)
+    _number("algo.max_buffer_gb", algo.max_buffer_gb, low=0.0, low_open=True, allowed="a float > 0 (GiB)")
+    _number("algo.checkpoint_buffer_gb", algo.checkpoint_buffer_gb, low=0.0,
+            allowed="a float >= 0 (GiB; 0 never saves the replay buffer)")
+    if algo.optimizer != "adam":
+        _fail("algo.optimizer", algo.optimizer, "adam with algo=sac")
+    if algo.anneal_lr:
+        _fail("algo.anneal_lr", algo.anneal_lr, "false with algo=sac (constant learning rates)")
+    for name in ("normalize_obs", "normalize_reward"):
+        if getattr(env, name):
+            # Stored transitions would mix observations (rewards) scaled by different statistics.
+            _fail(f"env.{name}", True, "false with algo=sac (the replay buffer keeps raw observations "
+                  "and rewards)")
+
+
 def validate(cfg: Any) -> Settings:
     """Checks a composed config and returns its checked `Settings`; the one place values are checked.
 
@@ -517,6 +574,8 @@ def validate(cfg: Any) -> Settings:
         if algo.target_kl is not None:
             _number("algo.target_kl", algo.target_kl, low=0.0, low_open=True,
                     allowed="a float > 0 or null")
+    if algo.name == "sac":
+        _check_sac(cfg, env)
 
     _integer("seed", cfg.seed, 0)
     _integer("total_steps", cfg.total_steps, 1)

@@ -37,6 +37,12 @@ TAGS = (
     "ppo/clip_fraction",  # rows with |ratio - 1| > clip_eps (SB3's and CleanRL's definition)
     "ppo/clip_active_fraction",  # rows whose clipped surrogate branch is the active one (no gradient)
     "value/explained_variance",
+    "losses/q",  # SAC: mean((Q_1(s, a) - y)^2) + mean((Q_2(s, a) - y)^2), the critic loss
+    "grad_norm/actor",  # SAC: parameter-space norm of the actor's gradient, before clipping
+    "q/mean",  # SAC: both critics' Q(s, a) at the batch's actions: mean, min, max
+    "q/min",
+    "q/max",
+    "q/target",  # SAC: mean critic target r + gamma (1 - terminated) V(s')
     "eval/return_greedy",  # mean return of eval.episodes greedy episodes on separate envs
     "eval/return_sampled",  # the same with actions sampled from the policy
 )

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from rl.config import network_settings
 
-__all__ = ["ACTIVATIONS", "NETWORKS", "ActorCritic", "layer_init", "resolve_network"]
+__all__ = ["ACTIVATIONS", "NETWORKS", "ActorCritic", "QNetwork", "layer_init", "resolve_network"]
 
 # The hidden activations the MLPs implement; rl.config's schema accepts exactly these names.
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
@@ -302,3 +302,41 @@ class ActorCritic(nn.Module):
         if self.shared:
             return _run(self._actor_plan, _run(self._trunk_plan, x))
         return _run(self._actor_plan, x)
+
+
+class QNetwork(nn.Module):
+    """Action values ``Q(s, .)`` for every action at once (discrete SAC's critic, rl/sac.py).
+
+    The same encoder as `ActorCritic`'s critic path (``policy.network``, ``hidden_sizes``,
+    ``activation``), ending in a linear head of ``n_actions`` outputs initialized with the value
+    head's gain. ``forward(obs)`` returns ``(B, n_actions)``.
+    """
+
+    def __init__(self, observation_space: gym.Space, n_actions: int, hidden_sizes: Sequence[int] = (64, 64),
+                 activation: str = "tanh", network: str = "auto"):
+        super().__init__()
+        if isinstance(observation_space, gym.spaces.Dict) and "observation" in observation_space.spaces:
+            observation_space = observation_space["observation"]
+        if not isinstance(observation_space, (gym.spaces.Box, gym.spaces.Discrete)):
+            raise ValueError(f"observation_space must be a Box or Discrete space; got {observation_space}")
+        if not isinstance(n_actions, (int, np.integer)) or isinstance(n_actions, bool) or n_actions < 1:
+            raise ValueError(f"n_actions={n_actions!r} is not allowed; allowed: an integer >= 1")
+        settings = network_settings(hidden_sizes, activation, False, network)
+        self.n_actions = int(n_actions)
+        self.network = resolve_network(settings.network, observation_space)
+        self.preprocess = _Preprocess(observation_space, self.network)
+        if self.network == "nature_cnn":
+            encoder, width = _nature_cnn(observation_space, self.preprocess.channels_last)
+            layers = [*encoder]
+        elif self.network == "minatar_cnn":
+            layers, width = _minatar_cnn(observation_space, self.preprocess.channels_last)
+        else:
+            width = self.preprocess.one_hot or int(np.prod(observation_space.shape, dtype=np.int64))
+            layers = []
+        layers += _mlp(width, settings.hidden_sizes, ACTIVATIONS[settings.activation])
+        width = settings.hidden_sizes[-1] if settings.hidden_sizes else width
+        self.q = nn.Sequential(*layers, layer_init(nn.Linear(width, self.n_actions), VALUE_GAIN))
+        self._plan = _plan(self.q)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return _run(self._plan, self.preprocess(obs))

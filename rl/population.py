@@ -86,7 +86,22 @@ def train_population(members: Sequence[Member], **trainer_kwargs: Any) -> list[d
     """Trains ``members`` (equal `population_key`) together; one summary per member, in order.
 
     ``trainer_kwargs`` go to `rl.trainer.Trainer` (``callbacks``, test factories).
+
+    SAC (``algo.name == "sac"``, rl/sac.py) has no batched population yet: its members are
+    trained one after another, each by its own `rl.sac.SACTrainer` (``trainer_kwargs``:
+    ``callbacks``, ``make_envs``), and a diverged member's summary says so, as here.
     """
+    if any(str(m.cfg.algo.name) == "sac" for m in members):
+        from rl.sac import SACTrainer
+
+        summaries: list[dict[str, Any]] = []
+        for m in members:
+            sac = SACTrainer(members=[m], **trainer_kwargs)
+            try:
+                summaries.extend(sac.train())
+            finally:
+                sac.close()
+        return summaries
     from rl.trainer import Trainer
 
     trainer = Trainer(members=list(members), **trainer_kwargs)

@@ -31,6 +31,7 @@ from rl.config import (
     base_env,
     base_policy,
     base_ppo,
+    base_sac,
     validate,
 )
 from rl.envs import VECTORIZATION_MODES, make_envs
@@ -68,7 +69,7 @@ def test_every_group_option_composes_and_validates():
         cfg = compose(f"policy={policy}", f"algo={algo}")
         validate(cfg)
         assert cfg.policy.name == policy and cfg.algo.name == algo
-        assert OmegaConf.get_type(cfg.algo) is {"ppo": base_ppo, "a2c": base_a2c}[algo]
+        assert OmegaConf.get_type(cfg.algo) is {"ppo": base_ppo, "a2c": base_a2c, "sac": base_sac}[algo]
         if policy in expected_alpha:
             assert cfg.policy.alpha == expected_alpha[policy]
         else:
