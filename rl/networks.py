@@ -192,6 +192,22 @@ def _minatar_cnn(space: gym.spaces.Box, channels_last: bool) -> tuple[list[nn.Mo
     ], MINATAR_FEATURES
 
 
+def _encoder(space: gym.Space, network: str, preprocess: _Preprocess, hidden_sizes: Sequence[int],
+             activation: type[nn.Module]) -> tuple[list[nn.Module], int]:
+    """The layers from preprocessed observations to features (the chosen CNN, if any, then the
+    MLP of ``hidden_sizes``) and the feature width."""
+    if network == "nature_cnn":
+        encoder, width = _nature_cnn(space, preprocess.channels_last)
+        layers = [*encoder]
+    elif network == "minatar_cnn":
+        layers, width = _minatar_cnn(space, preprocess.channels_last)
+    else:
+        width = preprocess.one_hot or int(np.prod(space.shape, dtype=np.int64))
+        layers = []
+    layers += _mlp(width, hidden_sizes, activation)
+    return layers, (hidden_sizes[-1] if hidden_sizes else width)
+
+
 class ActorCritic(nn.Module):
     """Policy logits and state values from one observation batch.
 
@@ -255,16 +271,8 @@ class ActorCritic(nn.Module):
         act = ACTIVATIONS[settings.activation]
 
         def trunk() -> tuple[nn.Sequential, int]:
-            if self.network == "nature_cnn":
-                encoder, width = _nature_cnn(observation_space, self.preprocess.channels_last)
-                layers = [*encoder]
-            elif self.network == "minatar_cnn":
-                layers, width = _minatar_cnn(observation_space, self.preprocess.channels_last)
-            else:
-                width = self.preprocess.one_hot or int(np.prod(observation_space.shape, dtype=np.int64))
-                layers = []
-            layers += _mlp(width, hidden_sizes, act)
-            return nn.Sequential(*layers), (hidden_sizes[-1] if hidden_sizes else width)
+            layers, width = _encoder(observation_space, self.network, self.preprocess, hidden_sizes, act)
+            return nn.Sequential(*layers), width
 
         actor_trunk, width = trunk()
         policy_head = layer_init(nn.Linear(width, self.n_actions), POLICY_GAIN)
@@ -325,16 +333,8 @@ class QNetwork(nn.Module):
         self.n_actions = int(n_actions)
         self.network = resolve_network(settings.network, observation_space)
         self.preprocess = _Preprocess(observation_space, self.network)
-        if self.network == "nature_cnn":
-            encoder, width = _nature_cnn(observation_space, self.preprocess.channels_last)
-            layers = [*encoder]
-        elif self.network == "minatar_cnn":
-            layers, width = _minatar_cnn(observation_space, self.preprocess.channels_last)
-        else:
-            width = self.preprocess.one_hot or int(np.prod(observation_space.shape, dtype=np.int64))
-            layers = []
-        layers += _mlp(width, settings.hidden_sizes, ACTIVATIONS[settings.activation])
-        width = settings.hidden_sizes[-1] if settings.hidden_sizes else width
+        layers, width = _encoder(observation_space, self.network, self.preprocess, settings.hidden_sizes,
+                                 ACTIVATIONS[settings.activation])
         self.q = nn.Sequential(*layers, layer_init(nn.Linear(width, self.n_actions), VALUE_GAIN))
         self._plan = _plan(self.q)
 

@@ -430,25 +430,14 @@ class SACTrainer(Trainer):
     def member_state_dict(self, k: int = 0) -> dict[str, Any]:
         m, (obs, mask) = self.members[0], self.buffer.current()
         return {
-            "config": OmegaConf.to_container(m.cfg, resolve=True),
+            **m.state_dict(),
             "model": self.actor.state_dict(),  # what rl-eval loads
             "q1": self.q1.state_dict(), "q2": self.q2.state_dict(),
             "q1_target": self.q1_target.state_dict(), "q2_target": self.q2_target.state_dict(),
             "actor_optimizer": self.actor_optimizer.state_dict(),
             "q_optimizer": self.q_optimizer.state_dict(),
-            "beta_schedule": m.beta_coef.state_dict(),
-            "temperature_schedule": m.temperature_coef.state_dict(),
-            "global_step": m.global_step,
-            "update": m.update,
             "gradient_steps": self.gradient_steps_done,
             "target_mark": self.target_mark,
-            "num_episodes": m.num_episodes,
-            "wall_time": m.wall_time,
-            "recent_returns": list(m.recent_returns),
-            "best_mean_return": m.best_mean_return,
-            "solved_at": m.solved_at,
-            "last_entropy": None if m.last_entropy is None else list(m.last_entropy),
-            "rng": {"sample": m.sample_gen.get_state(), "perm": m.perm_gen.get_state()},
             "obs_normalization": {},
             "env_state": {
                 "obs": obs.cpu(), "mask": None if mask is None else mask.cpu(),
@@ -467,20 +456,9 @@ class SACTrainer(Trainer):
                 getattr(self, name).load_state_dict(state[name])
             self.actor_optimizer.load_state_dict(state["actor_optimizer"])
             self.q_optimizer.load_state_dict(state["q_optimizer"])
-            m.beta_coef.load_state_dict(state["beta_schedule"])
-            m.temperature_coef.load_state_dict(state["temperature_schedule"])
-            m.global_step = int(state["global_step"])
-            m.update = int(state["update"])
             self.gradient_steps_done = int(state["gradient_steps"])
             self.target_mark = int(state["target_mark"])
-            m.num_episodes = int(state["num_episodes"])
-            m.wall_time = float(state["wall_time"])
-            m.recent_returns.extend(float(r) for r in state["recent_returns"])
-            m.best_mean_return = float(state["best_mean_return"])
-            m.solved_at = state["solved_at"]
-            m.last_entropy = None if state["last_entropy"] is None else tuple(state["last_entropy"])
-            m.sample_gen.set_state(state["rng"]["sample"])
-            m.perm_gen.set_state(state["rng"]["perm"])
+            m.load_state_dict(state)
         except (KeyError, TypeError) as err:
             raise ValueError(f"resume={m.resume}: the checkpoint lacks {err} (not a SAC checkpoint of "
                              "this version?); start a new run or use a checkpoint of algo=sac") from None

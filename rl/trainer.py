@@ -135,6 +135,39 @@ class MemberRun:
     def mean_return(self) -> float:
         return float(np.mean(self.recent_returns)) if self.recent_returns else math.nan
 
+    def state_dict(self) -> dict[str, Any]:
+        """The run's own part of a checkpoint: config, coefficients, counters, episode
+        statistics and RNG states (plain values and tensors, weights_only-safe)."""
+        return {
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "beta_schedule": self.beta_coef.state_dict(),
+            "temperature_schedule": self.temperature_coef.state_dict(),
+            "global_step": self.global_step,
+            "update": self.update,
+            "num_episodes": self.num_episodes,
+            "wall_time": self.wall_time,
+            "recent_returns": list(self.recent_returns),
+            "best_mean_return": self.best_mean_return,
+            "solved_at": self.solved_at,
+            "last_entropy": None if self.last_entropy is None else list(self.last_entropy),
+            "rng": {"sample": self.sample_gen.get_state(), "perm": self.perm_gen.get_state()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores `state_dict`'s part (raises KeyError/TypeError on a foreign checkpoint)."""
+        self.beta_coef.load_state_dict(state["beta_schedule"])
+        self.temperature_coef.load_state_dict(state["temperature_schedule"])
+        self.global_step = int(state["global_step"])
+        self.update = int(state["update"])
+        self.num_episodes = int(state["num_episodes"])
+        self.wall_time = float(state["wall_time"])
+        self.recent_returns.extend(float(r) for r in state["recent_returns"])
+        self.best_mean_return = float(state["best_mean_return"])
+        self.solved_at = state["solved_at"]
+        self.last_entropy = None if state["last_entropy"] is None else tuple(state["last_entropy"])
+        self.sample_gen.set_state(state["rng"]["sample"])
+        self.perm_gen.set_state(state["rng"]["perm"])
+
 
 # ---------------------------------------------------------------------------------------------
 # The trainer
@@ -336,20 +369,9 @@ class Trainer:
         """Everything member k's resume needs, as tensors and plain values (weights_only-safe)."""
         m, buf, cols = self.members[k], self.buffer, self._cols(k)
         return {
-            "config": OmegaConf.to_container(m.cfg, resolve=True),
+            **m.state_dict(),
             "model": self.net.member_state_dict(k),
             "optimizer": self.optimizer.member_state(k),
-            "beta_schedule": m.beta_coef.state_dict(),
-            "temperature_schedule": m.temperature_coef.state_dict(),
-            "global_step": m.global_step,
-            "update": m.update,
-            "num_episodes": m.num_episodes,
-            "wall_time": m.wall_time,
-            "recent_returns": list(m.recent_returns),
-            "best_mean_return": m.best_mean_return,
-            "solved_at": m.solved_at,
-            "last_entropy": None if m.last_entropy is None else list(m.last_entropy),
-            "rng": {"sample": m.sample_gen.get_state(), "perm": m.perm_gen.get_state()},
             "obs_normalization": rms_state(self.envs.envs[k] if self.per_member_envs else self.envs),
             "env_state": {
                 "obs": buf.obs[0, cols].cpu(),
@@ -365,18 +387,7 @@ class Trainer:
         try:
             self.net.load_member_state_dict(k, state["model"])
             self.optimizer.load_member_state(k, state["optimizer"])
-            m.beta_coef.load_state_dict(state["beta_schedule"])
-            m.temperature_coef.load_state_dict(state["temperature_schedule"])
-            m.global_step = int(state["global_step"])
-            m.update = int(state["update"])
-            m.num_episodes = int(state["num_episodes"])
-            m.wall_time = float(state["wall_time"])
-            m.recent_returns.extend(float(r) for r in state["recent_returns"])
-            m.best_mean_return = float(state["best_mean_return"])
-            m.solved_at = state["solved_at"]
-            m.last_entropy = None if state["last_entropy"] is None else tuple(state["last_entropy"])
-            m.sample_gen.set_state(state["rng"]["sample"])
-            m.perm_gen.set_state(state["rng"]["perm"])
+            m.load_state_dict(state)
         except (KeyError, TypeError) as err:
             raise ValueError(f"resume={m.resume}: the checkpoint lacks {err} (written by another "
                              "version of the trainer?); start a new run or use a checkpoint of this "

@@ -10,6 +10,7 @@ directories would shadow each other.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import entmax
@@ -46,11 +47,12 @@ def tiny(*overrides: str, algo: str = "ppo"):
     return compose(f"algo={algo}", *TINY, *extra, *overrides)
 
 
-def train(cfg, run_dir, **kwargs):
-    """Trains ``cfg`` to the end in ``run_dir``; returns ``(trainer, summary)`` (trainer closed)."""
+def train(cfg, run_dir, trainer_class=None, **kwargs):
+    """Trains ``cfg`` to the end in ``run_dir``; returns ``(trainer, summary)`` (trainer closed).
+    ``trainer_class``: rl.trainer.Trainer by default (rl.sac.SACTrainer for SAC)."""
     from rl.trainer import Trainer
 
-    trainer = Trainer(cfg, run_dir, **kwargs)
+    trainer = (trainer_class or Trainer)(cfg, run_dir, **kwargs)
     try:
         summary = trainer.train()
     finally:
@@ -149,3 +151,22 @@ class MaskedEnv(gym.Env):
         obs, info = self._out()
         end = self.t >= self.horizon
         return obs, reward, end and self.terminate, end and not self.terminate, info
+
+
+def assert_same(a, b, path="state"):
+    """Exact equality of nested checkpoint states (tensors bitwise)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (path, set(a) ^ set(b))
+        for k in a:
+            assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), path
+    else:
+        assert a == b, (path, a, b)

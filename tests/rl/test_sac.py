@@ -14,7 +14,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from rl_helpers import N_MASKED, MaskedEnv, compose, entropy_oracle, probs_oracle, registered
+from rl_helpers import (
+    N_MASKED,
+    MaskedEnv,
+    assert_same,
+    compose,
+    entropy_oracle,
+    probs_oracle,
+    registered,
+    train,
+)
 
 from rl.checkpoint import env_snapshot_path, load_checkpoint
 from rl.config import validate
@@ -33,12 +42,7 @@ def sac_cfg(*overrides):
 
 
 def run(cfg, run_dir, **kwargs):
-    trainer = SACTrainer(cfg, run_dir, **kwargs)
-    try:
-        summary = trainer.train()
-    finally:
-        trainer.close()
-    return trainer, summary
+    return train(cfg, run_dir, trainer_class=SACTrainer, **kwargs)
 
 
 class CounterEnv(gym.Env):
@@ -214,24 +218,6 @@ def test_short_cartpole_run_improves_its_return(tmp_path):
 # ---------------------------------------------------------------- resume
 
 
-def _assert_same(a, b, path="state"):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), (path, set(a) ^ set(b))
-        for k in a:
-            _assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), path
-    else:
-        assert a == b, (path, a, b)
-
-
 def test_resume_is_exact_with_exact_env_resume(tmp_path):
     """train N + M == train N, checkpoint, resume, train M (CPU, bitwise), replay buffer included."""
     cfg = sac_cfg("total_steps=240", "exact_env_resume=true", "beta=0.1", "beta_schedule.target_entropy=0.5")
@@ -248,8 +234,8 @@ def test_resume_is_exact_with_exact_env_resume(tmp_path):
     a, b = full.state_dict(), second.state_dict()
     for key in ("wall_time", "config"):
         a.pop(key), b.pop(key)
-    _assert_same(a, b)
-    _assert_same(full.buffer.state_dict(), second.buffer.state_dict())
+    assert_same(a, b)
+    assert_same(full.buffer.state_dict(), second.buffer.state_dict())
     assert summary_full["episodes"] == summary_split["episodes"]
     assert second.members[0].beta_coef.num_dual_updates > 0
 

@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from rl_helpers import MaskedEnv, compose, registered, scalars, tiny
+from rl_helpers import MaskedEnv, assert_same, compose, registered, scalars, tiny
 
 import ops
 from rl.callbacks import Callback
@@ -56,25 +56,6 @@ def _run(cfg, run_dir, **kwargs):
     finally:
         trainer.close()
     return trainer, summary, returns
-
-
-def _assert_same(a, b, path="state"):
-    """Exact equality of nested checkpoint states (tensors bitwise)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), (path, set(a) ^ set(b))
-        for k in a:
-            _assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), path
-    else:
-        assert a == b, (path, a, b)
 
 
 # ---------------------------------------------------------------- learning, logging, summary
@@ -201,7 +182,7 @@ def test_same_config_and_seed_give_identical_runs(tmp_path):
     a, summary_a, returns_a = _run(cfg, tmp_path / "a")
     b, summary_b, returns_b = _run(cfg, tmp_path / "b")
     assert len(returns_a) > 5 and returns_a == returns_b
-    _assert_same(a.net.member_state_dict(0), b.net.member_state_dict(0))
+    assert_same(a.net.member_state_dict(0), b.net.member_state_dict(0))
     for key in ("final_mean_return", "steps", "episodes", "updates"):
         assert summary_a[key] == summary_b[key]
     c, _, returns_c = _run(tiny("total_steps=320", "beta=0.02", "seed=1"), tmp_path / "c")
@@ -238,7 +219,7 @@ def test_resume_is_exact_with_exact_env_resume(tmp_path, algo):
     state_full, state_split = full.state_dict(), second.state_dict()
     for key in ("wall_time", "config"):
         state_full.pop(key), state_split.pop(key)
-    _assert_same(state_full, state_split)  # weights, optimizer, schedules, counters, rng, episodes
+    assert_same(state_full, state_split)  # weights, optimizer, schedules, counters, rng, episodes
     assert returns_full[-len(returns_tail):] == returns_tail
     assert summary_full["episodes"] == summary_split["episodes"]
     # the schedules really moved: beta annealed, the learning rate decayed
@@ -281,7 +262,7 @@ def test_resume_restores_schedules_optimizer_and_counters(tmp_path):
             float(saved["obs_normalization"]["obs_rms"]["count"]) + 2)
         for key in ("env_state", "config", "obs_normalization"):
             saved.pop(key), state.pop(key)
-        _assert_same(saved, state)
+        assert_same(saved, state)
         assert state["optimizer"]["step"] == 3 * 2 * 2  # Adam moments, not a fresh optimizer
         assert float(state["optimizer"]["exp_avg_sq"].abs().sum()) > 0
         assert resumed.members[0].global_step == 96 and resumed.members[0].update == 3
@@ -626,48 +607,42 @@ def test_tb_logger_file_sorts_after_an_earlier_attempts_file(tmp_path):
 # ---------------------------------------------------------------- minibatches and annealing
 
 
-def test_minibatches_come_from_the_valid_rows_and_are_never_empty(tmp_path, monkeypatch):
-    """batch_size=1 with reset-only rows dropped (2 envs x 8 steps, a 3-step time limit): every
-    valid transition is trained on once per epoch, one per minibatch (this crashed with an empty
-    minibatch when the split came from the nominal rollout size)."""
-    rows = []
+def _trained_rows(monkeypatch):
+    """Spies: the real (weight > 0) rows of every ops.ppo_loss call, and each rollout's valid
+    transitions (an on_rollout_end callback)."""
+    rows, valid = [], []
     loss = ops.ppo_loss
 
     def spy(logits, actions, *args, **kwargs):
         rows.append(int((kwargs["weights"] > 0).sum()))
         return loss(logits, actions, *args, **kwargs)
 
-    monkeypatch.setattr(ops, "ppo_loss", spy)
-    valid = []
-
     class Valid(Callback):
         def on_rollout_end(self, trainer):
             valid.append(int(trainer.buffer.valid.sum()))
 
+    monkeypatch.setattr(ops, "ppo_loss", spy)
+    return rows, valid, Valid()
+
+
+def test_minibatches_come_from_the_valid_rows_and_are_never_empty(tmp_path, monkeypatch):
+    """batch_size=1 with reset-only rows dropped (2 envs x 8 steps, a 3-step time limit): every
+    valid transition is trained on once per epoch, one per minibatch (this crashed with an empty
+    minibatch when the split came from the nominal rollout size)."""
+    rows, valid, counter = _trained_rows(monkeypatch)
+
     cfg = tiny("num_envs=2", "algo.n_steps=8", "algo.batch_size=1", "algo.update_epochs=1",
                "env.max_episode_steps=3", "total_steps=48")
-    _, summary, _ = _run(cfg, tmp_path, callbacks=[Valid()])
+    _, summary, _ = _run(cfg, tmp_path, callbacks=[counter])
     assert summary["status"] == "completed" and summary["updates"] == 3
     assert all(v < 16 for v in valid)  # reset-only rows were dropped
     assert rows == [1] * sum(valid)
 
 
 def test_a_minibatch_larger_than_the_rollout_is_the_whole_rollout(tmp_path, monkeypatch):
-    rows = []
-    loss = ops.ppo_loss
+    rows, valid, counter = _trained_rows(monkeypatch)
 
-    def spy(logits, actions, *args, **kwargs):
-        rows.append(int((kwargs["weights"] > 0).sum()))
-        return loss(logits, actions, *args, **kwargs)
-
-    monkeypatch.setattr(ops, "ppo_loss", spy)
-    valid = []
-
-    class Valid(Callback):
-        def on_rollout_end(self, trainer):
-            valid.append(int(trainer.buffer.valid.sum()))
-
-    _, summary, _ = _run(tiny("algo.batch_size=64", "total_steps=64"), tmp_path, callbacks=[Valid()])
+    _, summary, _ = _run(tiny("algo.batch_size=64", "total_steps=64"), tmp_path, callbacks=[counter])
     assert summary["status"] == "completed"
     # one minibatch of the rollout's valid rows per epoch (2 epochs), 2 updates
     assert rows == [valid[0]] * 2 + [valid[1]] * 2
