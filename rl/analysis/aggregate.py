@@ -2,9 +2,11 @@
 
 Columns: run, env, alpha, beta, seed, step, tag, value, then mapping, policy, algo,
 distractors, actions (size of the action space the policy saw, distractors included),
-status. From a run's config come the columns that identify its cell, from its TensorBoard
-event files every scalar, from its summary.json the final numbers as tags
-``summary/<key>`` at the run's last step (`rl.analysis.runs`).
+status, target_entropy (``beta_schedule.target_entropy``, the fraction of the maximum entropy
+beta is tuned to; NaN for a fixed or scheduled beta, whose ``beta`` is then the start value).
+From a run's config come the columns that identify its cell, from its TensorBoard event
+files every scalar, from its summary.json the final numbers as tags ``summary/<key>`` at the
+run's last step (`rl.analysis.runs`).
 
 Final return of a run: ``summary/final_mean_return`` (mean of the trainer's last 100
 training episodes) when present, else the mean of ``charts/episodic_return`` over the last
@@ -25,7 +27,7 @@ from rl.analysis import runs as _runs
 from rl.analysis.stats import iqm, iqm_ci
 
 COLUMNS = ["run", "env", "alpha", "beta", "seed", "step", "tag", "value",
-           "mapping", "policy", "algo", "distractors", "actions", "status"]
+           "mapping", "policy", "algo", "distractors", "actions", "status", "target_entropy"]
 RETURN_TAG = "charts/episodic_return"
 ENTROPY_TAG = "entropy/mean"
 NORMALIZED_ENTROPY_TAG = "entropy/normalized"  # derived here: entropy/mean / max entropy
@@ -50,6 +52,9 @@ def base_actions(env_id: str) -> int | None:
     try:
         import gymnasium as gym
 
+        from rl.envs import _register_optional
+
+        _register_optional(env_id, atari=False)  # MinAtar/ and ALE/ ids need their package's registration
         env = gym.make(env_id)
         try:
             return int(env.action_space.n)
@@ -79,6 +84,7 @@ def run_metadata(run_dir: Path, sweep_dir: Path) -> dict:
         distractors=distractors,
         actions=None if n is None else n + distractors,
         status=_runs.run_status(run_dir),
+        target_entropy=float(get("beta_schedule.target_entropy", None) or np.nan),
     )
 
 

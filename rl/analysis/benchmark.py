@@ -171,18 +171,25 @@ def sweep_commands(args) -> list[tuple[str, list[str]]]:
 
 
 def run_sweeps(args) -> None:
-    """Every sweep, `parallel` at a time; a non-zero exit stops the benchmark after the rest end."""
-    cmds = [(label, [sys.executable, "-m", "rl.train", *argv]) for label, argv in sweep_commands(args)]
+    """Every sweep of the benchmark (`run_commands`)."""
+    run_commands(sweep_commands(args), args.out, args.launcher, args.n_jobs, args.dry_run)
+
+
+def run_commands(commands: list[tuple[str, list[str]]], out: Path, launcher: str, n_jobs: int,
+                 dry_run: bool = False, tag: str = "benchmark") -> None:
+    """Runs the rl-train sweeps ``(label, argv)``, `parallel` at a time, each logging to
+    ``out/logs/<label>.log``; a non-zero exit stops the caller after the rest end."""
+    cmds = [(label, [sys.executable, "-m", "rl.train", *argv]) for label, argv in commands]
     # Longest budgets first, so the last sweeps to start are short ones and the cores stay busy.
     cmds.sort(key=lambda c: -int(next(a for a in c[1] if a.startswith("total_steps="))[12:]))
     for label, cmd in cmds:
-        print(f"[benchmark] {label}: {shlex.join(cmd)}", flush=True)
-    if args.dry_run:
+        print(f"[{tag}] {label}: {shlex.join(cmd)}", flush=True)
+    if dry_run:
         return
     # population: each sweep is one process (its population); local: joblib runs n_jobs runs
     # of one sweep at once; SLURM: the sweeps only wait on their jobs.
-    parallel = {"population": args.n_jobs, "local": 1}.get(args.launcher, len(cmds))
-    logs = args.out / "logs"
+    parallel = {"population": n_jobs, "local": 1}.get(launcher, len(cmds))
+    logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     pending, running, failed = list(cmds), [], []
     while pending or running:
@@ -198,14 +205,14 @@ def run_sweeps(args) -> None:
                 continue
             running.remove(item)
             log.close()
-            print(f"[benchmark] {label}: exit {proc.returncode} after {time.time() - t0:.0f} s "
+            print(f"[{tag}] {label}: exit {proc.returncode} after {time.time() - t0:.0f} s "
                   f"(log {logs / (label.replace('/', '_') + '.log')})", flush=True)
             if proc.returncode != 0:
                 failed.append(label)
     if failed:
         # RecordFailures keeps a failed run from sinking its sweep, so a non-zero exit is a
         # broken command (bad override, launcher or env missing).
-        raise SystemExit(f"[benchmark] sweeps {failed} exited non-zero; see {logs}")
+        raise SystemExit(f"[{tag}] sweeps {failed} exited non-zero; see {logs}")
 
 
 # ---------------------------------------------------------------------------------------------

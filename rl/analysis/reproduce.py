@@ -28,6 +28,9 @@ Reproductions (docs/experiments/ and docs/beta.md, one page each):
 * ``benchmark``   -- the per-env presets (conf/preset/) on a suite (classic, minatar, atari)
   against published returns (rl/analysis/benchmark.py; its own options,
   ``reproduce.py benchmark --help``; docs/experiments/benchmark.md).
+* ``minatar_ablation`` -- the entropy ablation at Atari-like scale: PPO on four MinAtar games,
+  beta x mapping x seeds and two target entropies (rl/analysis/minatar_ablation.py; its own
+  options, ``reproduce.py minatar_ablation --help``; docs/experiments/minatar_entropy.md).
 * ``bandit``      -- exact regularized optimum on a bandit vs the number of actions,
   closed forms against policies learned through ops.pg_loss (scripts/bandit.py).
 * ``confidence_penalty`` -- cross-entropy - beta H on scikit-learn's digits through
@@ -72,7 +75,8 @@ LAUNCHERS = ("local", "population", "population_slurm", "slurm", "slurm_local", 
 STEP_QUANTUM = 256
 SWEEPS = ("ablation", "distractors")
 SCRIPTS = ("bandit", "confidence_penalty")  # ops-only experiments, run as their scripts
-OWN_OPTIONS = ("beta_target", "distractor_support", "benchmark")  # reproductions with their own parser
+# reproductions with their own parser
+OWN_OPTIONS = ("beta_target", "distractor_support", "benchmark", "minatar_ablation")
 REPRODUCTIONS = (*SWEEPS, *SCRIPTS, *OWN_OPTIONS)
 
 
@@ -243,6 +247,10 @@ def main(argv=None) -> int:
         from rl.analysis import benchmark
 
         return benchmark.main(argv[1:])
+    if argv and argv[0] == "minatar_ablation":
+        from rl.analysis import minatar_ablation
+
+        return minatar_ablation.main(argv[1:])
     if argv and argv[0] == "distractor_support":
         from rl.analysis import support
 
