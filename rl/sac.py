@@ -60,7 +60,7 @@ or buffer is behind (resumed without its buffer beside others) waits without ste
 others step. A population mixing members resumed with their envs pickled and others whose
 buffers were restored without them skips one replay slot for the former (their transitions are
 kept, the exact-resume guarantee is not). Checkpoints of the single-run trainer before
-populations (torch.optim.Adam states) do not resume: the optimizer state is per member row now.
+populations resume: their ``torch.optim.Adam`` states are converted to the member's rows.
 """
 
 from __future__ import annotations

@@ -411,3 +411,45 @@ def test_a_population_above_the_memory_limit_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"algo\.buffer_size=1000000 is not allowed: the replay buffers of "
                                          r"its 3 runs need 0\.\d+ GiB .*algo\.max_buffer_gb=0\.05"):
         SACTrainer(members=members)
+
+
+def test_a_checkpoint_of_the_single_run_trainer_before_populations_resumes(tmp_path):
+    """That trainer saved torch.optim.Adam state_dicts (actor: the policy path's parameters;
+    critics: Q_1's, then Q_2's); a resume converts them to the member's optimizer rows."""
+    from rl.checkpoint import save_checkpoint
+
+    cfg = sac_cfg("total_steps=96")
+    first = SACTrainer(cfg, tmp_path / "run")
+    try:
+        first.train()
+        state = first.state_dict()
+        gen = torch.Generator().manual_seed(0)
+        adams = {}
+        for key, params in (("actor_optimizer", first.actor_params),
+                            ("q_optimizer", [*first.q1.parameters(), *first.q2.parameters()])):
+            copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+            opt = torch.optim.Adam(copies, lr=1e-3, eps=1e-4)
+            for _ in range(3):
+                for c in copies:
+                    c.grad = torch.randn(c.shape, generator=gen)
+                opt.step()
+            adams[key] = opt.state_dict()
+    finally:
+        first.close()
+    state.update(adams)
+    path = tmp_path / "run" / CHECKPOINT_NAME
+    save_checkpoint(path, state)
+    second = SACTrainer(sac_cfg("total_steps=128"), tmp_path / "run", resume=str(path))
+    try:
+        for key, opt, rows in (("actor_optimizer", second.actor_optimizer, [0]),
+                               ("q_optimizer", second.q_optimizer, [0, 1])):
+            per_param = adams[key]["state"]
+            n = len(per_param) // len(rows)
+            assert list(opt.steps) == [3.0] * len(rows)
+            for r in rows:
+                for moment in ("exp_avg", "exp_avg_sq"):
+                    want = torch.cat([per_param[i][moment].reshape(-1) for i in range(r * n, (r + 1) * n)])
+                    assert torch.equal(getattr(opt, moment)[r], want), (key, r, moment)
+        assert second.train()["status"] == "completed"
+    finally:
+        second.close()
