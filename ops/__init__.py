@@ -310,22 +310,39 @@ def ppo_loss(logits, actions, advantages, old_log_prob, beta=0.0, clip_eps=0.2, 
                       grad_sq_policy=sq_pol, grad_sq_entropy=sq_ent)
 
 
-def _soft_input(logits, q_values, beta, alpha, temperature, mask, weights, need_grad):
+def _soft_input(logits, q_values, beta, alpha, temperature, mask, weights, need_grad,
+                need_norms=True):
     """Validated arguments of ``soft_policy_loss`` / ``soft_value`` as the backends' ``SoftInput``."""
-    beta = V.check_positive("beta", beta, allow_zero=True)
+    per_row_beta = isinstance(beta, torch.Tensor)  # a float keeps the scalar path (and kernel)
+    if not per_row_beta:
+        beta = V.check_positive("beta", beta, allow_zero=True)
     rows = _rows(logits, alpha, temperature, mask)
     q = V.check_q_values(q_values, logits).detach()
     cdt = V.compute_dtype(logits.dtype)
+    if per_row_beta:
+        # negative and non-finite entries are caught after the op by _verify_soft (no extra sync)
+        beta = V.check_rows("beta", beta, logits, dtype=cdt, finite=False)
     return SoftInput(rows, q.reshape(rows.logits.shape), _row_scale(weights, logits, cdt), beta,
-                     need_grad=need_grad)
+                     need_grad=need_grad, need_norms=need_norms)
 
 
 def _verify_soft(result, inp: SoftInput):
-    """Names the culprit when the soft loss / value came out non-finite (one synchronisation):
-    a NaN, +inf or all-masked logits row, or a non-finite value of an allowed action."""
-    if result.numel() == 0 or math.isfinite(float(result.detach().sum())):
+    """Names the culprit when the soft loss / value came out non-finite, or a per-row beta has a
+    negative entry (one synchronisation): a NaN, +inf or all-masked logits row, a non-finite
+    value of an allowed action, a negative or non-finite beta."""
+    if result.numel() == 0:
+        return
+    row_beta = isinstance(inp.beta, torch.Tensor)
+    if row_beta:
+        total, beta_min = torch.stack([result.detach().sum().to(inp.beta.dtype),
+                                       inp.beta.amin()]).tolist()
+        if math.isfinite(total) and beta_min >= 0:  # False for NaN
+            return
+    elif math.isfinite(float(result.detach().sum())):
         return
     flat, flat_mask = inp.rows.logits, inp.rows.mask
+    if row_beta:
+        V.check_nonnegative_rows("beta", inp.beta)
     masked = flat if flat_mask is None else flat.detach().masked_fill(~flat_mask, float("-inf"))
     V.check_row_max(masked.detach().amax(dim=-1))
     V.check_q_finite(inp.q_values, flat, flat_mask)
@@ -333,7 +350,7 @@ def _verify_soft(result, inp: SoftInput):
 
 
 def soft_policy_loss(logits, q_values, beta=0.0, alpha=1.0, temperature=1.0, mask=None,
-                     weights=None) -> LossOutput:
+                     weights=None, grad_norms=True) -> LossOutput:
     """Soft actor loss (SAC for discrete actions), ``mean_w(-<p, q> - beta H(p))``.
 
     ``p`` is the mapping of ``logits / temperature`` and ``H`` its own entropy (Shannon for
@@ -355,22 +372,27 @@ def soft_policy_loss(logits, q_values, beta=0.0, alpha=1.0, temperature=1.0, mas
     q_values : (..., V) float tensor of action values, the logits' shape. Masked actions (mask
         False or logit -inf) are ignored and may hold anything, -inf and NaN included; every
         allowed action's value must be finite.
-    beta : entropy coefficient >= 0.
+    beta : entropy coefficient >= 0: a float, or a (...) tensor with one coefficient per row,
+        ``l_i = -<p_i, q_i> - beta_i H_i``, so that the members of a population of SAC runs
+        that differ only in beta share one call (as ``pg_loss``'s).
     alpha, temperature, mask : the mapping (see the module docstring).
     weights : optional (...) nonnegative row weights; the loss is ``sum w l / sum w``.
+    grad_norms : compute ``grad_norm_policy`` / ``grad_norm_entropy`` and their per-row squares
+        ``grad_sq_policy`` / ``grad_sq_entropy`` (when False: 0 and None, as ``pg_loss``).
 
-    Returns a ``LossOutput`` whose ``log_prob`` is None (no action is taken) and whose
-    ``ratio`` / ``clipped`` are None.
+    Returns a ``LossOutput`` whose ``log_prob`` is None (no action is taken), ``ratio`` /
+    ``clipped`` are None, and whose per-row ``loss_rows`` and ``grad_sq_*`` give the metrics of
+    any subset of rows (one population member's), as ``pg_loss``'s.
     """
     inp = _soft_input(logits, q_values, beta, alpha, temperature, mask, weights,
-                      need_grad=logits.requires_grad and torch.is_grad_enabled())
-    loss, H, support, gn_pol, gn_ent = SoftLossFunction.apply(
+                      need_grad=logits.requires_grad and torch.is_grad_enabled(),
+                      need_norms=bool(grad_norms))
+    loss, H, support, gn_pol, gn_ent, loss_rows, sq_pol, sq_ent = SoftLossFunction.apply(
         inp.rows.logits, inp, backend_for(inp.rows.logits))
     _verify_soft(loss, inp)
-    if logits.dim() != 2:
-        lead = logits.shape[:-1]
-        H, support = H.reshape(lead), support.reshape(lead)
-    return LossOutput(loss, H, None, support, gn_pol, gn_ent)
+    H, support, loss_rows, sq_pol, sq_ent = _lead_shape(logits, H, support, loss_rows, sq_pol, sq_ent)
+    return LossOutput(loss, H, None, support, gn_pol, gn_ent, loss_rows=loss_rows,
+                      grad_sq_policy=sq_pol, grad_sq_entropy=sq_ent)
 
 
 @torch.no_grad()
@@ -381,6 +403,7 @@ def soft_value(logits, q_values, beta=0.0, alpha=1.0, temperature=1.0, mask=None
     mapping of ``logits / temperature``) under the action values ``q_values``: the bootstrap
     term of a soft critic's target. Equal to ``-l`` of ``soft_policy_loss``'s rows. At the
     policy that maximises it, ``p = mapping(q / beta)``, softmax's is ``beta logsumexp(q / beta)``.
+    ``beta``: a float or one coefficient per row (as ``soft_policy_loss``).
     Masked actions (mask False or logit -inf) get p = 0 and their q is ignored (it may be -inf
     or NaN); allowed actions' q must be finite. Computed in the compute dtype (float32 for
     half-precision logits, float64 for float64).

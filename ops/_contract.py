@@ -170,13 +170,14 @@ class SoftInput:
     (its own float dtype; the backends compute in the logits' compute dtype). Entries of masked
     actions (mask False or logit -inf) are never read into a result, whatever they hold.
     ``row_scale``: per-row, contiguous ``(N,)`` in the compute dtype (the loss is
-    ``sum_i row_scale_i l_i``). ``need_grad`` / ``need_norms`` as in ``LossInput``.
+    ``sum_i row_scale_i l_i``). ``beta``, ``need_grad`` / ``need_norms`` as in ``LossInput``
+    (a per-row beta: the members of a population of SAC runs that share a mapping, one call).
     """
 
     rows: Rows
     q_values: torch.Tensor
     row_scale: torch.Tensor
-    beta: float
+    beta: float | torch.Tensor
     need_grad: bool
     need_norms: bool = True
 
@@ -190,6 +191,8 @@ class SoftInput:
             object.__setattr__(self, "q_values", q.contiguous())
         cdt = compute_dtype(self.rows.logits.dtype)
         object.__setattr__(self, "row_scale", _per_row("row_scale", self.row_scale, n, cdt))
+        if isinstance(self.beta, torch.Tensor):
+            object.__setattr__(self, "beta", _per_row("beta", self.beta.detach(), n, cdt))
 
 
 class ProbsResult(NamedTuple):

@@ -131,7 +131,8 @@ class SoftLossFunction(torch.autograd.Function):
     fixed.
 
     ``apply(logits, inp, backend)`` with ``inp.rows.logits`` the logits; returns the loss, then
-    the detached entropy, support and the two gradient norms.
+    the detached entropy, support, the two gradient norms (0 when not computed), the loss rows
+    and the two terms' per-row squared gradient norms (None when not computed).
     """
 
     @staticmethod
@@ -140,9 +141,15 @@ class SoftLossFunction(torch.autograd.Function):
         loss = torch.dot(out.loss_rows, inp.row_scale)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(out.grad)
-        stats = [out.entropy, out.support, out.grad_policy_sq.sqrt(), out.grad_entropy_sq.sqrt()]
-        ctx.mark_non_differentiable(*stats)
-        return (loss, *stats)
+        pol_sq, ent_sq = out.grad_policy_sq, out.grad_entropy_sq
+        if pol_sq is None:
+            norms = [loss.new_zeros(()), loss.new_zeros(())]
+        else:
+            norms = [pol_sq.sum().sqrt(), ent_sq.sum().sqrt()]
+        stats = [out.entropy, out.support, *norms, out.loss_rows]
+        rows_sq = [pol_sq, ent_sq]
+        ctx.mark_non_differentiable(*stats, *[t for t in rows_sq if t is not None])
+        return (loss, *stats, *rows_sq)
 
     @staticmethod
     def backward(ctx, grad_loss, *_):

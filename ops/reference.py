@@ -504,9 +504,11 @@ def soft(*, inp: SoftInput) -> LossRows:
         softmax  -p (q - <p, q>) + beta p (log p + H)
         alpha>1  -s (q - <s_hat, q>) + beta (p - s_hat) / (alpha - 1)
 
-    ``q`` of a masked action (mask False or logit -inf) is read as 0: its p and s are 0, and
-    0 * (-inf or NaN) would be NaN. Non-finite q of an allowed action makes the row NaN (the
-    public API then names it). q gets no gradient (the critic is held fixed).
+    ``beta`` is a float or a per-row tensor (``l_i = -<p_i, q_i> - beta_i H_i``). ``q`` of a
+    masked action (mask False or logit -inf) is read as 0: its p and s are 0, and 0 * (-inf or
+    NaN) would be NaN. Non-finite q of an allowed action makes the row NaN (the public API then
+    names it). q gets no gradient (the critic is held fixed). With ``need_norms``, the per-row
+    squared norms of the two terms' gradient rows.
     """
     logits, mask, m = inp.rows.logits, inp.rows.mask, inp.rows.mapping
     alpha, temperature, beta = m.alpha, m.temperature, inp.beta
@@ -527,23 +529,24 @@ def soft(*, inp: SoftInput) -> LossRows:
             p > 0, p.pow(2.0 - alpha), 0.0)
         s_sum = s.sum(dim=-1, keepdim=True)
     value = _rowdot(p, q)  # <p, q>
-    loss_rows = torch.add(value, H, alpha=beta).neg_()
+    loss_rows = _add_beta_H(value, H, beta).neg_()
 
-    zero = torch.zeros((), dtype=cdt, device=logits.device)
     if not inp.need_grad:
-        return LossRows(loss_rows, H, None, support, None, zero, zero)
+        return LossRows(loss_rows, H, None, support, None, None, None)
     scale = (inp.row_scale if temperature == 1.0 else inp.row_scale / temperature).unsqueeze(-1)
+    # a per-row beta as a column, so the float path's expressions serve both
+    beta_c = beta.unsqueeze(-1) if isinstance(beta, torch.Tensor) else beta
     # policy part -s (q - <s_hat, q>): <s_hat, q> = <p, q> for softmax
     u = value if s_sum is None else _rowdot(s, q) / s_sum.squeeze(-1)
     pol = (q - u.unsqueeze(-1)).mul_(s).mul_(-scale)
     if m.algorithm == Algorithm.SOFTMAX:
         # entropy part -beta dH/dz = beta p (log p + H)
-        ent = log_p.add_(H.unsqueeze(-1)).mul_(p).mul_(beta * scale)
+        ent = log_p.add_(H.unsqueeze(-1)).mul_(p).mul_(beta_c * scale)
     else:
         # entropy part -beta dH/dz = beta (p - s_hat) / (alpha - 1)
-        ent = (p - s / s_sum).mul_(beta / (alpha - 1.0) * scale)
-    pol_sq = torch.dot(pol.view(-1), pol.view(-1)) if inp.need_norms else zero
-    ent_sq = torch.dot(ent.view(-1), ent.view(-1)) if inp.need_norms else zero
+        ent = (p - s / s_sum).mul_(beta_c / (alpha - 1.0) * scale)
+    pol_sq = _rowdot(pol, pol) if inp.need_norms else None
+    ent_sq = _rowdot(ent, ent) if inp.need_norms else None
     grad = pol.add_(ent)
     if grad.dtype != logits.dtype:
         grad = grad.to(logits.dtype)

@@ -153,7 +153,7 @@ class base_sac(base_algo):
     gradient_steps: int = 1  # gradient steps per phase
     tau: float = 1.0  # target <- tau * online + (1 - tau) * target (1: hard copy)
     target_update_interval: int = 8000  # env steps between target updates
-    max_buffer_gb: float = 32.0  # refuse a replay buffer larger than this (GiB, on the device)
+    max_buffer_gb: float = 32.0  # refuse replay buffers above this (GiB on the device; all members')
     checkpoint_buffer_gb: float = 4.0  # save the replay buffer with checkpoints up to this size (GiB)
 
 

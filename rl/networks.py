@@ -337,6 +337,9 @@ class QNetwork(nn.Module):
                                  ACTIVATIONS[settings.activation])
         self.q = nn.Sequential(*layers, layer_init(nn.Linear(width, self.n_actions), VALUE_GAIN))
         self._plan = _plan(self.q)
+        # float32 vectors go straight to the first layer (as ActorCritic's)
+        self._raw = (self.network == "mlp" and isinstance(observation_space, gym.spaces.Box)
+                     and len(observation_space.shape) == 1 and observation_space.dtype == np.float32)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return _run(self._plan, self.preprocess(obs))
+        return _run(self._plan, obs if self._raw else self.preprocess(obs))

@@ -9,7 +9,7 @@ Public API (the population launcher, rl/launcher.py, and scripts use only these)
   writes ``config.yaml``.
 * `population_key(cfg)` -- runs whose keys are equal can share a population (same env, algo,
   network shapes, total steps, ...); they may differ in seed, beta and its schedule, the
-  temperature and its schedule, the policy mapping (alpha) and the learning rate.
+  temperature and its schedule, the policy mapping (alpha) and the learning rates.
 * `train_population(members)` -- trains them; returns one summary per member, in order. One
   member's divergence or failure never stops the others: its summary says so.
 """
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # must be equal.
 MEMBER_FIELDS = ("seed", "beta", "beta_schedule", "policy.name", "policy.alpha",
                  "policy.temperature", "policy.temperature_schedule", "algo.learning_rate",
-                 "resume")
+                 "algo.q_learning_rate", "resume")  # q_learning_rate: SAC's critics
 
 
 @dataclass
@@ -85,26 +85,16 @@ def population_key(cfg: DictConfig) -> str:
 def train_population(members: Sequence[Member], **trainer_kwargs: Any) -> list[dict[str, Any]]:
     """Trains ``members`` (equal `population_key`) together; one summary per member, in order.
 
-    ``trainer_kwargs`` go to `rl.trainer.Trainer` (``callbacks``, test factories).
-
-    SAC (``algo.name == "sac"``, rl/sac.py) has no batched population yet: its members are
-    trained one after another, each by its own `rl.sac.SACTrainer` (``trainer_kwargs``:
-    ``callbacks``, ``make_envs``), and a diverged member's summary says so, as here.
+    ``trainer_kwargs`` go to the trainer: `rl.trainer.Trainer` for PPO and A2C, `rl.sac.SACTrainer`
+    for SAC (``algo.name == "sac"``; ``callbacks``, ``make_envs``), both one batched computation
+    for the K members.
     """
     if any(str(m.cfg.algo.name) == "sac" for m in members):
-        from rl.sac import SACTrainer
+        from rl.sac import SACTrainer as trainer_class
+    else:
+        from rl.trainer import Trainer as trainer_class
 
-        summaries: list[dict[str, Any]] = []
-        for m in members:
-            sac = SACTrainer(members=[m], **trainer_kwargs)
-            try:
-                summaries.extend(sac.train())
-            finally:
-                sac.close()
-        return summaries
-    from rl.trainer import Trainer
-
-    trainer = Trainer(members=list(members), **trainer_kwargs)
+    trainer = trainer_class(members=list(members), **trainer_kwargs)
     try:
         return trainer.train()
     finally:

@@ -12,6 +12,12 @@ it only resets (its action is ignored, the next slot holds the reset observation
 stored with ``valid = False``, so no sampled transition ever crosses a reset; a truncated episode's
 last transition is an ordinary one (``terminated = False``: its target bootstraps).
 
+A population of K runs (``members=K``) keeps K such buffers side by side: member k owns the env
+columns ``k N .. (k + 1) N - 1`` of ``obs[slot, column]`` (so one env step of the K x N envs is
+one write), its own count of stored steps and transitions, and samples only its own columns with
+its own generator: members never see each other's transitions. The slot of the newest
+observation (``head``) is shared; a member's saved buffer is rotated onto it when loaded.
+
 Storage: observations keep the env's dtype when it is compact (uint8 images, bool MinAtar grids),
 float32 otherwise; masks (when the env has them) as bool, one per slot, so the mask of the next
 state comes with the next observation. `ReplayBuffer.nbytes` is the memory, computed before
@@ -51,34 +57,37 @@ def _slots(capacity: int, num_envs: int) -> int:
 
 
 def replay_nbytes(capacity: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
-                  n_actions: int, has_mask: bool) -> int:
+                  n_actions: int, has_mask: bool, members: int = 1) -> int:
     """Device bytes of a `ReplayBuffer` of these arguments (observations, masks, actions, rewards,
-    flags), computed without allocating it."""
-    cells = _slots(capacity, num_envs) * num_envs
+    flags; all ``members`` together), computed without allocating it."""
+    cells = _slots(capacity, num_envs) * num_envs * members
     obs = cells * int(np.prod(obs_shape, dtype=np.int64)) * _storage_dtype(obs_dtype).itemsize
     mask = cells * n_actions if has_mask else 0
     return obs + mask + cells * (8 + 4 + 1)  # actions int64, rewards float32, terminated bool
 
 
 class ReplayBuffer:
-    """Ring of ``capacity`` transitions (all envs together) on ``device``; see the module docstring."""
+    """Ring of ``capacity`` transitions per member (its N envs together) on ``device``; see the
+    module docstring. ``size``, ``num_transitions`` and ``started`` are per member, (K,) arrays."""
 
     def __init__(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
-                 n_actions: int, has_mask: bool, device: torch.device):
-        L, N = _slots(capacity, num_envs), num_envs
-        self.L, self.N, self.n_actions = L, N, n_actions
+                 n_actions: int, has_mask: bool, device: torch.device, members: int = 1):
+        L, N, K = _slots(capacity, num_envs), num_envs, members
+        self.L, self.N, self.K, self.n_actions = L, N, K, n_actions
+        C = K * N  # env columns, member k's are k N .. (k + 1) N - 1
         self.device = device
-        self.obs = torch.zeros((L, N, *obs_shape), dtype=_storage_dtype(obs_dtype), device=device)
-        self.masks = torch.ones((L, N, n_actions), dtype=torch.bool, device=device) if has_mask else None
-        self.actions = torch.zeros((L, N), dtype=torch.int64, device=device)
-        self.rewards = torch.zeros((L, N), dtype=torch.float32, device=device)
-        self.terminated = torch.zeros((L, N), dtype=torch.bool, device=device)
-        # On the CPU: sampling draws its indices there (one generator, reproducible on any device).
-        self.valid = np.zeros((L, N), dtype=bool)
-        self.head = 0  # slot of the newest observation
-        self.size = 0  # slots before head holding a stored step (valid or not), at most L - 1
-        self.num_transitions = 0  # valid entries
-        self.started = False  # the head slot holds an observation
+        self.obs = torch.zeros((L, C, *obs_shape), dtype=_storage_dtype(obs_dtype), device=device)
+        self.masks = torch.ones((L, C, n_actions), dtype=torch.bool, device=device) if has_mask else None
+        self.actions = torch.zeros((L, C), dtype=torch.int64, device=device)
+        self.rewards = torch.zeros((L, C), dtype=torch.float32, device=device)
+        self.terminated = torch.zeros((L, C), dtype=torch.bool, device=device)
+        # On the CPU: sampling draws its indices there (one generator per member, reproducible on
+        # any device).
+        self.valid = np.zeros((L, C), dtype=bool)
+        self.head = 0  # slot of the newest observation (every member's)
+        self.size = np.zeros(K, dtype=np.int64)  # slots before head holding a stored step, <= L - 1
+        self.num_transitions = np.zeros(K, dtype=np.int64)  # valid entries
+        self.started = np.zeros(K, dtype=bool)  # the head slot holds an observation
 
     @property
     def nbytes(self) -> int:
@@ -87,26 +96,44 @@ class ReplayBuffer:
             tensors.append(self.masks)
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    def _cols(self, k: int) -> slice:
+        return slice(k * self.N, (k + 1) * self.N)
+
     def current(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The newest observations ``(N, *obs_shape)`` and their masks (views)."""
+        """The newest observations ``(K N, *obs_shape)`` and their masks (views)."""
         return self.obs[self.head], None if self.masks is None else self.masks[self.head]
 
     def _advance(self) -> None:
         self.head = (self.head + 1) % self.L
         # the new head overwrites the oldest stored step
-        self.num_transitions -= int(self.valid[self.head].sum())
+        self.num_transitions -= self.valid[self.head].reshape(self.K, self.N).sum(1)
         self.valid[self.head] = False
+        self.size = np.where(self.started, np.minimum(self.size + 1, self.L - 1), self.size)
 
-    def start(self, obs: torch.Tensor, mask: torch.Tensor | None) -> None:
-        """Begins new episodes (after a reset that is no env step): the newest slot is left without
-        a transition and ``obs`` goes into the next one."""
-        if self.started:
+    def start(self, obs: torch.Tensor, mask: torch.Tensor | None, members: np.ndarray | None = None) -> None:
+        """Begins new episodes (after a reset that is no env step) for ``members`` ((K,) bool,
+        default all): their newest slot is left without a transition and their part of ``obs``
+        (``(K N, ...)``) goes into the next one. Members whose episodes go on keep theirs."""
+        which = np.ones(self.K, dtype=bool) if members is None else np.asarray(members, dtype=bool)
+        if bool((self.started & which).any()):
+            previous = self.head
             self._advance()
-            self.size = min(self.size + 1, self.L - 1)
-        self.started = True
-        self.obs[self.head].copy_(obs)
-        if self.masks is not None and mask is not None:
-            self.masks[self.head].copy_(mask)
+            for k in np.flatnonzero(self.started & ~which):  # carried over, one slot skipped
+                cols = self._cols(k)
+                self.obs[self.head, cols] = self.obs[previous, cols]
+                if self.masks is not None:
+                    self.masks[self.head, cols] = self.masks[previous, cols]
+        self.started |= which
+        if bool(which.all()):
+            self.obs[self.head].copy_(obs)
+            if self.masks is not None and mask is not None:
+                self.masks[self.head].copy_(mask)
+            return
+        for k in np.flatnonzero(which):
+            cols = self._cols(k)
+            self.obs[self.head, cols] = obs[cols]
+            if self.masks is not None and mask is not None:
+                self.masks[self.head, cols] = mask[cols]
 
     def add(self, actions: torch.Tensor, rewards: torch.Tensor, terminated: torch.Tensor,
             valid: np.ndarray, next_obs: torch.Tensor, next_mask: torch.Tensor | None) -> None:
@@ -119,34 +146,46 @@ class ReplayBuffer:
         self.terminated[h].copy_(terminated)
         valid = np.asarray(valid, dtype=bool)
         self.valid[h] = valid
-        self.num_transitions += int(valid.sum())
+        self.num_transitions += valid.reshape(self.K, self.N).sum(1)
         self._advance()
-        self.size = min(self.size + 1, self.L - 1)
         self.obs[self.head].copy_(next_obs)
         if self.masks is not None and next_mask is not None:
             self.masks[self.head].copy_(next_mask)
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> ReplayBatch:
-        """``batch_size`` transitions drawn uniformly (with replacement) from the valid ones.
+    def sample(self, batch_size: int,
+               generators: torch.Generator | list[torch.Generator | None]) -> ReplayBatch:
+        """``batch_size`` transitions of each member drawn uniformly (with replacement) from its
+        valid ones; rows member-major (member k's are rows ``k B .. (k + 1) B - 1``).
 
-        Indices come from ``generator`` (a CPU generator): a slot among the ``size`` stored ones
-        and an env, uniformly; draws that hit an invalid entry (a reset-only step) are redrawn.
+        ``generators``: one CPU generator per member (a single one for one member); member k's
+        indices come from its own: a slot among its ``size[k]`` stored ones and one of its envs,
+        uniformly; draws that hit an invalid entry (a reset-only step) are redrawn. A member whose
+        generator is None draws nothing: its rows repeat its newest entry (rows to be ignored).
         """
-        if self.num_transitions == 0:
-            raise ValueError("the replay buffer holds no transition yet; nothing to sample")
-        chosen_t, chosen_e, have = [], [], 0
-        while have < batch_size:
-            n = 2 * (batch_size - have)
-            back = torch.randint(self.size, (n,), generator=generator).numpy()
-            env = torch.randint(self.N, (n,), generator=generator).numpy()
-            slot = (self.head - 1 - back) % self.L
-            keep = self.valid[slot, env]
-            slot, env = slot[keep][:batch_size - have], env[keep][:batch_size - have]
-            chosen_t.append(slot)
-            chosen_e.append(env)
-            have += len(slot)
-        t = torch.from_numpy(np.concatenate(chosen_t)).to(self.device)
-        e = torch.from_numpy(np.concatenate(chosen_e)).to(self.device)
+        gens = [generators] if isinstance(generators, torch.Generator) else list(generators)
+        if len(gens) != self.K:
+            raise ValueError(f"sample got {len(gens)} generators for {self.K} members")
+        slots, cols = [], []
+        for k, g in enumerate(gens):
+            if g is None:
+                slots.append(np.full(batch_size, self.head))
+                cols.append(np.full(batch_size, k * self.N))
+                continue
+            if self.num_transitions[k] == 0:
+                raise ValueError(f"member {k}'s replay buffer holds no transition yet; nothing to sample")
+            have = 0
+            while have < batch_size:
+                n = 2 * (batch_size - have)
+                back = torch.randint(int(self.size[k]), (n,), generator=g).numpy()
+                env = torch.randint(self.N, (n,), generator=g).numpy() + k * self.N
+                slot = (self.head - 1 - back) % self.L
+                keep = self.valid[slot, env]
+                slot, env = slot[keep][:batch_size - have], env[keep][:batch_size - have]
+                slots.append(slot)
+                cols.append(env)
+                have += len(slot)
+        t = torch.from_numpy(np.concatenate(slots)).to(self.device)
+        e = torch.from_numpy(np.concatenate(cols)).to(self.device)
         t1 = (t + 1) % self.L
         return ReplayBatch(
             obs=self.obs[t, e], actions=self.actions[t, e], rewards=self.rewards[t, e],
@@ -155,29 +194,59 @@ class ReplayBuffer:
             next_masks=None if self.masks is None else self.masks[t1, e])
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """Tensors on the CPU and plain numbers (readable by ``torch.load(weights_only=True)``)."""
+    def member_state_dict(self, k: int) -> dict[str, Any]:
+        """Member k's buffer as a one-member buffer's `state_dict` (tensors on the CPU, plain
+        numbers; readable by ``torch.load(weights_only=True)``)."""
+        cols = self._cols(k)
+
+        def host(t: torch.Tensor) -> torch.Tensor:
+            # compact: torch.save writes a view's whole storage (all K members)
+            return t[:, cols].cpu().contiguous()
+
         return {
-            "obs": self.obs.cpu(), "masks": None if self.masks is None else self.masks.cpu(),
-            "actions": self.actions.cpu(), "rewards": self.rewards.cpu(),
-            "terminated": self.terminated.cpu(), "valid": torch.from_numpy(self.valid.copy()),
-            "head": self.head, "size": self.size, "num_transitions": self.num_transitions,
-            "started": self.started,
+            "obs": host(self.obs), "masks": None if self.masks is None else host(self.masks),
+            "actions": host(self.actions), "rewards": host(self.rewards),
+            "terminated": host(self.terminated),
+            "valid": torch.from_numpy(self.valid[:, cols].copy()),
+            "head": self.head, "size": int(self.size[k]), "num_transitions": int(self.num_transitions[k]),
+            "started": bool(self.started[k]),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if tuple(state["obs"].shape) != tuple(self.obs.shape) or state["obs"].dtype != self.obs.dtype:
+    def load_member_state_dict(self, k: int, state: dict[str, Any]) -> None:
+        """Restores member k from `member_state_dict`'s format, rotated so that its newest slot is
+        the buffer's head (a buffer no member has started yet takes the saved head)."""
+        cols = self._cols(k)
+        want = (self.L, self.N, *self.obs.shape[2:])
+        if tuple(state["obs"].shape) != want or state["obs"].dtype != self.obs.dtype:
             raise ValueError(
                 f"the saved replay buffer holds observations {tuple(state['obs'].shape)} "
-                f"{state['obs'].dtype}; this run's is {tuple(self.obs.shape)} {self.obs.dtype} "
+                f"{state['obs'].dtype}; this run's is {want} {self.obs.dtype} "
                 "(algo.buffer_size and num_envs must be the checkpoint's)")
-        self.obs.copy_(state["obs"])
+        if not self.started.any():
+            self.head = int(state["head"])
+        shift = (self.head - int(state["head"])) % self.L
+
+        def put(dst: torch.Tensor, src: torch.Tensor) -> None:
+            dst[:, cols] = (src if shift == 0 else torch.roll(src, shift, dims=0)).to(dst.device)
+
+        put(self.obs, state["obs"])
         if self.masks is not None and state["masks"] is not None:
-            self.masks.copy_(state["masks"])
-        self.actions.copy_(state["actions"])
-        self.rewards.copy_(state["rewards"])
-        self.terminated.copy_(state["terminated"])
-        self.valid[:] = state["valid"].numpy()
-        self.head, self.size = int(state["head"]), int(state["size"])
-        self.num_transitions = int(state["num_transitions"])
-        self.started = bool(state["started"])
+            put(self.masks, state["masks"])
+        put(self.actions, state["actions"])
+        put(self.rewards, state["rewards"])
+        put(self.terminated, state["terminated"])
+        self.valid[:, cols] = np.roll(state["valid"].numpy(), shift, axis=0)
+        self.size[k] = int(state["size"])
+        self.num_transitions[k] = int(state["num_transitions"])
+        self.started[k] = bool(state["started"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """A one-member buffer's contents (`member_state_dict` of its member)."""
+        if self.K != 1:
+            raise ValueError(f"state_dict of a buffer of {self.K} members: use member_state_dict(k)")
+        return self.member_state_dict(0)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.K != 1:
+            raise ValueError(f"load_state_dict of a buffer of {self.K} members: use load_member_state_dict")
+        self.load_member_state_dict(0, state)

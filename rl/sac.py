@@ -1,4 +1,5 @@
-"""Discrete soft actor-critic (``algo=sac``) for every policy mapping: a single run.
+"""Discrete soft actor-critic (``algo=sac``) for every policy mapping: a population of K runs,
+one run is K = 1.
 
 Christodoulou 2019, "Soft Actor-Critic for Discrete Action Settings"; CleanRL's ``sac_atari.py``;
 TorchRL's ``DiscreteSACLoss``. With the mapping ``p = mapping(logits / T)`` (softmax, entmax,
@@ -16,24 +17,50 @@ Every ``algo.target_update_interval`` env steps the targets move:
 ``Qtarg <- tau Q + (1 - tau) Qtarg`` (tau = 1: a hard copy, CleanRL's default).
 
 The loop is `rl.trainer.Trainer.train`'s, with `SACTrainer` supplying its two steps:
-``collect_rollout`` plays ``algo.train_frequency`` steps of the N envs into the replay buffer
-(rl/replay.py; uniformly random allowed actions for the first ``algo.learning_starts`` env steps),
-``update`` runs ``algo.gradient_steps`` gradient steps. The callbacks (TensorBoard, checkpoints,
-progress, evaluation), the run directory, ``summary.json`` (the same keys; ``updates`` counts
-loop iterations, warm-up included), stop requests and signals are the on-policy trainer's.
+``collect_rollout`` plays ``algo.train_frequency`` steps of the K x N envs into the replay buffer
+(rl/replay.py; uniformly random allowed actions for a member's first ``algo.learning_starts`` env
+steps, drawn from its own generator), ``update`` runs ``algo.gradient_steps`` gradient steps. The
+callbacks (TensorBoard, checkpoints, progress, evaluation), the run directories, ``summary.json``
+(the same keys; ``updates`` counts loop iterations, warm-up included), stop requests and signals
+are the on-policy trainer's.
 
-The actor is an ``rl.networks.ActorCritic`` whose value path is unused (its checkpoint entry
-``model`` is what ``rl-eval`` and ``load_policy`` read); the critics are two
-``rl.networks.QNetwork`` and their targets.
+A population (``SACTrainer(members=[...])``, what `rl.population.train_population` builds for
+SAC runs) shares the env, network shapes, total steps, num_envs and the algo's buffer and batch
+sizes; its members differ in seed, beta and its schedule (a target entropy included), the
+temperature and its schedule, the mapping (alpha) and the two learning rates
+(`rl.population.MEMBER_FIELDS`). As in the on-policy trainer they share no statistic:
 
-Limits: one run per trainer. `rl.population.train_population` trains a population of SAC runs
-one after another; there is no batched population of SAC runs yet.
-Resume: the checkpoint holds the actor, the critics, their targets, both optimizers, the
-coefficients, RNG states, counters and the envs' last observation; the replay buffer goes into
+* networks: the actors (``rl.networks.ActorCritic``, its value path unused and not stacked), the
+  twin critics (``rl.networks.QNetwork``; rows ``k`` and ``K + k`` of one stack are member k's
+  Q_1 and Q_2) and their targets are `rl.stacked.StackedNetwork` s, K parameter sets evaluated
+  in one batched computation; Adam (`rl.stacked.StackedOptimizer`) steps each member's rows,
+  gradient clipping on each member's own norm (its two critics together, as
+  ``clip_grad_norm_`` over both); the target update is one lerp/copy of the (2K, P) rows;
+* replay: member k's transitions are its own columns of one buffer and its batches are drawn by
+  its own generator (rl/replay.py); the memory of all K buffers is stated before anything is
+  allocated and refused above ``algo.max_buffer_gb`` (the total);
+* losses: ``ops.soft_value`` / ``ops.soft_policy_loss`` run once per distinct (alpha,
+  temperature) of the members, with beta per row when they differ in it; every member's loss is
+  its own mean (the group's mean times its size), its metrics come from its own rows;
+* envs: the K x N envs step as one vector env (or K vector envs with ``exact_env_resume``);
+* a member whose target, loss or gradient becomes non-finite stops alone ("diverged"), before
+  its bad step; the others go on.
+
+Each member's checkpoint is a single run's: the actor (``model``, what ``rl-eval`` and
+``load_policy`` read), the critics, their targets, both optimizers' moments, the coefficients,
+RNG states, counters and the envs' last observation; its replay buffer goes into
 ``last.replay.pt`` next to it when it is at most ``algo.checkpoint_buffer_gb`` GiB. A resume
 without it (too large, or missing) starts from an empty buffer and waits until it holds
 ``algo.batch_size`` transitions before training again. With ``exact_env_resume`` and the buffer
-saved, "train N+M" and "train N, resume, train M" give bit-identical networks on CPU.
+saved, "train N+M" and "train N, resume, train M" give bit-identical networks on CPU, for a
+single run and for every member of a population.
+
+Limits: members of one population take their gradient steps together, so a member whose warm-up
+or buffer is behind (resumed without its buffer beside others) waits without stepping while the
+others step. A population mixing members resumed with their envs pickled and others whose
+buffers were restored without them skips one replay slot for the former (their transitions are
+kept, the exact-resume guarantee is not). Checkpoints of the single-run trainer before
+populations resume: their ``torch.optim.Adam`` states are converted to the member's rows.
 """
 
 from __future__ import annotations
@@ -42,33 +69,19 @@ import copy
 import logging
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
-from omegaconf import OmegaConf
-from torch.nn import functional as F
 
 import ops
-from rl.callbacks import Callback, CheckpointCallback, ProgressCallback, TensorBoardCallback
-from rl.checkpoint import (
-    env_snapshot_path,
-    load_checkpoint,
-    load_pickle,
-    resolve_device,
-    save_checkpoint,
-    save_pickle,
-)
-from rl.config import validate
-from rl.envs import MemberEnvs, derived_seed
+from rl.callbacks import Callback
+from rl.checkpoint import load_checkpoint, save_checkpoint
 from rl.replay import ReplayBuffer, replay_nbytes
-from rl.schedules import build_coefficient
-from rl.trainer import CHECKPOINT_NAME, MemberRun, Trainer
+from rl.stacked import StackedNetwork, StackedOptimizer, row_norms
+from rl.trainer import CHECKPOINT_NAME, Trainer
 
 __all__ = ["SACTrainer", "replay_path"]
 
@@ -83,198 +96,195 @@ def replay_path(checkpoint: str | os.PathLike) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".replay.pt")
 
 
-class _ActorView:
-    """The actor as the evaluation callback calls a population's network: ``logits`` of (K, B, ...)."""
 
-    def __init__(self, actor: torch.nn.Module):
-        self.actor = actor
+def _torch_adam_rows(state: dict, first: int, count: int, name: str = "adam") -> dict[str, Any]:
+    """A `rl.stacked.StackedOptimizer` row state from a ``torch.optim.Adam`` state_dict (the
+    single-run trainer before populations): parameters ``first .. first + count - 1``, flattened
+    in order (the stacked layout's)."""
+    per_param = state["state"]
+    steps = {float(per_param[i]["step"]) for i in range(first, first + count) if i in per_param}
+    if len(steps) > 1:
+        raise ValueError("the checkpoint's Adam state has parameters at different step counts")
 
-    def logits(self, obs: torch.Tensor) -> torch.Tensor:
-        K, B = obs.shape[:2]
-        return self.actor.logits(obs.reshape(K * B, *obs.shape[2:])).view(K, B, -1)
+    def flat(key: str) -> torch.Tensor:
+        return torch.cat([per_param[i][key].reshape(-1) for i in range(first, first + count)])
+
+    return {"name": name, "step": steps.pop() if steps else 0.0, "exp_avg": flat("exp_avg"),
+            "exp_avg_sq": flat("exp_avg_sq")}
+
+
+# The ops calls of `SACTrainer._per_group`: (rows, *others, beta, alpha, temperature).
+def _probs(logits, mask, beta, alpha, temperature):
+    return ops.probs(logits, alpha, temperature, mask)
+
+
+def _soft_value(logits, q, mask, beta, alpha, temperature):
+    return ops.soft_value(logits, q, beta, alpha, temperature, mask)
+
+
+def _soft_policy_loss(logits, q, mask, beta, alpha, temperature):
+    return ops.soft_policy_loss(logits, q, beta, alpha, temperature, mask)
 
 
 class SACTrainer(Trainer):
-    """Trains one SAC run (``SACTrainer(cfg, run_dir)``), as `rl.trainer.Trainer` trains one PPO run.
+    """Trains a population of SAC runs (one run: ``SACTrainer(cfg, run_dir)``), as
+    `rl.trainer.Trainer` trains PPO runs.
 
     Parameters
     ----------
     cfg, run_dir, resume : as `rl.trainer.Trainer` (``cfg.algo.name == "sac"``).
-    members : a list of exactly one ``rl.population.Member`` instead (``train()`` then returns a
-        list of one summary and does not raise on divergence, as a population).
+    members : ``rl.population.Member`` s of a population instead (equal
+        ``rl.population.population_key``); ``train()`` then returns the list of summaries and
+        does not raise on divergence.
     make_envs : factory, by default ``rl.envs.make_envs``.
     callbacks : extra callbacks after the trainer's own.
+
+    ``actor``, ``q1``, ``q2``, ``q1_target``, ``q2_target`` are member 0's networks (a single
+    run's) as ordinary modules whose parameters are views of their stacked rows.
     """
 
     def __init__(self, cfg: Any = None, run_dir: str | os.PathLike | None = None,
                  resume: str | None = None, *, members: Sequence[Any] | None = None,
                  make_envs: Callable | None = None, callbacks: Sequence[Callback] = ()):
-        from rl.population import Member
+        checked, states = self._setup_members(cfg, run_dir, resume, members)
+        for m in self.members:
+            if m.cfg.algo.name != "sac":
+                raise ValueError(f"algo.name={m.cfg.algo.name!r} is not allowed for SACTrainer; "
+                                 "allowed: sac")
+        a = self.algo
+        K, N, dev = self.K, self.N, self.device
+        info = self._setup_envs(checked[0].env, make_envs)
+        A = self.n_actions
 
-        if members is None:
-            if cfg is None or run_dir is None:
-                raise ValueError("SACTrainer needs a config and a run directory, or members")
-            members = [Member(cfg, Path(run_dir), resume if resume is not None else cfg.resume)]
-            self._single = True
-        else:
-            if len(members) != 1:
-                raise ValueError(f"members has {len(members)} runs; SACTrainer trains exactly one "
-                                 "(rl.population.train_population trains SAC runs one after another)")
-            self._single = False
-        member = members[0]
-        cfg = member.cfg
-        checked = validate(cfg)
-        if cfg.algo.name != "sac":
-            raise ValueError(f"algo.name={cfg.algo.name!r} is not allowed for SACTrainer; allowed: sac")
-        self.cfg = cfg
-        self.algo = a = SimpleNamespace(**OmegaConf.to_container(cfg.algo, resolve=True))
-        self.K, self.N = 1, int(cfg.num_envs)
-        self.device = dev = resolve_device(str(cfg.device))
-        torch.set_num_threads(cfg.threads)
-        state = load_checkpoint(member.resume, name="resume") if member.resume else None
-        if make_envs is None:
-            from rl.envs import make_envs
-        from rl.envs import action_mask_from, env_info, policy_obs
+        # Networks: member k's actor and critics initialized from its own seed, in a single run's
+        # order (actor, Q_1, Q_2); the targets start as copies.
         from rl.networks import ActorCritic, QNetwork
 
-        self._action_mask_from, self._policy_obs = action_mask_from, policy_obs
-        seed = int(cfg.seed)
-        m = MemberRun(
-            cfg=cfg, run_dir=Path(member.run_dir), resume=member.resume, seed=seed,
-            alpha=float(cfg.policy.alpha), learning_rate=float(a.learning_rate),
-            total_steps=int(cfg.total_steps), beta_coef=build_coefficient(checked.beta),
-            temperature_coef=build_coefficient(checked.temperature),
-            log_interval=int(cfg.log_interval), histogram_interval=int(cfg.histogram_interval),
-            checkpoint_interval=int(cfg.checkpoint_interval), solved_return=cfg.env.solved_return,
-            # actions are drawn on the device; replay indices on the CPU
-            sample_gen=torch.Generator(device=dev).manual_seed(seed),
-            perm_gen=torch.Generator().manual_seed(seed + 1),
-        )
-        m.lr = float(a.learning_rate)
-        self.members = [m]
+        net = checked[0].network
+        actors, q1s, q2s = [], [], []
+        for m in self.members:
+            torch.manual_seed(m.seed)
+            actors.append(ActorCritic(info.observation_space, A, hidden_sizes=net.hidden_sizes,
+                                      activation=net.activation, shared=net.shared,
+                                      network=net.network).to(dev))
+            for qs in (q1s, q2s):
+                qs.append(QNetwork(info.observation_space, A, hidden_sizes=net.hidden_sizes,
+                                   activation=net.activation, network=net.network).to(dev))
+        targets = [copy.deepcopy(q) for q in q1s + q2s]
+        # the value path of ActorCritic is not SAC's: only what the logits depend on is stacked
+        self.net = StackedNetwork(actors, critic=False, views=True)
+        self.q_net = StackedNetwork(q1s + q2s, views=True)  # rows: Q_1 of members 0..K-1, then Q_2
+        self.q_target = StackedNetwork(targets, views=True, trainable=False)
+        self.actor_optimizer = StackedOptimizer(a.optimizer, self.net.flat, adam_eps=a.adam_eps)
+        self.q_optimizer = StackedOptimizer(a.optimizer, self.q_net.flat, adam_eps=a.adam_eps)
+        self._actor_lr = torch.tensor([m.learning_rate for m in self.members], dtype=torch.float64)
+        self._q_lr = torch.tensor([float(m.cfg.algo.q_learning_rate) for m in self.members] * 2,
+                                  dtype=torch.float64)
+        for m in self.members:
+            m.lr = m.learning_rate
+        self.gradient_steps = np.zeros(K, dtype=np.int64)  # each member's gradient steps
+        self.target_mark = np.zeros(K, dtype=np.int64)  # global_step // interval at its last target update
 
-        env_s = checked.env
-        self.env_settings = env_s
-        # one member: MemberEnvs only so the evaluation and the env pickle see the trainer's layout
-        self.per_member_envs = bool(cfg.exact_env_resume)
-        np.random.seed(seed)
-        vec = make_envs(env_s, self.N, seed, gamma=float(a.gamma))
-        self.envs = MemberEnvs([vec]) if self.per_member_envs else vec
-        info = env_info(vec)
-        mode = vec.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
-        if mode != gym.vector.AutoresetMode.NEXT_STEP:
-            raise ValueError(f"env autoreset_mode={mode} is not supported; SAC needs "
-                             "AutoresetMode.NEXT_STEP (Gymnasium's default)")
-        self.n_actions = A = info.n_actions
-
-        net = checked.network
-        torch.manual_seed(seed)
-        self.actor = ActorCritic(info.observation_space, A, hidden_sizes=net.hidden_sizes,
-                                 activation=net.activation, shared=net.shared,
-                                 network=net.network).to(dev)
-        self.q1, self.q2 = (QNetwork(info.observation_space, A, hidden_sizes=net.hidden_sizes,
-                                     activation=net.activation, network=net.network).to(dev)
-                            for _ in range(2))
-        self.q1_target, self.q2_target = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
-        for p in (*self.q1_target.parameters(), *self.q2_target.parameters()):
-            p.requires_grad_(False)
-        self.net = _ActorView(self.actor)
-        # the value path of ActorCritic is not SAC's: only what the logits depend on is trained
-        self.actor_params = [p for name, p in self.actor.named_parameters() if not name.startswith("critic")]
-        self.q_params = [*self.q1.parameters(), *self.q2.parameters()]
-        self.actor_optimizer = torch.optim.Adam(self.actor_params, lr=a.learning_rate, eps=a.adam_eps)
-        self.q_optimizer = torch.optim.Adam(self.q_params, lr=a.q_learning_rate, eps=a.adam_eps)
-        self.gradient_steps_done = 0
-        self.target_mark = 0  # global_step // target_update_interval at the last target update
-
-        # the replay buffer: its memory up front, refused above algo.max_buffer_gb
+        # the replay buffers: their memory up front, refused above algo.max_buffer_gb (all K)
         obs_space = info.observation_space
         compact = {np.dtype(np.uint8): torch.uint8, np.dtype(np.bool_): torch.bool}
         obs_dtype = compact.get(np.dtype(obs_space.dtype), torch.float32)  # Discrete (int64): float32
-        obs_shape = tuple(obs_space.shape)
-        nbytes = replay_nbytes(a.buffer_size, self.N, obs_shape, obs_dtype, A, info.has_action_mask)
+        self._obs_shape = obs_shape = tuple(obs_space.shape)
+        nbytes = replay_nbytes(a.buffer_size, N, obs_shape, obs_dtype, A, info.has_action_mask, K)
         if nbytes > a.max_buffer_gb * _GIB:
             self.envs.close()
+            who = "its replay buffer needs" if K == 1 else f"the replay buffers of its {K} runs need"
             raise ValueError(
-                f"algo.buffer_size={a.buffer_size} is not allowed: its replay buffer needs "
+                f"algo.buffer_size={a.buffer_size} is not allowed: {who} "
                 f"{nbytes / _GIB:.2f} GiB on {dev}, above algo.max_buffer_gb={a.max_buffer_gb}; allowed: a "
                 "smaller buffer_size, or a larger max_buffer_gb if the device has the memory")
-        log.info("replay buffer: %d transitions of %s %s observations, %.3f GiB on %s",
-                 a.buffer_size, obs_shape, str(obs_dtype).removeprefix("torch."), nbytes / _GIB, dev)
-        self.buffer = ReplayBuffer(a.buffer_size, self.N, obs_shape, obs_dtype, A,
-                                   info.has_action_mask, dev)
+        log.info("replay buffer%s: %d transitions of %s %s observations%s, %.3f GiB on %s",
+                 "s" if K > 1 else "", a.buffer_size, obs_shape, str(obs_dtype).removeprefix("torch."),
+                 f" for each of {K} runs" if K > 1 else "", nbytes / _GIB, dev)
+        self.buffer = ReplayBuffer(a.buffer_size, N, obs_shape, obs_dtype, A, info.has_action_mask,
+                                   dev, members=K)
 
-        self._stop_requested: str | None = None
-        self._t_start = time.perf_counter()
-        self._wall_before = [0.0]
-        self.prev_done = np.zeros(self.N, dtype=bool)
-        self.ep_return = np.zeros(self.N, dtype=np.float64)
-        self.ep_length = np.zeros(self.N, dtype=np.int64)
-        buffer_restored = False
-        if state is not None:
-            buffer_restored = self._restore(state)
-        self._first_reset(state, buffer_restored)
+        self.prev_done = np.zeros(K * N, dtype=bool)
+        self.ep_return = np.zeros(K * N, dtype=np.float64)
+        self.ep_length = np.zeros(K * N, dtype=np.int64)
+        restored = np.zeros(K, dtype=bool)  # the replay buffer came back
+        for k, state in enumerate(states):
+            if state is not None:
+                restored[k] = self._restore(k, state)
+        # The first reset: members continuing their episodes (envs pickled, buffer restored)
+        # keep their newest observation; the others start episodes in the buffer.
+        obs, infos = self._reset(states)
+        snap = np.array([s is not None and self._exact_snapshot(k, s) is not None
+                         for k, s in enumerate(states)], dtype=bool)
+        self._start_episodes(obs, infos, ~(snap & restored))
+        for k, state in enumerate(states):
+            if snap[k]:
+                self._restore_episode_flags(k, state["env_state"])
+        self._setup_callbacks(callbacks)
 
-        from rl.evaluation import make_eval_callback
+    # ------------------------------------------------------------------ a single run's networks
+    @property
+    def actor(self) -> torch.nn.Module:
+        return self.net.members[0]
 
-        evaluation = make_eval_callback(cfg)
-        self.callbacks: list[Callback] = [c for c in (evaluation,) if c is not None]
-        self.callbacks += [TensorBoardCallback(), CheckpointCallback()]
-        if bool(cfg.progress):
-            self.callbacks.append(ProgressCallback())
-        self.callbacks.extend(callbacks)
+    @property
+    def q1(self) -> torch.nn.Module:
+        return self.q_net.members[0]
+
+    @property
+    def q2(self) -> torch.nn.Module:
+        return self.q_net.members[self.K]
+
+    @property
+    def q1_target(self) -> torch.nn.Module:
+        return self.q_target.members[0]
+
+    @property
+    def q2_target(self) -> torch.nn.Module:
+        return self.q_target.members[self.K]
+
+    @property
+    def actor_params(self) -> list[torch.Tensor]:
+        return [p for name, p in self.actor.named_parameters() if name in self.net.layout]
+
+    @property
+    def gradient_steps_done(self) -> int:
+        return int(self.gradient_steps.max())
 
     # ------------------------------------------------------------------ envs
-    def _vec(self):
-        return self.envs.envs[0] if self.per_member_envs else self.envs
-
-    def _first_reset(self, state: dict | None, buffer_restored: bool) -> None:
-        m = self.members[0]
-        snapshot = None
-        if state is not None and bool(self.cfg.exact_env_resume):
-            path = env_snapshot_path(m.resume)
-            snapshot = path if path.is_file() else None
-            if snapshot is None:
-                log.warning("exact_env_resume: no env snapshot for %s; envs were re-created and re-seeded",
-                            m.run_dir)
-        if snapshot is not None:
-            # Continue the very same episodes: the pickled envs, their last observation and flags.
-            self._vec().close()
-            self.envs.envs[0] = load_pickle(snapshot)
-            env_state = state["env_state"]
-            self.prev_done[:] = env_state["prev_done"].numpy()
-            self.ep_return[:] = env_state["ep_return"].numpy()
-            self.ep_length[:] = env_state["ep_length"].numpy()
-            if not buffer_restored:
-                self.buffer.start(env_state["obs"].to(self.device),
-                                  None if env_state["mask"] is None else env_state["mask"].to(self.device))
-            return
-        seed = m.seed if state is None else derived_seed(m.seed, m.global_step)
-        obs, infos = self._vec().reset(seed=seed)
-        self._start_episodes(obs, infos)
-
-    def _start_episodes(self, obs, infos) -> None:
+    def _start_episodes(self, obs, infos, which: np.ndarray | None = None) -> None:
         mask = self._action_mask_from(obs, infos)
         self.buffer.start(torch.from_numpy(np.asarray(self._policy_obs(obs))).to(self.device),
                           None if mask is None else torch.from_numpy(np.asarray(mask, dtype=bool)).to(
-                              self.device))
+                              self.device), which)
 
     def collect_rollout(self) -> list[tuple[int, float, int, int]]:
-        """``algo.train_frequency`` steps of the N envs into the replay buffer; the finished episodes."""
-        m, buf, N = self.members[0], self.buffer, self.N
+        """``algo.train_frequency`` steps of the K x N envs into the replay buffer; the finished
+        episodes (member, return, length, step)."""
+        buf, K, N, a = self.buffer, self.K, self.N, self.algo
         episodes: list[tuple[int, float, int, int]] = []
-        step0 = [m.global_step]
-        actions = torch.empty(N, dtype=torch.int64, device=self.device)
+        step0 = [m.global_step for m in self.members]
+        actions = torch.empty(K * N, dtype=torch.int64, device=self.device)
         with torch.inference_mode():
-            for t in range(self.algo.train_frequency):
+            for t in range(a.train_frequency):
                 obs, mask = buf.current()
-                if m.global_step + t * N < self.algo.learning_starts:
-                    # uniformly random allowed actions (CleanRL samples the action space)
-                    p = torch.ones(N, self.n_actions, device=self.device) if mask is None else mask.float()
-                else:
-                    p = self.policy_probs(self.actor.logits(obs).unsqueeze(0),
-                                          None if mask is None else mask.unsqueeze(0))[0]
-                self.sample_actions(p.unsqueeze(0), actions)
+                mask = None if mask is None else mask.view(K, N, -1)
+                # a member's warm-up, and a stopped member (its steps count for nothing): uniformly
+                # random allowed actions (CleanRL samples the action space)
+                acting = [k for k, m in enumerate(self.members)
+                          if m.running and m.global_step + t * N >= a.learning_starts]
+                p = torch.ones(K, N, self.n_actions, device=self.device) if mask is None else mask.float()
+                if acting:
+                    logits = self.net.logits(obs.view(K, N, *self._obs_shape))
+                    probs = self._per_group(_probs, logits, [mask], acting, N, "logits (acting)",
+                                            f"env step {self.members[acting[0]].global_step + t * N}",
+                                            with_beta=False)
+                    for g, pg in probs.items():
+                        if len(g) == K:
+                            p = pg.view(K, N, -1).float()
+                        else:
+                            p[list(g)] = pg.view(len(g), N, -1).float()
+                self.sample_actions(p, actions)
                 next_obs, rewards, terminated, truncated, infos = self.envs.step(actions.cpu().numpy())
                 done = terminated | truncated
                 # Next-step autoreset: the step after a done only resets; it is no transition.
@@ -289,175 +299,327 @@ class SACTrainer(Trainer):
                         torch.from_numpy(np.asarray(terminated, dtype=bool)), valid,
                         torch.from_numpy(np.asarray(self._policy_obs(next_obs))),
                         None if next_mask is None else torch.from_numpy(np.asarray(next_mask, dtype=bool)))
-        m.global_step += self.algo.train_frequency * N
+        for m in self.members:
+            if m.running:
+                m.global_step += a.train_frequency * N
         return episodes
 
     # ------------------------------------------------------------------ update
-    def _max_entropy(self, masks: torch.Tensor | None) -> float:
-        alpha = self.members[0].alpha
+    def _max_entropies(self, masks: torch.Tensor | None, ks: list[int], B: int) -> list[float]:
+        """``H_max`` of each member in ``ks`` on its batch (mean over rows when masked)."""
         if masks is None:
-            return float(ops.max_entropy(alpha, self.n_actions))
-        return float(ops.max_entropy(alpha, masks.sum(-1)).mean())
+            return [float(ops.max_entropy(self.members[k].alpha, self.n_actions)) for k in ks]
+        counts = masks.view(self.K, B, -1).sum(-1)
+        return torch.stack([ops.max_entropy(self.members[k].alpha, counts[k]).mean()
+                            for k in ks]).tolist()
 
-    def critic_target(self, batch) -> torch.Tensor:
+    def _groups(self, ks: list[int], B: int, with_beta: bool = True) -> list[tuple]:
+        """The ops calls of a step: members ``ks`` sharing (alpha, temperature) share one, with
+        beta per row when they differ in it (a float keeps ops' scalar path).
+        ``(members, their row selection or None for all K, beta, alpha, temperature)``."""
+        groups: dict[tuple[float, float], list[int]] = {}
+        for k in ks:
+            m = self.members[k]
+            groups.setdefault((m.alpha, m.temperature_coef.value), []).append(k)
+        plan = []
+        for (alpha, temperature), g in groups.items():
+            beta = None
+            if with_beta:
+                betas = [self.members[k].beta_coef.value for k in g]
+                beta = betas[0] if len(set(betas)) == 1 else torch.tensor(
+                    betas, dtype=torch.float32, device=self.device).repeat_interleave(B)
+            sel = None if len(g) == self.K else torch.tensor(g, device=self.device)
+            plan.append((g, sel, beta, alpha, temperature))
+        return plan
+
+    def _per_group(self, fn: Callable, logits: torch.Tensor, others: list[torch.Tensor | None],
+                   ks: list[int], B: int, what: str, where: str,
+                   with_beta: bool = True) -> dict[tuple[int, ...], Any]:
+        """``fn(logits, *others, beta, alpha, temperature)`` (an ops call) once per `_groups` group
+        of members ``ks`` on their rows of the (K, B, ...) tensors, flattened to (g B, ...). A
+        member whose rows make the op refuse them (non-finite logits or Q values) diverges, and
+        its group runs again without it; ``ks`` loses the diverged."""
+        out: dict[tuple[int, ...], Any] = {}
+        pending = self._groups(list(ks), B, with_beta)
+        while pending:
+            g, sel, beta, alpha, temperature = pending.pop(0)
+
+            def pick(x, sel=sel):
+                if x is None:
+                    return None
+                return (x if sel is None else x.index_select(0, sel)).flatten(0, 1)
+
+            try:
+                out[tuple(g)] = fn(pick(logits), *map(pick, others), beta, alpha, temperature)
+            except ValueError:
+                floats = [logits] + [x for x in others if x is not None and x.is_floating_point()]
+                bad = [k for k in g if not all(bool(torch.isfinite(x[k]).all()) for x in floats)]
+                if not bad:
+                    raise
+                for k in bad:
+                    self._diverge(k, f"non-finite {what} ({where})")
+                    ks.remove(k)
+                rest = [k for k in g if k not in bad]
+                if rest:
+                    pending = self._groups(rest, B, with_beta) + pending
+        return out
+
+    def critic_target(self, batch, active: list[int] | None = None) -> torch.Tensor:
         """``r + gamma (1 - terminated) V(s')`` with V the soft value of the current policy under
-        the smaller target Q (module docstring)."""
-        m = self.members[0]
+        the smaller target Q (module docstring); rows member-major as the batch's, (K B,).
+        ``active``: the members whose rows count (default all); the others' targets are 0."""
+        K, A = self.K, self.n_actions
+        B = batch.rewards.shape[0] // K
+        ks = list(range(K)) if active is None else active
         with torch.no_grad():
-            next_logits = self.actor.logits(batch.next_obs)
-            q_next = torch.minimum(self.q1_target(batch.next_obs), self.q2_target(batch.next_obs))
-            v_next = ops.soft_value(next_logits, q_next, m.beta_coef.value, m.alpha,
-                                    m.temperature_coef.value, batch.next_masks).float()
-            return batch.rewards + self.algo.gamma * (~batch.terminated).float() * v_next
+            next_obs = batch.next_obs.view(K, B, *batch.next_obs.shape[1:])
+            next_logits = self.net.logits(next_obs)
+            q_t = self.q_target(torch.cat([next_obs, next_obs]))
+            q_next = torch.minimum(q_t[:K], q_t[K:])
+            masks = None if batch.next_masks is None else batch.next_masks.view(K, B, A)
+            values = self._per_group(_soft_value, next_logits, [q_next, masks], ks, B,
+                                     "target Q values or logits", self._where())
+            v_next = next_logits.new_zeros(K, B)
+            for g, v in values.items():
+                v_next[list(g)] = v.view(len(g), B).to(v_next.dtype)
+            return batch.rewards + self.algo.gamma * (~batch.terminated).float() * v_next.reshape(-1)
+
+    def _where(self) -> str:
+        return f"gradient step {self.gradient_steps_done + 1}"
 
     def update(self) -> list[dict[str, float] | None]:
-        """``algo.gradient_steps`` gradient steps once the warm-up is over; the member's metrics."""
-        a, m = self.algo, self.members[0]
-        m.update += 1
-        if not m.running:
-            return [None]
-        result: dict[str, float] = {"policy/beta": m.beta_coef.value}
-        if m.global_step < a.learning_starts or self.buffer.num_transitions < a.batch_size:
-            return [result]
-        logs = m.update % m.log_interval == 0 or (
-            m.histogram_interval and m.update % m.histogram_interval == 0)
-        stats = None
-        for g in range(a.gradient_steps):
-            stats = self._gradient_step(want_stats=logs and g == a.gradient_steps - 1)
+        """``algo.gradient_steps`` gradient steps of the members past their warm-up with a batch
+        in their buffer; each member's metrics (None for a stopped one)."""
+        a, K = self.algo, self.K
+        results: list[dict[str, float] | None] = [None] * K
+        ready = []
+        for k, m in enumerate(self.members):
             if not m.running:
-                return [None]
-        if (m.global_step // a.target_update_interval) != self.target_mark:
-            self.target_mark = m.global_step // a.target_update_interval
-            self._update_targets()
-        if stats:
-            result.update(stats)
-        result["policy/beta"] = m.beta_coef.value
-        return [result]
+                continue
+            m.update += 1
+            results[k] = {"policy/beta": m.beta_coef.value}
+            if m.global_step >= a.learning_starts and self.buffer.num_transitions[k] >= a.batch_size:
+                ready.append(k)
+        if not ready:
+            return results
+        logs = {k for k in ready if self.members[k].update % self.members[k].log_interval == 0 or (
+            self.members[k].histogram_interval
+            and self.members[k].update % self.members[k].histogram_interval == 0)}
+        stats: dict[int, dict[str, float]] = {}
+        for g in range(a.gradient_steps):
+            last = g == a.gradient_steps - 1
+            stats = self._gradient_step(want_stats=logs if last else (), active=ready)
+            ready = [k for k in ready if self.members[k].running]
+            if not ready:
+                break
+        for k in range(K):
+            if results[k] is not None and not self.members[k].running:
+                results[k] = None
+        interval = a.target_update_interval
+        due = [k for k in ready if self.members[k].global_step // interval != self.target_mark[k]]
+        if due:
+            for k in due:
+                self.target_mark[k] = self.members[k].global_step // a.target_update_interval
+            self._update_targets(due)
+        for k in ready:
+            results[k].update(stats.get(k, {}))
+            results[k]["policy/beta"] = self.members[k].beta_coef.value
+        return results
 
     @torch.no_grad()
-    def _update_targets(self) -> None:
-        tau = self.algo.tau
-        for online, target in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
-            src, dst = list(online.parameters()), list(target.parameters())
-            if tau == 1.0:
-                torch._foreach_copy_(dst, src)
-            else:
-                torch._foreach_lerp_(dst, src, tau)  # dst + tau (src - dst)
+    def _update_targets(self, ks: list[int]) -> None:
+        """``Qtarg <- tau Q + (1 - tau) Qtarg`` on members ``ks``' rows (tau = 1: a copy)."""
+        tau, K = self.algo.tau, self.K
+        src, dst = self.q_net.flat.data, self.q_target.flat.data
+        if len(ks) == K:
+            dst.copy_(src) if tau == 1.0 else dst.lerp_(src, tau)  # dst + tau (src - dst)
+            return
+        rows = torch.tensor(ks + [k + K for k in ks], device=src.device)
+        new = src[rows] if tau == 1.0 else dst[rows].lerp_(src[rows], tau)
+        dst[rows] = new
 
-    def _grad_norm(self, params: list[torch.Tensor]) -> torch.Tensor:
+    def _clip_coefficients(self, norms: torch.Tensor) -> torch.Tensor:
+        """clip_grad_norm_'s rule per member: scale by max_norm / (norm + 1e-6) when below 1."""
         max_norm = self.algo.max_grad_norm if self.algo.max_grad_norm > 0 else math.inf
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return torch.nan_to_num((max_norm / (norms + 1e-6)).clamp(max=1.0), nan=0.0)
 
-    def _gradient_step(self, want_stats: bool) -> dict[str, float] | None:
-        a, m = self.algo, self.members[0]
-        batch = self.buffer.sample(a.batch_size, m.perm_gen)
-        beta, alpha, temperature = m.beta_coef.value, m.alpha, m.temperature_coef.value
-        where = f"gradient step {self.gradient_steps_done + 1}"
+    def _gradient_step(self, want_stats: bool | Sequence[int] = False,
+                       active: Sequence[int] | None = None) -> dict[int, dict[str, float]]:
+        """One gradient step of the members ``active`` (default all): critic step, then actor step
+        against the updated critics, then the coefficients. ``want_stats``: True or the members
+        whose metrics to return ({member: metrics})."""
+        a, K, A = self.algo, self.K, self.n_actions
+        B = a.batch_size
+        ks = list(range(K)) if active is None else [k for k in active]
+        want = set(ks) if want_stats is True else set(want_stats or ())
+        gens = [m.perm_gen if k in ks else None for k, m in enumerate(self.members)]
+        batch = self.buffer.sample(B, gens)
+        where = self._where()
+        obs = batch.obs.view(K, B, *batch.obs.shape[1:])
+        obs2 = torch.cat([obs, obs])
+        masks = None if batch.masks is None else batch.masks.view(K, B, A)
+
         # critic
-        try:
-            target = self.critic_target(batch)
-        except ValueError:
-            self._diverge(0, f"non-finite target Q values or logits ({where})")
-            return None
-        q1_all, q2_all = self.q1(batch.obs), self.q2(batch.obs)
-        act = batch.actions.unsqueeze(1)
-        q1_a, q2_a = q1_all.gather(1, act).squeeze(1), q2_all.gather(1, act).squeeze(1)
-        q_loss = F.mse_loss(q1_a, target) + F.mse_loss(q2_a, target)
-        self.q_optimizer.zero_grad(set_to_none=False)
-        q_loss.backward()
-        q_norm = self._grad_norm(self.q_params)
-        # one device sync for both numbers
-        if not all(map(math.isfinite, torch.stack([q_loss.detach(), q_norm]).tolist())):
-            self._diverge(0, f"non-finite critic loss or gradient ({where}); the step was not applied")
-            return None
-        self.q_optimizer.step()
+        target = self.critic_target(batch, ks).view(K, B)
+        if not ks:
+            return {}
+        q_all = self.q_net(obs2)  # (2K, B, A)
+        act = batch.actions.view(K, B, 1).repeat(2, 1, 1)
+        q_a = q_all.gather(2, act).squeeze(2)  # (2K, B): Q_1 rows, then Q_2 rows
+        rows_loss = (q_a - target.repeat(2, 1)).square().mean(1)
+        q_loss = rows_loss[:K] + rows_loss[K:]  # each member's L_Q
+        sel = torch.tensor(ks + [k + K for k in ks], device=self.device)
+        self.q_net.flat.grad.zero_()
+        (rows_loss.sum() if len(ks) == K else rows_loss.index_select(0, sel).sum()).backward()
+        grad = self.q_net.flat.grad
+        row_sq = row_norms(grad).square()
+        q_norm = (row_sq[:K] + row_sq[K:]).sqrt()
+        checks = torch.stack([q_loss.detach(), q_norm]).tolist()  # one sync for both
+        for k in list(ks):
+            if not (math.isfinite(checks[0][k]) and math.isfinite(checks[1][k])):
+                self._diverge(k, f"non-finite critic loss or gradient ({where}); the step was not applied")
+                ks.remove(k)
+        on = torch.zeros(K, dtype=torch.bool)
+        on[ks] = True
+        if not ks:
+            return {}
+        grad.mul_(self._clip_coefficients(q_norm).repeat(2).unsqueeze(1))
+        self.q_optimizer.step(self._q_lr, on.repeat(2))
+
         # actor, against the critics just updated (CleanRL's order), held fixed
-        obs_masks = batch.masks
-        logits = self.actor.logits(batch.obs)
+        logits = self.net.logits(obs)
         with torch.no_grad():
-            q_pi = torch.minimum(self.q1(batch.obs), self.q2(batch.obs))
-        try:
-            out = ops.soft_policy_loss(logits, q_pi, beta, alpha, temperature, obs_masks)
-        except ValueError:
-            self._diverge(0, f"non-finite logits or Q values in the actor loss ({where})")
-            return None
-        self.actor_optimizer.zero_grad(set_to_none=False)
-        out.loss.backward()
-        actor_norm = self._grad_norm(self.actor_params)
-        actor_loss, actor_norm_f, H_mean = torch.stack(
-            [out.loss.detach().float(), actor_norm.float(), out.entropy.float().mean()]).tolist()
-        if not (math.isfinite(actor_loss) and math.isfinite(actor_norm_f)):
-            self._diverge(0, f"non-finite actor loss or gradient ({where}); the step was not applied")
-            return None
-        self.actor_optimizer.step()
-        self.gradient_steps_done += 1
+            q_now = self.q_net(obs2)
+            q_pi = torch.minimum(q_now[:K], q_now[K:])
+        outs = self._per_group(_soft_policy_loss, logits, [q_pi, masks], ks, B,
+                               "logits or Q values in the actor loss", where)
+        if not ks:
+            return {}
+        self.net.flat.grad.zero_()
+        total = sum(out.loss * len(g) for g, out in outs.items())  # each member's own mean loss
+        total.backward()
+        agrad = self.net.flat.grad
+        actor_norm = row_norms(agrad)
+        H = torch.empty(K, B, device=self.device)
+        member_loss = torch.empty(K, device=self.device)
+        for g, out in outs.items():
+            H[list(g)] = out.entropy.view(len(g), B).float()
+            member_loss[list(g)] = out.loss_rows.view(len(g), B).float().mean(1)
+        H_mean = H.mean(1)
+        checks = torch.stack([member_loss, actor_norm.float(), H_mean]).tolist()
+        for k in list(ks):
+            if not (math.isfinite(checks[0][k]) and math.isfinite(checks[1][k])):
+                self._diverge(k, f"non-finite actor loss or gradient ({where}); the step was not applied")
+                ks.remove(k)
+        if not ks:
+            return {}
+        on = torch.zeros(K, dtype=torch.bool)
+        on[ks] = True
+        agrad.mul_(self._clip_coefficients(actor_norm).unsqueeze(1))
+        self.actor_optimizer.step(self._actor_lr, on)
+        self.gradient_steps[ks] += 1
+
         # the coefficients: a schedule's value at this env step, or one dual step on this batch
-        max_entropy = self._max_entropy(obs_masks)
-        m.last_entropy = (H_mean, max_entropy)
-        tuned = next((c for c in (m.beta_coef, m.temperature_coef) if c.adaptive), None)
-        m.beta_coef.step(m.global_step, H_mean, max_entropy)
-        m.temperature_coef.step(m.global_step, H_mean, max_entropy)
-        if not want_stats:
-            return None
+        max_entropy = dict(zip(ks, self._max_entropies(masks, ks, B), strict=True))
+        stats: dict[int, dict[str, float]] = {}
+        betas = {k: self.members[k].beta_coef.value for k in ks}
+        for k in ks:
+            m = self.members[k]
+            m.last_entropy = (checks[2][k], max_entropy[k])
+            m.beta_coef.step(m.global_step, checks[2][k], max_entropy[k])
+            m.temperature_coef.step(m.global_step, checks[2][k], max_entropy[k])
+        want = [k for k in ks if k in want]
+        if not want:
+            return stats
         with torch.no_grad():
-            H = out.entropy.float()
-            q_taken = torch.cat([q1_a, q2_a]).detach()
+            q1_a, q2_a = q_a[:K].detach(), q_a[K:].detach()
+            support = torch.empty(K, device=self.device)
+            pol_sq = torch.zeros(K, device=self.device)
+            ent_sq = torch.zeros(K, device=self.device)
+            for g, out in outs.items():
+                n = len(g)
+                support[list(g)] = out.support_size.view(n, B).float().mean(1)
+                # the op's gradient is that of the mean of the g members' losses: a member's
+                # own rows, times g, are its own loss's gradient rows
+                pol_sq[list(g)] = out.grad_sq_policy.view(n, B).sum(1).float() * n * n
+                ent_sq[list(g)] = out.grad_sq_entropy.view(n, B).sum(1).float() * n * n
+            table = torch.stack([
+                q_loss.detach().float(), H.min(1).values, H.max(1).values, support, pol_sq.sqrt(),
+                ent_sq.sqrt(), q_norm.float(), torch.cat([q1_a, q2_a], 1).mean(1).float(),
+                torch.minimum(q1_a, q2_a).min(1).values.float(),
+                torch.maximum(q1_a, q2_a).max(1).values.float(),
+                target.mean(1).float()]).tolist()
+        for k in want:
+            m = self.members[k]
+            col = [row[k] for row in table]
             s = {
-                "losses/q": float(q_loss.detach()),
-                "losses/policy": actor_loss + beta * H_mean,  # -<p, q> alone
-                "entropy/mean": H_mean,
-                "entropy/min": float(H.min()),
-                "entropy/max": float(H.max()),
-                "policy/support_size": float(out.support_size.float().mean()),
-                "grad_norm/policy": float(out.grad_norm_policy),
-                "grad_norm/entropy": float(out.grad_norm_entropy),
-                "grad_norm/value": float(q_norm),
-                "grad_norm/actor": actor_norm_f,
-                "q/mean": float(q_taken.mean()),
-                "q/min": float(q_taken.min()),
-                "q/max": float(q_taken.max()),
-                "q/target": float(target.mean()),
-                "charts/learning_rate": float(a.learning_rate),
+                "losses/q": col[0],
+                "losses/policy": checks[0][k] + betas[k] * checks[2][k],  # -<p, q> alone
+                "entropy/mean": checks[2][k],
+                "entropy/min": col[1],
+                "entropy/max": col[2],
+                "policy/support_size": col[3],
+                "grad_norm/policy": col[4],
+                "grad_norm/entropy": col[5],
+                "grad_norm/value": col[6],
+                "grad_norm/actor": checks[1][k],
+                "q/mean": col[7],
+                "q/min": col[8],
+                "q/max": col[9],
+                "q/target": col[10],
+                "charts/learning_rate": m.learning_rate,
             }
+            tuned = next((c for c in (m.beta_coef, m.temperature_coef) if c.adaptive), None)
             if tuned is not None:
-                s["policy/target_entropy"] = tuned.target_fraction * max_entropy
+                s["policy/target_entropy"] = tuned.target_fraction * max_entropy[k]
             if m.temperature_coef.adaptive or m.temperature_coef.kind != "constant":
                 s["policy/temperature"] = m.temperature_coef.value
-            m.entropy_rows = H
-        return s
+            m.entropy_rows = H[k]
+            stats[k] = s
+        return stats
 
     # ------------------------------------------------------------------ checkpoints
     def member_state_dict(self, k: int = 0) -> dict[str, Any]:
-        m, (obs, mask) = self.members[0], self.buffer.current()
+        m, K, cols = self.members[k], self.K, self._cols(k)
+        obs, mask = self.buffer.current()
+
+        def host(t: torch.Tensor) -> torch.Tensor:
+            return t.to("cpu", copy=True)  # a copy: a view would save the whole replay buffer
+
         return {
             **m.state_dict(),
-            "model": self.actor.state_dict(),  # what rl-eval loads
-            "q1": self.q1.state_dict(), "q2": self.q2.state_dict(),
-            "q1_target": self.q1_target.state_dict(), "q2_target": self.q2_target.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "q_optimizer": self.q_optimizer.state_dict(),
-            "gradient_steps": self.gradient_steps_done,
-            "target_mark": self.target_mark,
+            "model": self.net.member_state_dict(k),  # what rl-eval loads
+            "q1": self.q_net.member_state_dict(k), "q2": self.q_net.member_state_dict(K + k),
+            "q1_target": self.q_target.member_state_dict(k),
+            "q2_target": self.q_target.member_state_dict(K + k),
+            "actor_optimizer": self.actor_optimizer.member_state(k),
+            "q_optimizer": {"q1": self.q_optimizer.member_state(k),
+                            "q2": self.q_optimizer.member_state(K + k)},
+            "gradient_steps": int(self.gradient_steps[k]),
+            "target_mark": int(self.target_mark[k]),
             "obs_normalization": {},
-            "env_state": {
-                "obs": obs.cpu(), "mask": None if mask is None else mask.cpu(),
-                "prev_done": torch.from_numpy(self.prev_done.copy()),
-                "ep_return": torch.from_numpy(self.ep_return.copy()),
-                "ep_length": torch.from_numpy(self.ep_length.copy()),
-            },
+            "env_state": {"obs": host(obs[cols]), "mask": None if mask is None else host(mask[cols]),
+                          **self._episode_flags(k)},
         }
 
-    def _restore(self, state: dict[str, Any]) -> bool:
-        """Loads the checkpoint; True when the replay buffer was restored too."""
-        m = self.members[0]
+    def _restore(self, k: int, state: dict[str, Any]) -> bool:
+        """Loads member k's checkpoint; True when its replay buffer was restored too."""
+        m, K = self.members[k], self.K
         try:
-            self.actor.load_state_dict(state["model"])
-            for name in ("q1", "q2", "q1_target", "q2_target"):
-                getattr(self, name).load_state_dict(state[name])
-            self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-            self.q_optimizer.load_state_dict(state["q_optimizer"])
-            self.gradient_steps_done = int(state["gradient_steps"])
-            self.target_mark = int(state["target_mark"])
+            self.net.load_member_state_dict(k, state["model"])
+            for i, name in ((k, "q1"), (K + k, "q2")):
+                self.q_net.load_member_state_dict(i, state[name])
+                self.q_target.load_member_state_dict(i, state[f"{name}_target"])
+            actor_opt, q_opt = state["actor_optimizer"], state["q_optimizer"]
+            if "param_groups" in actor_opt:  # a checkpoint of the single-run trainer (torch Adam)
+                actor_opt = _torch_adam_rows(actor_opt, 0, len(self.net.layout))
+                n = len(self.q_net.layout)
+                q_opt = {"q1": _torch_adam_rows(q_opt, 0, n), "q2": _torch_adam_rows(q_opt, n, n)}
+            self.actor_optimizer.load_member_state(k, actor_opt)
+            self.q_optimizer.load_member_state(k, q_opt["q1"])
+            self.q_optimizer.load_member_state(K + k, q_opt["q2"])
+            self.gradient_steps[k] = int(state["gradient_steps"])
+            self.target_mark[k] = int(state["target_mark"])
             m.load_state_dict(state)
         except (KeyError, TypeError) as err:
             raise ValueError(f"resume={m.resume}: the checkpoint lacks {err} (not a SAC checkpoint of "
@@ -467,7 +629,7 @@ class SACTrainer(Trainer):
         if path.is_file():
             replay = load_checkpoint(path, name="resume (replay buffer)")
             if int(replay.get("global_step", -1)) == m.global_step:
-                self.buffer.load_state_dict(replay["buffer"])
+                self.buffer.load_member_state_dict(k, replay["buffer"])
                 restored = True
             else:
                 log.warning("%s belongs to env step %s, the checkpoint to %d: not used", path,
@@ -479,31 +641,28 @@ class SACTrainer(Trainer):
         return restored
 
     def save_member(self, k: int = 0, path: str | os.PathLike | None = None) -> Path:
-        """Atomically writes the checkpoint (default ``<run_dir>/checkpoints/last.pt``), the replay
-        buffer next to it when small enough (``last.replay.pt``, written first) and, with
-        ``exact_env_resume``, the envs."""
-        m = self.members[0]
+        """Atomically writes member k's checkpoint (default ``<run_dir>/checkpoints/last.pt``), its
+        replay buffer next to it when small enough (``last.replay.pt``, written first) and, with
+        ``exact_env_resume``, its envs."""
+        m = self.members[k]
         path = Path(path) if path is not None else m.run_dir / CHECKPOINT_NAME
         rpath = replay_path(path)
-        if self.buffer.nbytes <= self.algo.checkpoint_buffer_gb * _GIB:
-            save_checkpoint(rpath, {"global_step": m.global_step, "buffer": self.buffer.state_dict()})
+        nbytes = self.buffer.nbytes / self.K
+        if nbytes <= self.algo.checkpoint_buffer_gb * _GIB:
+            save_checkpoint(rpath, {"global_step": m.global_step, "buffer": self.buffer.member_state_dict(k)})
         else:
             if rpath.is_file():
                 rpath.unlink()  # a stale buffer must not pair with this checkpoint
             log.warning("the replay buffer (%.2f GiB) is above algo.checkpoint_buffer_gb=%s: not saved; "
-                        "a resume starts with an empty buffer", self.buffer.nbytes / _GIB,
-                        self.algo.checkpoint_buffer_gb)
-        save_checkpoint(path, self.member_state_dict(0))
-        if bool(self.cfg.exact_env_resume):
-            try:
-                save_pickle(env_snapshot_path(path), self._vec())
-            except Exception as err:  # e.g. Box2D or ALE state: resume falls back to re-seeding
-                log.warning("exact_env_resume: the envs cannot be pickled (%s); a resume re-seeds them", err)
-        return path
+                        "a resume starts with an empty buffer", nbytes / _GIB, self.algo.checkpoint_buffer_gb)
+        return super().save_member(k, path)
 
     def member_network(self, k: int = 0) -> torch.nn.Module:
-        """The actor (``rl.networks.ActorCritic``; its value path is untrained)."""
-        return self.actor
+        """Member k's actor (``rl.networks.ActorCritic``; its value path is untrained), a copy."""
+        net = copy.deepcopy(self.net.members[k])
+        for p in net.parameters():
+            p.data = p.data.clone()  # its own storage, not a view of a copy of the stack
+        return net
 
     def batch(self, k: int = 0):
         raise NotImplementedError("SACTrainer has no rollout batch; sample its replay buffer")

@@ -1,10 +1,12 @@
 """K independent networks as one batched computation, and their optimizer.
 
-A population (rl/trainer.py) trains K members whose networks have the same shapes. Their
-parameters live in one ``(K, P)`` tensor, member ``k``'s in row ``k``, in the order of the member
-network's ``named_parameters`` with the critic-only parameters last (so the value term's gradient
-norm is a norm over one column range). The forward walks the member network's layers once for all
-K members:
+A population (rl/trainer.py, rl/sac.py) trains K members whose networks have the same shapes.
+Their parameters live in one ``(K, P)`` tensor, member ``k``'s in row ``k``, in the order of the
+member network's ``named_parameters`` with the critic-only parameters last (so the value term's
+gradient norm is a norm over one column range). The member networks are
+``rl.networks.ActorCritic`` (``forward`` gives logits and values; ``critic=False`` stacks the
+policy path only) or ``rl.networks.QNetwork`` (``forward`` gives the action values). The forward
+walks the member network's layers once for all K members:
 
 * ``nn.Linear``: ``torch.baddbmm`` over ``(K, B, in)`` activations and ``(K, in, out)`` weights;
 * ``nn.Conv2d``: one grouped convolution (``groups=K``) over the members' channels;
@@ -16,7 +18,10 @@ Members never share a statistic: the optimizer's moments, the gradient norm and 
 per row.
 
 ``member_state_dict(k)`` / ``load_member_state_dict(k, sd)`` read and write a member in the
-single network's own ``state_dict`` format: a member's checkpoint is an ordinary run's.
+single network's own ``state_dict`` format: a member's checkpoint is an ordinary run's. With
+``views=True`` the member networks are kept, their parameters views of their rows (``members[k]``
+is member k as a live single module). A stack with ``trainable=False`` (SAC's target critics)
+has no gradient buffer: its rows change only by writing ``flat``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from rl.networks import ActorCritic, QNetwork
 
 __all__ = ["StackedNetwork", "StackedOptimizer"]
 
@@ -49,19 +56,30 @@ def _critic_names(net: nn.Module) -> set[str]:
 
 
 class StackedNetwork(nn.Module):
-    """``K`` networks of one architecture; ``forward(obs (K, B, ...)) -> logits (K, B, A), values (K, B)``."""
+    """``K`` networks of one architecture; ``forward(obs (K, B, ...))`` gives what each network's
+    forward does, stacked: ``logits (K, B, A), values (K, B)`` (ActorCritic) or ``Q (K, B, A)``
+    (QNetwork).
 
-    def __init__(self, nets: Sequence[nn.Module]):
+    ``critic=False``: the critic-only parameters (the value path) stay out of the stack; each
+    member's own values of them are kept as built and returned by ``member_state_dict``.
+    ``views``: keep the member networks, their parameters views of their rows. ``trainable``:
+    False gives no gradient buffer (target networks).
+    """
+
+    def __init__(self, nets: Sequence[nn.Module], *, critic: bool = True, views: bool = False,
+                 trainable: bool = True):
         super().__init__()
         if not nets:
             raise ValueError("a population needs at least one member network")
         first = nets[0]
-        names = [n for n, p in first.named_parameters() if p.requires_grad]
-        critic = _critic_names(first)
-        order = [n for n in names if n not in critic] + [n for n in names if n in critic]
+        value_path = _critic_names(first)
+        names = [n for n, p in first.named_parameters()
+                 if p.requires_grad and (critic or n not in value_path)]
+        stacked_critic = value_path & set(names)
+        order = [n for n in names if n not in stacked_critic] + [n for n in names if n in stacked_critic]
         shapes = {n: p.shape for n, p in first.named_parameters()}
         for k, net in enumerate(nets[1:], 1):
-            other = {n: p.shape for n, p in net.named_parameters() if p.requires_grad}
+            other = {n: p.shape for n, p in net.named_parameters() if n in shapes and n in names}
             if other != {n: shapes[n] for n in names}:
                 raise ValueError(f"member {k}'s network differs in shape from member 0's")
         self.K = len(nets)
@@ -72,7 +90,7 @@ class StackedNetwork(nn.Module):
             self.layout[n] = (offset, offset + size, shapes[n])
             offset += size
         self.P = offset
-        critic_offsets = [self.layout[n][0] for n in order if n in critic]
+        critic_offsets = [self.layout[n][0] for n in order if n in stacked_critic]
         self.critic_columns = (min(critic_offsets), self.P) if critic_offsets else (self.P, self.P)
         dtype, device = next(first.parameters()).dtype, next(first.parameters()).device
         flat = torch.empty(self.K, self.P, dtype=dtype, device=device)
@@ -80,39 +98,55 @@ class StackedNetwork(nn.Module):
             params = dict(net.named_parameters())
             for n, (a, b, _) in self.layout.items():
                 flat[k, a:b].copy_(params[n].detach().reshape(-1))
-        self.flat = nn.Parameter(flat)
-        self.flat.grad = torch.zeros_like(flat)
+        self.flat = nn.Parameter(flat, requires_grad=trainable)
+        if trainable:
+            self.flat.grad = torch.zeros_like(flat)
+        self.trainable = trainable
+        # what is not stacked (the value path with critic=False), each member's own, as built
+        self._fixed = [{n: t.detach().cpu().clone() for n, t in net.state_dict().items()
+                        if n not in self.layout} for net in nets]
         self._dtype, self._device = dtype, device
         self.n_actions = int(getattr(first, "n_actions", 0)) or None
         self.preprocess = getattr(first, "preprocess", None)
         self._raw = bool(getattr(first, "_raw", False))
         self.shared = bool(getattr(first, "shared", False))
         self.batched = self._batchable(first)
+        self.is_q = isinstance(first, QNetwork)
+        self._critic_stacked = bool(critic)
         self._template = first
+        self.members: list[nn.Module] = []
         if self.batched:
-            self._actor = self._plan(first.actor, "actor")
-            self._critic = self._plan(first.critic, "critic")
-            self._trunk = self._plan(first.trunk, "trunk") if self.shared else ()
-            self.members: list[nn.Module] = []
-        else:
-            # Stand-in networks: each member's parameters become views of its row (data and
-            # gradient), so the optimizer and the norms act on ``flat`` as in the batched path.
+            if self.is_q:
+                self._q = self._plan(first.q, "q")
+            else:
+                self._actor = self._plan(first.actor, "actor")
+                self._critic = self._plan(first.critic, "critic") if self._critic_stacked else ()
+                self._trunk = self._plan(first.trunk, "trunk") if self.shared else ()
+        if not self.batched or views:
+            # Each member's parameters become views of its row (data and gradient): stand-in
+            # networks run member by member with the optimizer and the norms acting on ``flat``
+            # as in the batched path; ``views`` keeps live single modules of a batched stack.
             self.members = list(nets)
             for k, net in enumerate(nets):
                 params = dict(net.named_parameters())
                 for n, (a, b, shape) in self.layout.items():
                     params[n].data = self.flat.data[k, a:b].view(shape)
-                    params[n].grad = self.flat.grad[k, a:b].view(shape)
+                    if trainable:
+                        params[n].grad = self.flat.grad[k, a:b].view(shape)
+                    else:
+                        params[n].requires_grad_(False)
+        if not self.batched:
             self._members_module = nn.ModuleList(nets)
 
     # ------------------------------------------------------------------ structure
     @staticmethod
     def _batchable(net: nn.Module) -> bool:
-        from rl.networks import ActorCritic
-
-        if type(net) is not ActorCritic:
+        if type(net) is QNetwork:
+            parts = [net.q]
+        elif type(net) is ActorCritic:
+            parts = [net.actor, net.critic] + ([net.trunk] if net.shared else [])
+        else:
             return False
-        parts = [net.actor, net.critic] + ([net.trunk] if net.shared else [])
         for part in parts:
             modules = list(part) if isinstance(part, nn.Sequential) else [part]
             for m in modules:
@@ -147,9 +181,10 @@ class StackedNetwork(nn.Module):
         backward write a whole (K, P) tensor)."""
         a, b, shape = self.layout[name]
         view = view or (lambda t: t)
-        leaf = torch.empty(0, dtype=self._dtype, device=self._device, requires_grad=True)
+        leaf = torch.empty(0, dtype=self._dtype, device=self._device, requires_grad=self.trainable)
         leaf.data = view(self.flat.data[:, a:b].view(self.K, *shape))
-        leaf.grad = view(self.flat.grad[:, a:b].view(self.K, *shape))
+        if self.trainable:
+            leaf.grad = view(self.flat.grad[:, a:b].view(self.K, *shape))
         return leaf
 
     def _run(self, plan, x: torch.Tensor) -> torch.Tensor:
@@ -180,11 +215,18 @@ class StackedNetwork(nn.Module):
         return x.view(K, B, *x.shape[1:])
 
     # ------------------------------------------------------------------ forward
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(K, B, A)`` and values ``(K, B)`` for observations ``(K, B, *obs_shape)``."""
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """Logits ``(K, B, A)`` and values ``(K, B)`` for observations ``(K, B, *obs_shape)``;
+        a stack of QNetworks: the action values ``(K, B, A)``."""
+        if self.is_q:
+            if not self.batched:
+                return torch.stack([net(obs[k]) for k, net in enumerate(self.members)])
+            return self._run(self._q, self._features(obs))
         if not self.batched:
             outs = [net(obs[k]) for k, net in enumerate(self.members)]
             return torch.stack([o[0] for o in outs]), torch.stack([o[1].reshape(-1) for o in outs])
+        if not self._critic_stacked:
+            raise ValueError("this stack holds the policy path only (critic=False): call logits()")
         x = self._features(obs)
         if self.shared:
             h = self._run(self._trunk, x)
@@ -193,7 +235,7 @@ class StackedNetwork(nn.Module):
 
     def logits(self, obs: torch.Tensor) -> torch.Tensor:
         if not self.batched:
-            return self.forward(obs)[0]
+            return torch.stack([net.logits(obs[k]) for k, net in enumerate(self.members)])
         x = self._features(obs)
         if self.shared:
             x = self._run(self._trunk, x)
@@ -202,6 +244,8 @@ class StackedNetwork(nn.Module):
     def values(self, obs: torch.Tensor) -> torch.Tensor:
         if not self.batched:
             return self.forward(obs)[1]
+        if not self._critic_stacked:
+            raise ValueError("this stack holds the policy path only (critic=False): no values")
         x = self._features(obs)
         if self.shared:
             x = self._run(self._trunk, x)
@@ -211,12 +255,12 @@ class StackedNetwork(nn.Module):
     def member_state_dict(self, k: int) -> OrderedDict[str, torch.Tensor]:
         """Member ``k`` as the single network's ``state_dict`` (copies, on the CPU)."""
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
-        for name, tensor in self._template.state_dict().items():
+        for name in self._template.state_dict():
             if name in self.layout:
                 a, b, shape = self.layout[name]
                 out[name] = self.flat.detach()[k, a:b].reshape(shape).cpu().clone()
             else:
-                out[name] = tensor.detach().cpu().clone()
+                out[name] = self._fixed[k][name].clone()
         return out
 
     def load_member_state_dict(self, k: int, state: dict[str, torch.Tensor]) -> None:
@@ -230,6 +274,11 @@ class StackedNetwork(nn.Module):
                     raise ValueError(f"the checkpoint's {n} has shape {tuple(t.shape)}; "
                                      f"this network's is {tuple(shape)}")
                 self.flat[k, a:b].copy_(t.reshape(-1))
+            for n in self._fixed[k]:
+                if n in state:
+                    self._fixed[k][n] = state[n].detach().cpu().clone()
+                    if self.members:
+                        self.members[k].state_dict()[n].copy_(state[n])
 
 
 class StackedOptimizer:

@@ -196,9 +196,58 @@ class Trainer:
                  resume: str | None = None, *, members: Sequence[Any] | None = None,
                  make_envs: Callable | None = None, make_network: Callable | None = None,
                  callbacks: Sequence[Callback] = ()):
+        checked, states = self._setup_members(cfg, run_dir, resume, members)
+        if make_network is None:
+            from rl.networks import ActorCritic as make_network
+        info = self._setup_envs(checked[0].env, make_envs)
+
+        # Networks: member k initialized from its own seed, exactly as a single run would be.
+        net = checked[0].network
+        nets = []
+        for m in self.members:
+            torch.manual_seed(m.seed)
+            nets.append(make_network(info.observation_space, self.n_actions,
+                                     hidden_sizes=net.hidden_sizes, activation=net.activation,
+                                     shared=net.shared, network=net.network).to(self.device))
+        self.net = StackedNetwork(nets)
+        # Actor-only logits per rollout step, values batched after it: worth it when the critic
+        # is a network of its own (a shared trunk would run twice).
+        self._split_forward = self.net.batched and not self.net.shared
+        a = self.algo
+        self.optimizer = StackedOptimizer(a.optimizer, self.net.flat, adam_eps=a.adam_eps,
+                                          rmsprop_alpha=a.rmsprop_alpha, rmsprop_eps=a.rmsprop_eps)
+
+        # Restore what precedes the first reset: normalization statistics (the first observation
+        # must be normalized with the saved ones), counters, RNG states, network, optimizer.
+        for k, state in enumerate(states):
+            if state is not None:
+                self._restore(k, state)
+        obs, infos = self._reset(states)
+        mask = self._action_mask_from(obs, infos)
+        obs = np.asarray(self._policy_obs(obs))
+        obs_dtype = torch.uint8 if obs.dtype == np.uint8 else torch.float32
+        self.buffer = RolloutBuffer(a.n_steps, self.K * self.N, obs.shape[1:], obs_dtype,
+                                    self.n_actions, mask is not None, self.device)
+        self.buffer.obs[0].copy_(torch.from_numpy(obs))
+        if mask is not None:
+            self.buffer.masks[0].copy_(torch.from_numpy(np.asarray(mask, dtype=bool)))
+        self.prev_done = np.zeros(self.K * self.N, dtype=bool)
+        self.ep_return = np.zeros(self.K * self.N, dtype=np.float64)
+        self.ep_length = np.zeros(self.K * self.N, dtype=np.int64)
+        for k, state in enumerate(states):
+            if state is not None and self._exact_snapshot(k, state) is not None:
+                self._restore_env_state(k, state["env_state"])
+        self._setup_callbacks(callbacks)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _setup_members(self, cfg: Any, run_dir: str | os.PathLike | None, resume: str | None,
+                       members: Sequence[Any] | None) -> tuple[list[Any], list[dict | None]]:
+        """The members (`MemberRun`, own seeds and RNG streams), the shared settings (``cfg``,
+        ``algo``, ``K``, ``N``, ``device``); returns the checked configs and the resume states."""
+        name = type(self).__name__
         if members is None:
             if cfg is None or run_dir is None:
-                raise ValueError("Trainer needs a config and a run directory, or members")
+                raise ValueError(f"{name} needs a config and a run directory, or members")
             from rl.population import Member
 
             members = [Member(cfg, Path(run_dir), resume if resume is not None else cfg.resume)]
@@ -225,16 +274,6 @@ class Trainer:
         self.device = resolve_device(str(cfg0.device))
         torch.set_num_threads(cfg0.threads)
         states = [load_checkpoint(m.resume, name="resume") if m.resume else None for m in members]
-
-        if make_envs is None or make_network is None:
-            from rl import envs as _envs  # noqa: F401 -- import errors surface here, before training
-        if make_envs is None:
-            from rl.envs import make_envs
-        if make_network is None:
-            from rl.networks import ActorCritic as make_network
-        from rl.envs import action_mask_from, env_info, policy_obs
-
-        self._action_mask_from, self._policy_obs = action_mask_from, policy_obs
         self.members: list[MemberRun] = []
         for m, c in zip(members, checked, strict=True):
             seed = int(m.cfg.seed)
@@ -250,12 +289,23 @@ class Trainer:
                 sample_gen=torch.Generator(device=self.device).manual_seed(seed),
                 perm_gen=torch.Generator().manual_seed(seed + 1),
             ))
+        self._stop_requested: str | None = None
+        self._t_start = time.perf_counter()
+        self._wall_before = [0.0] * self.K
+        return checked, states
 
-        # Envs: one vector env of K x N, or one per member when a wrapper keeps statistics.
-        env_s, gamma = checked[0].env, float(self.algo.gamma)
+    def _setup_envs(self, env_s: Any, make_envs: Callable | None):
+        """Envs: one vector env of K x N, or one per member when a wrapper keeps statistics or
+        the envs are pickled at checkpoints. Returns the envs' ``rl.envs.EnvInfo``."""
+        if make_envs is None:
+            from rl.envs import make_envs
+        from rl.envs import action_mask_from, env_info, policy_obs
+
+        self._action_mask_from, self._policy_obs = action_mask_from, policy_obs
+        gamma = float(self.algo.gamma)
         self.env_settings = env_s
         self.per_member_envs = bool(env_s.normalize_obs or env_s.normalize_reward
-                                    or cfg0.exact_env_resume)
+                                    or self.cfg.exact_env_resume)
         np.random.seed(self.members[0].seed)
         if self.per_member_envs:
             self.envs = MemberEnvs([make_envs(env_s, self.N, m.seed, gamma=gamma) for m in self.members])
@@ -265,59 +315,24 @@ class Trainer:
             info = env_info(self.envs)  # refuses a non-Discrete action space
         mode = self.envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
         if mode != gym.vector.AutoresetMode.NEXT_STEP:
+            self.envs.close()
             raise ValueError(f"env autoreset_mode={mode} is not supported; the trainer needs "
                              "AutoresetMode.NEXT_STEP (Gymnasium's default)")
         self.n_actions = info.n_actions
+        return info
 
-        # Networks: member k initialized from its own seed, exactly as a single run would be.
-        net = checked[0].network
-        nets = []
-        for m in self.members:
-            torch.manual_seed(m.seed)
-            nets.append(make_network(info.observation_space, self.n_actions,
-                                     hidden_sizes=net.hidden_sizes, activation=net.activation,
-                                     shared=net.shared, network=net.network).to(self.device))
-        self.net = StackedNetwork(nets)
-        # Actor-only logits per rollout step, values batched after it: worth it when the critic
-        # is a network of its own (a shared trunk would run twice).
-        self._split_forward = self.net.batched and not self.net.shared
-        a = self.algo
-        self.optimizer = StackedOptimizer(a.optimizer, self.net.flat, adam_eps=a.adam_eps,
-                                          rmsprop_alpha=a.rmsprop_alpha, rmsprop_eps=a.rmsprop_eps)
-        self._stop_requested: str | None = None
-        self._t_start = time.perf_counter()
-        self._wall_before = [0.0] * self.K
-
-        # Restore what precedes the first reset: normalization statistics (the first observation
-        # must be normalized with the saved ones), counters, RNG states, network, optimizer.
-        for k, state in enumerate(states):
-            if state is not None:
-                self._restore(k, state)
-        obs, infos = self._reset(states)
-        mask = self._action_mask_from(obs, infos)
-        obs = np.asarray(self._policy_obs(obs))
-        obs_dtype = torch.uint8 if obs.dtype == np.uint8 else torch.float32
-        self.buffer = RolloutBuffer(a.n_steps, self.K * self.N, obs.shape[1:], obs_dtype,
-                                    self.n_actions, mask is not None, self.device)
-        self.buffer.obs[0].copy_(torch.from_numpy(obs))
-        if mask is not None:
-            self.buffer.masks[0].copy_(torch.from_numpy(np.asarray(mask, dtype=bool)))
-        self.prev_done = np.zeros(self.K * self.N, dtype=bool)
-        self.ep_return = np.zeros(self.K * self.N, dtype=np.float64)
-        self.ep_length = np.zeros(self.K * self.N, dtype=np.int64)
-        for k, state in enumerate(states):
-            if state is not None and self._exact_snapshot(k, state) is not None:
-                self._restore_env_state(k, state["env_state"])
+    def _setup_callbacks(self, callbacks: Sequence[Callback]) -> None:
+        """The trainer's own callbacks (evaluation, TensorBoard, checkpoints, progress), then
+        ``callbacks``."""
         from rl.evaluation import make_eval_callback
 
-        evaluation = make_eval_callback(cfg0)  # first: its returns join the update's scalars
+        evaluation = make_eval_callback(self.cfg)  # first: its returns join the update's scalars
         self.callbacks: list[Callback] = [c for c in (evaluation,) if c is not None]
         self.callbacks += [TensorBoardCallback(), CheckpointCallback()]
-        if bool(cfg0.progress):
+        if bool(self.cfg.progress):
             self.callbacks.append(ProgressCallback())
         self.callbacks.extend(callbacks)
 
-    # ------------------------------------------------------------------ construction helpers
     def _population_seed(self) -> int:
         """The seed of the shared vector env: the run's seed for one member (a single run's
         envs are seeded exactly as before), else one drawn from all members' seeds."""
@@ -376,9 +391,7 @@ class Trainer:
             "env_state": {
                 "obs": buf.obs[0, cols].cpu(),
                 "mask": None if buf.masks is None else buf.masks[0, cols].cpu(),
-                "prev_done": torch.from_numpy(self.prev_done[cols].copy()),
-                "ep_return": torch.from_numpy(self.ep_return[cols].copy()),
-                "ep_length": torch.from_numpy(self.ep_length[cols].copy()),
+                **self._episode_flags(k),
             },
         }
 
@@ -404,6 +417,17 @@ class Trainer:
         buf.obs[0, cols].copy_(env_state["obs"])
         if buf.masks is not None and env_state["mask"] is not None:
             buf.masks[0, cols].copy_(env_state["mask"])
+        self._restore_episode_flags(k, env_state)
+
+    def _episode_flags(self, k: int) -> dict[str, torch.Tensor]:
+        """Member k's part of the envs' episode flags (a checkpoint's ``env_state``)."""
+        cols = self._cols(k)
+        return {"prev_done": torch.from_numpy(self.prev_done[cols].copy()),
+                "ep_return": torch.from_numpy(self.ep_return[cols].copy()),
+                "ep_length": torch.from_numpy(self.ep_length[cols].copy())}
+
+    def _restore_episode_flags(self, k: int, env_state: dict[str, Any]) -> None:
+        cols = self._cols(k)
         self.prev_done[cols] = env_state["prev_done"].numpy()
         self.ep_return[cols] = env_state["ep_return"].numpy()
         self.ep_length[cols] = env_state["ep_length"].numpy()

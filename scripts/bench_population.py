@@ -14,12 +14,17 @@ Three measurements (each writes its part of one JSON, machine and library versio
             project (``--before SRC``, e.g. a ``git worktree`` of the commit before populations),
             seeds interleaved: env steps and seconds to solve, process wall time.
 ``sps``     env steps per second of populations of 1, 4, 16 and 64 members (every member its
-            own seed) on CartPole and on MinAtar Breakout: where the gain saturates.
+            own seed) on CartPole and on MinAtar Breakout: where the gain saturates. Overrides
+            after ``--`` pick the algo (``algo=sac``: the CartPole SAC preset). With ``--before
+            SRC`` the same populations also run on another source tree (e.g. ``git archive`` of
+            the commit before SAC populations, whose train_population trained SAC runs one after
+            another), each measurement in a fresh process.
 
     .venv/bin/python scripts/bench_population.py sweep
     .venv/bin/python scripts/bench_population.py single --before /tmp/before --seeds 5
     .venv/bin/python scripts/bench_population.py sps --members 1 4 16 64
     .venv/bin/python scripts/bench_population.py sps --env minatar_breakout --steps 20000
+    .venv/bin/python scripts/bench_population.py sps --members 1 4 16 --before /tmp/before -- algo=sac
 
 Timings on a shared machine are noisy: compare numbers of one run of this script, not across
 files. Results: benchmarks/results/population_<date>.json (and .csv for the sweep).
@@ -173,29 +178,53 @@ def run_single(args) -> dict:
 
 
 # --------------------------------------------------------------------------------------- sps
+_SPS_ONCE = """
+import json, sys, tempfile, time
+from pathlib import Path
+import torch
+from hydra import compose, initialize_config_dir
+from rl.population import Member, train_population
+from rl.train import CONF_DIR
+
+env, k, steps, overrides = json.loads(sys.argv[1])
+torch.set_num_threads(1)
+with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(CONF_DIR, version_base=None):
+    members = [Member(compose("config", [f"env={env}", f"seed={i}", f"total_steps={steps}", "progress=false",
+                                         "checkpoint_interval=0", "histogram_interval=0", "eval.episodes=0",
+                                         *overrides]), Path(tmp) / str(i)) for i in range(k)]
+    t0 = time.perf_counter()
+    summaries = train_population(members)
+    wall = time.perf_counter() - t0
+print(json.dumps({"wall_s": wall, "env_steps": sum(s["steps"] for s in summaries),
+                  "population_size": [s["population_size"] for s in summaries]}))
+"""
+
+
+def _sps_once(src: Path, env: str, k: int, steps: int, overrides: list[str]) -> dict:
+    """One population of ``k`` members trained by the source tree ``src`` in a fresh process."""
+    proc = subprocess.run([sys.executable, "-c", _SPS_ONCE, json.dumps([env, k, steps, overrides])],
+                          cwd=src, env={**os.environ, "PYTHONPATH": str(src)}, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{src}: K={k} failed:\n{proc.stderr[-3000:]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r.update(sps=r["env_steps"] / r["wall_s"], sps_per_member=r["env_steps"] / r["wall_s"] / k)
+    return r
+
+
 def run_sps(args) -> dict:
-    import torch
-    from hydra import compose, initialize_config_dir
-
-    from rl.population import Member, train_population
-    from rl.train import CONF_DIR
-
-    torch.set_num_threads(1)
     out = {"env": args.env, "steps_per_member": args.steps, "overrides": args.overrides, "by_members": {}}
+    trees = {"this": ROOT} | ({"before": args.before.resolve()} if args.before else {})
+    if args.before:
+        out["before"] = str(args.before)
+        out["by_members_before"] = {}
     for k in args.members:
-        with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(CONF_DIR, version_base=None):
-            members = [Member(compose("config", [f"env={args.env}", f"seed={i}", f"total_steps={args.steps}",
-                                                 "progress=false", "checkpoint_interval=0",
-                                                 "histogram_interval=0", "eval.episodes=0",
-                                                 *args.overrides]), Path(tmp) / str(i))
-                       for i in range(k)]
-            t0 = time.perf_counter()
-            summaries = train_population(members)
-            wall = time.perf_counter() - t0
-        steps = sum(s["steps"] for s in summaries)
-        out["by_members"][str(k)] = {"wall_s": wall, "env_steps": steps, "sps": steps / wall,
-                                     "sps_per_member": steps / wall / k}
-        print(f"{args.env} K={k}: {steps / wall:,.0f} SPS ({wall:.1f} s)", flush=True)
+        for name, src in trees.items():  # interleaved, so a load change hits both alike
+            if name == "before" and args.before_members and k not in args.before_members:
+                continue
+            r = _sps_once(src, args.env, k, args.steps, args.overrides)
+            out["by_members" if name == "this" else "by_members_before"][str(k)] = r
+            print(f"{args.env} {name} K={k}: {r['sps']:,.0f} SPS ({r['wall_s']:.1f} s; population sizes "
+                  f"{sorted(set(r['population_size']))})", flush=True)
     return out
 
 
@@ -217,6 +246,9 @@ def main() -> None:
     p.add_argument("--env", default="cartpole")
     p.add_argument("--members", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--steps", type=int, default=20_000, help="env steps per member")
+    p.add_argument("--before", type=Path, default=None, help="another source tree to run the same on")
+    p.add_argument("--before-members", type=int, nargs="*", default=None,
+                   help="population sizes to run on --before (default: all of --members)")
     p.add_argument("overrides", nargs="*")
     for q in (s, g, p):
         q.add_argument("--out", type=Path, default=default_out)
@@ -229,7 +261,8 @@ def main() -> None:
     elif args.what == "single":
         data["single"] = run_single(args)
     else:
-        data.setdefault("sps", {})[args.env] = run_sps(args)
+        key = args.env + "".join(f" {o}" for o in args.overrides if o.startswith("algo="))
+        data.setdefault("sps", {})[key] = run_sps(args)
     _save(args.out, data)
     print(f"wrote {args.out}")
 

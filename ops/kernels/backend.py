@@ -93,16 +93,17 @@ def soft(*, inp: SoftInput, max_block_v=None) -> LossRows:
     rows = inp.rows
     _check_launchable(rows.logits)
     m = rows.mapping
+    f32 = torch.float32
     loss, H, support, row_max, grad, grad_sq = _soft_loss_forward(
-        rows.logits, rows.mask, inp.q_values, inp.row_scale.to(torch.float32), inp.beta,
+        rows.logits, rows.mask, inp.q_values, inp.row_scale.to(f32),
+        inp.beta.to(f32) if isinstance(inp.beta, torch.Tensor) else inp.beta,
         m.alpha, m.temperature, inp.need_grad, int(m.algorithm), m.newton,
         max_block_v=max_block_v)
     check_row_max(row_max)
-    if inp.need_grad:
-        pol_sq, ent_sq = grad_sq[:, 0].sum(), grad_sq[:, 1].sum()
-    else:
-        pol_sq = torch.zeros((), dtype=torch.float32, device=rows.logits.device)
-        ent_sq = pol_sq.clone()
+    pol_sq = ent_sq = None
+    if inp.need_grad and inp.need_norms:
+        # the kernel's per-row squared norms (free); the columns as (N,) tensors of their own
+        pol_sq, ent_sq = grad_sq.t().contiguous()
     return LossRows(loss, H, None, support, grad, pol_sq, ent_sq)
 
 

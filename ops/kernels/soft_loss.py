@@ -1,5 +1,7 @@
 """The soft actor loss: rows ``l = -<p, q> - beta H``, statistics and the closed-form gradient.
 
+``beta`` one float or (ROW_BETA) one value per row.
+
 One launch computes, per row, the mapping's statistics, ``<p, q>`` (and ``<s_hat, q>`` for
 alpha > 1) in one pass over the logits and the action values, the loss row (``-l`` is the soft
 state value, ``ops.soft_value``) and, when asked, the gradient of ``sum_i row_scale_i l_i``
@@ -33,18 +35,19 @@ def _load_q(q_ptr, row_off, row_ok, cols, V, x):
 
 @triton.jit
 def _soft_loss_forward_kernel(
-    logits_ptr, mask_ptr, q_ptr, row_scale_ptr, grad_ptr, loss_ptr, entropy_ptr, support_ptr,
-    row_max_ptr, grad_sq_ptr, iters_ptr,
+    logits_ptr, mask_ptr, q_ptr, row_scale_ptr, beta_ptr, grad_ptr, loss_ptr, entropy_ptr,
+    support_ptr, row_max_ptr, grad_sq_ptr, iters_ptr,
     N, V, stride_row, beta, alpha, am1, y_scale, temperature,
     MAPPING: tl.constexpr, NEWTON: tl.constexpr, HAS_MASK: tl.constexpr,
-    NEED_GRAD: tl.constexpr, SINGLE: tl.constexpr, BLOCK_N: tl.constexpr,
+    NEED_GRAD: tl.constexpr, ROW_BETA: tl.constexpr, SINGLE: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr, MAX_ITERS: tl.constexpr, DEBUG: tl.constexpr,
 ):
     """Loss rows, per-row statistics and (NEED_GRAD) the gradient for BLOCK_N rows.
 
     Pointers (row-major, ``stride_row`` elements between rows): logits_ptr (N, V)
       fp16/bf16/fp32 raw logits; mask_ptr (N, V) uint8 (1 = allowed) if HAS_MASK; q_ptr (N, V)
-      action values (any float dtype, same layout); row_scale_ptr (N,) fp32; grad_ptr (N, V)
+      action values (any float dtype, same layout); row_scale_ptr (N,) fp32; beta_ptr (N,) fp32
+      per-row beta if ROW_BETA (else the scalar ``beta``; the pointer is unused); grad_ptr (N, V)
       logits' dtype. Outputs (N,): loss, entropy, row_max fp32; support int32; grad_sq_ptr
       (N, 2) fp32 per-row squared norms of the policy and entropy parts of the gradient;
       iters_ptr (N,) int32 if DEBUG.
@@ -83,7 +86,11 @@ def _soft_loss_forward_kernel(
         u += tl.sum(w * q, axis=1)
 
     # 4. loss rows: -(value + beta H)
-    tl.store(loss_ptr + rows, -(value + beta * H), mask=row_ok)
+    if ROW_BETA:
+        b = tl.load(beta_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    else:
+        b = beta
+    tl.store(loss_ptr + rows, -(value + b * H), mask=row_ok)
     tl.store(entropy_ptr + rows, H, mask=row_ok)
     tl.store(support_ptr + rows, support, mask=row_ok)
     tl.store(row_max_ptr + rows, row_max, mask=row_ok)
@@ -101,7 +108,7 @@ def _soft_loss_forward_kernel(
         else:
             c = Tq / tl.exp2((2.0 - alpha) * tl.log2(S))
         pol_c = -c * scale
-        ent_c = beta * scale
+        ent_c = b * scale
         pol_sq = tl.zeros([BLOCK_N], tl.float32)
         ent_sq = tl.zeros([BLOCK_N], tl.float32)
         for start in range(0, V, BLOCK_V):
@@ -129,8 +136,10 @@ def _soft_loss_forward_kernel(
 def _soft_loss_forward(logits, mask, q_values, row_scale, beta, alpha, temperature, need_grad,
                        mapping, newton, max_block_v=None, max_iters=64):
     """Launches the kernel; returns ``(loss_rows, entropy, support, row_max, grad, grad_sq)``
-    (grad and grad_sq None without need_grad)."""
+    (grad and grad_sq None without need_grad). ``beta``: a float, or a contiguous (N,) fp32
+    tensor (the ROW_BETA variant)."""
     N, V = logits.shape
+    row_beta = isinstance(beta, torch.Tensor)
     dev = logits.device
     f32 = dict(dtype=torch.float32, device=dev)
     # uninitialised: the kernel writes every element (tests poison these buffers to check)
@@ -140,18 +149,18 @@ def _soft_loss_forward(logits, mask, q_values, row_scale, beta, alpha, temperatu
     support = _rows.empty(N, dtype=torch.int32, device=dev)
     grad_sq = _rows.empty((N, 2), **f32) if need_grad else loss
     grad = _rows.empty(logits.shape, dtype=logits.dtype, device=dev) if need_grad else None
-    _rows.check_layout(logits, mask, q_values, grad, row_scale)
+    _rows.check_layout(logits, mask, q_values, grad, row_scale, beta if row_beta else None)
     iters = _rows.iteration_buffer(N, mapping, dev)
     cfg = launch_config(N, V, dev, max_block_v)
     _rows.launch(
         _soft_loss_forward_kernel, (triton.cdiv(N, cfg["BLOCK_N"]),),
         logits, mask.view(torch.uint8) if mask is not None else logits, q_values, row_scale,
-        grad if need_grad else logits, loss, H, support, row_max, grad_sq,
-        loss if iters is None else iters,
-        N, V, logits.stride(0), float(beta), float(alpha),
+        beta if row_beta else row_scale, grad if need_grad else logits, loss, H, support,
+        row_max, grad_sq, loss if iters is None else iters,
+        N, V, logits.stride(0), 0.0 if row_beta else float(beta), float(alpha),
         *_rows.frame_scalars(alpha, temperature), float(temperature),
         MAPPING=mapping, NEWTON=newton, HAS_MASK=mask is not None, NEED_GRAD=need_grad,
-        SINGLE=cfg["SINGLE"], BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"],
+        ROW_BETA=row_beta, SINGLE=cfg["SINGLE"], BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"],
         MAX_ITERS=max_iters, DEBUG=iters is not None, num_warps=cfg["num_warps"],
     )
     _rows.record("soft", alpha, N, V, iters)

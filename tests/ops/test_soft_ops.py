@@ -87,6 +87,72 @@ def test_gradient_norms_are_the_two_terms(alpha):
         torch.testing.assert_close(getattr(full, name), leaf.grad.norm(), atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_row_beta_is_the_formula_with_a_coefficient_per_row(alpha):
+    """A per-row beta (a population's members in one call): loss, gradient, loss rows, soft
+    values and the two terms' per-row squared gradient norms against autograd through the plain
+    formula ``mean_w(-<p_i, q_i> - beta_i H_i)`` in float64; one member's own gradient norm is
+    its rows' share (the LossOutput docstring)."""
+    z, q, mask, w = draw_case(("row-beta", alpha), (2, 3, 7), alpha, 0.8, masked=True)
+    beta = torch.tensor([[0.05], [0.6]], dtype=torch.float64).expand(2, 3).clone()
+    beta[1, 2] = 0.0
+    leaf = z.clone().requires_grad_()
+    out = ops.soft_policy_loss(leaf, q, beta=beta, alpha=alpha, temperature=0.8, mask=mask, weights=w)
+    out.loss.backward()
+    ref = z.clone().requires_grad_()
+    plain_loss(ref, q, beta, alpha, 0.8, mask, w).backward()
+    torch.testing.assert_close(leaf.grad, ref.grad, atol=1e-12, rtol=1e-10)
+    p = composite_probs(z, alpha, 0.8, mask)
+    qq = q.masked_fill(~mask, 0.0)
+    rows = -(p * qq).sum(-1) - beta * entropy_of_probs(p, alpha)
+    torch.testing.assert_close(out.loss_rows, rows, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(out.loss, (rows * w).sum() / w.sum(), atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(ops.soft_value(z, q, beta=beta, alpha=alpha, temperature=0.8, mask=mask),
+                               -rows, atol=1e-12, rtol=1e-10)
+    for name, qq_, b in (("policy", q, 0.0), ("entropy", torch.zeros_like(q), beta)):
+        term = z.clone().requires_grad_()
+        plain_loss(term, qq_, b, alpha, 0.8, mask, w).backward()
+        torch.testing.assert_close(getattr(out, f"grad_sq_{name}"), term.grad.square().sum(-1),
+                                   atol=1e-14, rtol=1e-10)
+        torch.testing.assert_close(getattr(out, f"grad_norm_{name}"), term.grad.norm(), atol=1e-12,
+                                   rtol=1e-10)
+    assert float(out.grad_sq_entropy[1, 2]) == 0.0 and float(out.grad_sq_entropy[1, :2].sum()) > 0
+    for k in range(2):  # member k alone, its float beta
+        alone = z[k].clone().requires_grad_()
+        own = ops.soft_policy_loss(alone, q[k], beta=float(beta[k, 0]) if k == 0 else beta[k],
+                                   alpha=alpha, temperature=0.8, mask=mask[k], weights=w[k])
+        torch.testing.assert_close((out.loss_rows[k] * w[k]).sum() / w[k].sum(), own.loss.detach(),
+                                   atol=1e-12, rtol=1e-10)
+        rescale = w.sum() / w[k].sum()
+        torch.testing.assert_close(out.grad_sq_policy[k].sum().sqrt() * rescale, own.grad_norm_policy,
+                                   atol=1e-12, rtol=1e-10)
+    # a float beta and a constant tensor are the same op
+    a = ops.soft_policy_loss(z.clone().requires_grad_(), q, beta=0.3, alpha=alpha, mask=mask, weights=w)
+    b = ops.soft_policy_loss(z.clone().requires_grad_(), q, beta=torch.full((2, 3), 0.3, dtype=torch.float64),
+                             alpha=alpha, mask=mask, weights=w)
+    for field in ("loss", "loss_rows", "grad_sq_policy", "grad_sq_entropy"):
+        torch.testing.assert_close(getattr(a, field), getattr(b, field), atol=1e-14, rtol=1e-12)
+    without = ops.soft_policy_loss(z.clone().requires_grad_(), q, beta=beta, alpha=alpha, mask=mask,
+                                   grad_norms=False)
+    assert without.grad_sq_policy is None and float(without.grad_norm_policy) == 0.0
+
+
+@pytest.mark.parametrize("op", ["loss", "value"])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_bad_row_beta_is_named(monkeypatch, op, backend):
+    monkeypatch.setenv("ENTROPY_RL_OPS_BACKEND", backend)
+    z, q = torch.randn(6, 5), torch.randn(6, 5)
+    fn = ops.soft_policy_loss if op == "loss" else ops.soft_value
+    cases = ((3, -0.1, "negative"), (4, float("nan"), "non-finite"), (0, float("inf"), "non-finite"))
+    for i, bad, what in cases:
+        beta = torch.full((6,), 0.2)
+        beta[i] = bad
+        with pytest.raises(ValueError, match=rf"beta has a {what} entry .* at row {i}"):
+            fn(z.clone().requires_grad_(op == "loss"), q, beta=beta, alpha=1.5)
+    with pytest.raises(ValueError, match=r"beta\.shape=\(5,\) does not match"):
+        fn(z, q, beta=torch.full((5,), 0.2))
+
+
 @pytest.mark.parametrize("alpha", [1.0, 1.5, 2.0, 1.3])
 def test_gradcheck(alpha):
     z, q, mask, w = draw_case(("gradcheck", alpha), (3, 6), alpha, 0.8, masked=True)
@@ -385,11 +451,12 @@ def test_kernel_matches_reference(alpha, V, config, seed):
     _close("grad", out.grad, g64, g32, 16 * EPS32 * g_scale, seed, rtol=rtol)
     if mask is not None:
         assert bool((out.grad.cpu()[~mask.cpu()] == 0).all())
-    for key in ("grad_policy_sq", "grad_entropy_sq"):
+    for key in ("grad_policy_sq", "grad_entropy_sq"):  # per row
         ref = getattr(r64, key)
-        d2 = float((V * (16 * EPS32 * g_scale) ** 2).sum())
+        assert getattr(out, key).shape == (N,)
+        d2 = V * (16 * EPS32 * g_scale[:, 0]) ** 2
         _close(key, getattr(out, key), ref, getattr(r32, key),
-               2 * math.sqrt(abs(float(ref)) * d2) + d2, seed)
+               2 * (ref.cpu().abs() * d2).sqrt() + d2, seed)
 
 
 @pytest.mark.usefixtures("poisoned_outputs")
@@ -397,7 +464,7 @@ def test_kernel_matches_reference(alpha, V, config, seed):
 def test_kernel_without_grad_and_public_api(monkeypatch, alpha, seed):
     z, q, mask, w = kernel_case(seed, 5, 40, torch.float32, True, alpha, 1.0)
     out = kb.soft(inp=soft_input(z, q, mask, w, alpha, 1.0, 0.2, need_grad=False))
-    assert out.grad is None and float(out.grad_policy_sq) == 0.0
+    assert out.grad is None and out.grad_policy_sq is None and out.grad_entropy_sq is None
     r64 = reference.soft(inp=soft_input(z, q, mask, w, alpha, 1.0, 0.2, torch.float64))
     torch.testing.assert_close(out.loss_rows.double().cpu(), r64.loss_rows.cpu(), atol=2e-5,
                                rtol=1e-5)
@@ -413,3 +480,28 @@ def test_kernel_without_grad_and_public_api(monkeypatch, alpha, seed):
     qq[1][mask[1]] = float("inf")
     with pytest.raises(ValueError, match=r"q_values\[\d+\] \(flat index\) = inf"):
         ops.soft_value(z, qq, beta=0.2, alpha=alpha, mask=mask)
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("alpha", [1.0, 1.5, 2.0, 1.3])
+def test_kernel_row_beta_matches_reference(alpha, seed):
+    """The kernel's ROW_BETA variant, several tiles per row, against the float64 reference: loss
+    rows, gradient and per-row squared norms; one value everywhere is the float variant."""
+    N, V = 6, 300
+    z, q, mask, w = kernel_case(seed, N, V, torch.float32, True, alpha, 0.9)
+    beta = torch.rand(N, generator=torch.Generator().manual_seed(seed)).to(DEVICE) * 0.5
+    beta[3] = 0.0
+    got = kb.soft(inp=soft_input(z, q, mask, w, alpha, 0.9, beta), max_block_v=64)
+    want = reference.soft(inp=soft_input(z, q, mask, w, alpha, 0.9, beta.double(), torch.float64))
+    for field in ("loss_rows", "entropy", "grad_policy_sq", "grad_entropy_sq", "grad"):
+        g_, w_ = getattr(got, field).double().cpu(), getattr(want, field).double().cpu()
+        assert g_.shape == w_.shape, field
+        scale = float(w_.abs().max())
+        torch.testing.assert_close(g_, w_, atol=2e-5 * max(scale, 1e-3), rtol=1e-4, msg=field)
+    assert float(got.grad_entropy_sq[3]) == 0.0
+    one = kb.soft(inp=soft_input(z, q, mask, w, alpha, 0.9, torch.full((N,), 0.25, device=DEVICE)),
+                  max_block_v=64)
+    scalar = kb.soft(inp=soft_input(z, q, mask, w, alpha, 0.9, 0.25), max_block_v=64)
+    for field in ("loss_rows", "grad", "grad_policy_sq", "grad_entropy_sq"):
+        torch.testing.assert_close(getattr(one, field), getattr(scalar, field), atol=1e-7, rtol=1e-6,
+                                   msg=field)

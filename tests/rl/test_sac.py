@@ -1,6 +1,7 @@
-"""algo=sac (rl/sac.py, rl/replay.py): the critic target against a hand computation, where the
-gradients flow, the replay buffer's storage and sampling, masks, learning, exact resume, config
-errors, and rl-train / rl-eval end to end."""
+"""algo=sac (rl/sac.py, rl/replay.py), single runs: the critic target against a hand computation,
+where the gradients flow, the replay buffer's storage and sampling, masks, learning, exact
+resume, config errors, and rl-train / rl-eval end to end (populations:
+tests/rl/test_sac_population.py)."""
 
 from __future__ import annotations
 
@@ -283,7 +284,8 @@ def test_a_buffer_above_the_memory_limit_is_refused(tmp_path):
     assert not (tmp_path / "run" / "tb").exists()
 
 
-def test_population_of_sac_runs_trains_them_one_after_another(tmp_path):
+def test_population_of_sac_runs_trains_them_together(tmp_path):
+    """(tests/rl/test_sac_population.py has the population's own tests.)"""
     from rl.population import Member, train_population
 
     members = [Member(sac_cfg("total_steps=96", f"seed={s}"), tmp_path / f"s{s}") for s in (0, 1)]
@@ -291,7 +293,8 @@ def test_population_of_sac_runs_trains_them_one_after_another(tmp_path):
     assert [s["status"] for s in summaries] == ["completed", "completed"]
     assert [s["seed"] for s in summaries] == [0, 1]
     for s in (0, 1):
-        assert json.loads((tmp_path / f"s{s}" / "summary.json").read_text())["algo"] == "sac"
+        written = json.loads((tmp_path / f"s{s}" / "summary.json").read_text())
+        assert written["algo"] == "sac" and written["population_size"] == 2
 
 
 # ---------------------------------------------------------------- command line
