@@ -15,33 +15,42 @@ regions on both sides are checked afterwards, so a write out of bounds shows.
 Steps:
 
 * ``compile``: runs representative calls (each mapping, single-tile and tiled rows, several rows
-  per program, bool masks, pg / ppo / entropy forward and backward, fp32 / bf16 / fp16,
-  ``need_grad=False``) with ``ops.kernels._rows.launch`` patched to record the real launches
-  (kernel, arguments, constexprs, warps; launch configuration as on a GPU), then AOT-compiles
-  exactly those variants for ``--arch`` (default 90) with the specialization triton's runtime
-  would apply (triton's own binder: divisibility by 16 of pointers and ints, ints equal to 1),
-  pointers taken as 16-byte aligned (CUDA's caching allocator), ints by value. Prints ptxas'
-  registers and spills. No GPU needed: run it under each triton the project supports (3.6, 3.9).
+  per program, bool masks, pg / ppo / entropy / probs forward and backward, pg / ppo with a
+  per-row beta tensor (the ``ROW_BETA`` variant), ``soft_policy_loss`` and ``soft_value``,
+  fp32 / bf16 / fp16, ``need_grad=False``) with ``ops.kernels._rows.launch`` patched to record
+  the real launches (kernel, arguments, constexprs, warps; launch configuration as on a GPU),
+  then AOT-compiles exactly those variants for ``--arch`` (default 90) with the specialization
+  triton's runtime would apply (triton's own binder: divisibility by 16 of pointers and ints,
+  ints equal to 1), pointers taken as 16-byte aligned (CUDA's caching allocator), ints by
+  value. Prints ptxas' registers and spills. No GPU needed: run it under each triton the
+  project supports (3.6, 3.9).
 * ``warm``: the steps below run once dry (``_rows.launch`` records each launch instead of
   running it; the kernel tests likewise, in a child process) and the distinct variants are
   compiled in ``--jobs`` processes into triton's cache for this GPU: the real launches then load
   them instead of compiling a few hundred variants one at a time.
 * ``cases``: the bug classes one by one: per-row inputs (actions, advantages, old_log_prob,
-  weights) as Python scalars, 0-d tensors, stride-0 broadcasts, strided columns and
-  non-contiguous views; extreme finite logits (+-3e38) at temperature 1 and 0.7; fp16; alpha > 2
-  (bisection); ``grad_buffer=logits`` with a masked taken action (must raise); tensors on a
-  device other than the current one (needs two GPUs, else reported skipped).
+  weights, a per-row beta) as Python scalars, 0-d tensors, stride-0 broadcasts, strided columns
+  and non-contiguous views (beta also as a contiguous tensor); pg / ppo with a per-row beta and
+  ``soft_policy_loss`` / ``soft_value`` (q-values NaN or -inf at masked actions) for every
+  mapping, both mask kinds, fp32 and bf16, single-tile and tiled rows; extreme finite logits
+  (+-3e38) at temperature 1 and 0.7; fp16; alpha > 2 (bisection); ``grad_buffer=logits`` with a
+  masked taken action (must raise); tensors on a device other than the current one (needs two
+  GPUs, else reported skipped).
 * ``iterations``: per-row Newton / bisection iteration counts per alpha at 2048 x 131072 via
   ``ops.kernels.record_iterations()``; fails when a row reaches the search's cap.
 * ``big``: bf16 logits with B x V > 2^31 (8200 x 262144) generated on the device, softmax and
   entmax-1.5, the gradient written over the logits; the last 8 rows (all past element 2^31)
   against a run on those rows alone (bit-identical per-row outputs; the same kernel variant:
   8 and 8200 rows specialize alike) and against the float64 reference.
-* ``large``: LLM-sized rows (V up to 262144, odd and even) for pg, ppo and the entropy, both
-  mask kinds (bool and -inf) at every V, fp32 and bf16, ``need_grad=False`` too, the gradient
-  written over the logits (``grad_buffer=logits``) and bit-identical to a fresh buffer's.
-* ``tests``: ``tests/ops/test_kernels.py`` on CUDA tensors (compiled kernels, not the
-  interpreter).
+* ``large``: LLM-sized rows (V up to 262144, odd and even) for pg, ppo, the entropy, probs and
+  ``soft_policy_loss``, both mask kinds (bool and -inf) at every V, fp32 and bf16,
+  ``need_grad=False`` too (and ``soft_value``), pg / ppo's gradient written over the logits
+  (``grad_buffer=logits``) and bit-identical to a fresh buffer's. (The extreme-logits, fp16
+  and bisection checks of ``cases`` include ``soft_policy_loss`` too.)
+* ``tests``: the kernel tests on CUDA tensors (compiled kernels, not the interpreter):
+  ``tests/ops/test_kernels.py``, the kernel tests of ``tests/ops/test_soft_ops.py`` and
+  ``tests/ops/test_row_beta.py``'s ``ROW_BETA`` kernel test (``TEST_TARGETS``; those files'
+  other tests run on the CPU in float64 and need no GPU).
 * ``memcheck``: a subset of those tests under ``compute-sanitizer --tool memcheck`` when the
   tool works on the machine (with torch's caching allocator off, so an out-of-bounds access
   hits a real allocation boundary); skipped with the reason when it does not.
@@ -49,8 +58,10 @@ Steps:
   plus 2048x131072 (no memory processes, no torch.compile: the run's budget; the whole table is
   ``scripts/bench_ops.py --device cuda`` on its own).
 
-Each step gets a share of ``--budget`` (570 s) and, when it runs out, stops and fails saying
-so; the JSON keeps every step's seconds.
+Each step gets a share of ``--budget`` (570 s; ``BUDGET_WEIGHTS``: a step's weight among the
+steps still to run, so time a step leaves goes to the later ones) and, when it runs out, stops
+and fails saying so; the JSON keeps every step's seconds, and ``cases`` / ``large`` count their
+checks by op (``checked_by_op``: ``soft_policy_loss``, ``pg per-row beta``, ...).
 
 The JSON (default ``benchmarks/results/check_gpu_<date>.json``) holds the machine, device names,
 torch / triton / CUDA versions, each step's status (pass / fail / skip, a skip never counts as a
@@ -97,9 +108,20 @@ from ops import reference  # noqa: E402  (the oracle)
 from rl.checkpoint import write_json  # noqa: E402
 
 # relative shares of the time budget (the whole run must fit ~10 minutes on one H200)
-BUDGET_WEIGHTS = dict(compile=12, warm=17, cases=10, iterations=4, big=5, large=11, tests=14, memcheck=15,
-                      bench=12)
+# (per-row beta and the soft ops took cases from ~400 to ~670 checks of small shapes, large from
+# ~580 to ~690, added three kernel tests to tests and five call kinds (~100 variants) to
+# compile / warm: those gained weight; memcheck and bench, the last and most dispensable, gave
+# it, and bench, last, also gets whatever the steps before it leave)
+BUDGET_WEIGHTS = dict(compile=12, warm=19, cases=12, iterations=4, big=5, large=13, tests=15, memcheck=12,
+                      bench=8)
 KERNEL_TESTS = ROOT / "tests" / "ops" / "test_kernels.py"
+# the tests step's (and memcheck's) targets: every kernel test (the soft ops' and per-row beta's
+# CPU-only tests need no GPU and are left out)
+TEST_TARGETS = [str(KERNEL_TESTS)] + [
+    f"{ROOT / 'tests' / 'ops' / name}::{test}" for name, test in (
+        ("test_soft_ops.py", "test_kernel_matches_reference"),
+        ("test_soft_ops.py", "test_kernel_without_grad_and_public_api"),
+        ("test_row_beta.py", "test_kernel_row_beta_matches_reference"))]
 STEP_NAMES = ["compile", "warm", "cases", "iterations", "big", "large", "tests", "memcheck", "bench"]
 EPS32 = 2.0**-23
 INT_FILL = -77
@@ -113,7 +135,8 @@ BACKEND_ENV = "ENTROPY_RL_OPS_BACKEND"
 
 COMPILE_SHAPES = [(65536, 6), (2048, 1024), (2, 5000), (1, 40000)]
 COMPILE_CALLS = ["ppo-fp32-mask", "pg-bf16", "pg-fp16-mask-nograd", "entropy-fp32-mask", "entropy-bf16",
-                 "probs-fp32-mask", "probs-bf16-nograd"]
+                 "probs-fp32-mask", "probs-bf16-nograd", "pg-fp32-mask-rowbeta", "ppo-bf16-rowbeta",
+                 "soft-fp32-mask", "soft-bf16", "softvalue-fp16-mask"]
 PROFILES = {
     "full": dict(
         form_shape=(32, 1000), form_tiled=(8, 20000), extreme_shapes=[(8, 1000), (4, 20000)],
@@ -121,7 +144,8 @@ PROFILES = {
         iterations=(2048, 131072), big=(8200, 262144), big_rows=8,
         large=[(8, 262144), (16, 131072), (5, 262143), (64, 32768), (3, 9000), (4096, 6)],
         large_alphas=[1.0, 1.5, 2.0, 1.3], ng_shapes=[(16, 131072)],
-        memcheck_k="5000 and fp32 or alias or extreme_rows", alphas=[1.0, 1.5, 2.0, 1.3, 3.0],
+        memcheck_k="5000 and fp32 or alias or extreme_rows or test_soft_ops and 300 and fp32-mask-T0.7-tiles"
+                   " or row_beta and 1.3", alphas=[1.0, 1.5, 2.0, 1.3, 3.0],
         compile_alphas=[1.0, 2.0, 1.5, 1.3, 3.0], compile_shapes=COMPILE_SHAPES, compile_calls=COMPILE_CALLS,
     ),
     "quick": dict(
@@ -129,7 +153,9 @@ PROFILES = {
         fp16_shapes=[(4, 40000)], bisect_shapes=[(4, 40000)],
         iterations=(2048, 131072), big=(8200, 262144), big_rows=8,
         large=[(8, 262144), (5, 262143), (4096, 6)], large_alphas=[1.0, 1.3],
-        ng_shapes=[(16, 131072)], memcheck_k="test_loss_matches_reference and 5000 and fp32",
+        ng_shapes=[(16, 131072)],
+        memcheck_k="test_loss_matches_reference and 5000 and fp32"
+                   " or test_soft_ops and 300 and fp32-mask-T0.7",
         alphas=[1.0, 1.3, 3.0], compile_alphas=[1.0, 1.3],
         compile_shapes=COMPILE_SHAPES, compile_calls=COMPILE_CALLS,
     ),
@@ -139,7 +165,8 @@ PROFILES = {
         iterations=(6, 300), big=(20, 300), big_rows=6,
         large=[(4, 301), (5, 256)], large_alphas=[1.0, 1.3], ng_shapes=[(4, 300)],
         memcheck_k="without_grad", alphas=[1.0, 1.3, 3.0], compile_alphas=[1.3],
-        compile_shapes=[(1, 40000)], compile_calls=["ppo-fp32-mask", "entropy-bf16"],
+        compile_shapes=[(1, 40000)],
+        compile_calls=["ppo-fp32-mask", "entropy-bf16", "pg-fp32-mask-rowbeta", "soft-bf16"],
     ),
 }
 
@@ -454,6 +481,11 @@ def make_case(seed, shape, dtype, alpha, temperature, mask_kind, device, *, extr
     signs, a tie at the top, 3e38 next to moderate values, -3e38 everywhere but one entry.
     ``light``: actions uniform over allowed ones and old log-probabilities -1 (no float64 policy
     computed: the shapes of the iteration counts).
+
+    Also per-row entropy coefficients ``beta_rows`` in [0, 0.5) (one row 0; the case's ``beta``
+    stays the float 0.37 unless a check puts a form of them there) and ``q_values`` for the soft
+    ops (scale 3; at masked actions NaN with a bool mask, -inf with -inf logits: never read),
+    drawn from a generator of their own so the other inputs do not depend on them.
     """
     *lead, V = shape
     N = math.prod(lead)
@@ -510,13 +542,22 @@ def make_case(seed, shape, dtype, alpha, temperature, mask_kind, device, *, extr
                 actions=actions.view(*lead), advantages=randn(N).view(*lead),
                 old_log_prob=(old.float() + 0.3 * randn(N)).view(*lead), weights=weights.view(*lead),
                 alpha=float(alpha), temperature=float(temperature), beta=0.37, clip_eps=0.2)
+    if not light:
+        g2 = torch.Generator(device=device).manual_seed(seed + 2**31)
+        beta_rows = torch.rand(N, generator=g2, device=device) * 0.5
+        beta_rows[min(1, N - 1)] = 0.0
+        q = torch.randn(N, V, generator=g2, device=device) * 3.0
+        q = q.masked_fill(~allowed, float("nan") if mask_kind == "bool" else float("-inf"))
+        case.update(beta_rows=beta_rows.view(*lead), q_values=q.view(*lead, V))
     return case
 
 
 def run_op(op, case, *, need_grad=True, grad_buffer=None, leaf=None, grad_H=None):
-    """One public call (``ops.pg_loss`` / ``ops.ppo_loss`` / ``ops.entropy`` / ``ops.probs``) and
-    its gradient (of ``sum grad_H * H`` for the entropy, of ``sum_ij grad_H_i (1 + sin j) p_ij``
-    for probs: a weight that varies along the row, as sum_j p_ij = 1 has gradient 0).
+    """One public call (``ops.pg_loss`` / ``ops.ppo_loss`` / ``ops.entropy`` / ``ops.probs`` /
+    ``ops.soft_policy_loss`` / ``ops.soft_value``; ``case["beta"]`` a float or, for pg / ppo, a
+    per-row tensor in any form) and its gradient (of ``sum grad_H * H`` for the entropy, of
+    ``sum_ij grad_H_i (1 + sin j) p_ij`` for probs: a weight that varies along the row, as
+    sum_j p_ij = 1 has gradient 0; none for ``soft_value``).
 
     Returns the outputs as a dict of tensors; ``grad`` is the logits' gradient (read from
     ``grad_buffer`` when one is given: it is written during the forward).
@@ -534,6 +575,16 @@ def run_op(op, case, *, need_grad=True, grad_buffer=None, leaf=None, grad_H=None
             # the upstream gradient reaches the kernels in p's dtype: the oracle gets it rounded alike
             w = (grad_H.double()[..., None] * (1.0 + cols.sin())).to(c.get("upstream_dtype", p.dtype))
             (p * w.to(p.dtype)).sum().backward()
+            out["grad"] = leaf.grad
+        return out
+    if op == "soft_value":  # no gradient: detached by definition
+        return dict(value=ops.soft_value(leaf.detach(), c["q_values"], beta=c["beta"], **kw))
+    if op == "soft_policy_loss":
+        res = ops.soft_policy_loss(leaf, c["q_values"], beta=c["beta"], weights=c["weights"], **kw)
+        out = dict(loss=res.loss.detach(), entropy=res.entropy, support_size=res.support_size,
+                   grad_norm_policy=res.grad_norm_policy, grad_norm_entropy=res.grad_norm_entropy)
+        if need_grad:
+            res.loss.backward()
             out["grad"] = leaf.grad
         return out
     if op == "entropy":
@@ -573,6 +624,9 @@ def dense_case(case):
             continue
         v = torch.as_tensor(case[key], device=dev)
         dense[key] = v.expand(lead).contiguous() if v.dim() == 0 else v.contiguous()
+    if isinstance(case.get("beta"), torch.Tensor):  # a per-row beta; a float stays a float
+        b = case["beta"].to(dev)
+        dense["beta"] = b.expand(lead).contiguous() if b.dim() == 0 else b.contiguous()
     return dense
 
 
@@ -582,8 +636,8 @@ def oracles(op, case, need_grad, grad_H):
     dense = dense_case(case)
     for dt in (torch.float64, torch.float32):
         c = dict(dense, logits=dense["logits"].to(dt), upstream_dtype=dense["logits"].dtype)
-        for key in ("advantages", "old_log_prob", "weights"):
-            if dense.get(key) is not None:
+        for key in ("advantages", "old_log_prob", "weights", "beta", "q_values"):
+            if isinstance(dense.get(key), torch.Tensor):
                 c[key] = dense[key].to(dt)
         with backend("torch"):
             assert ops.backend_for(c["logits"]) is reference
@@ -602,16 +656,27 @@ def _grad_terms(op, case, ref64, grad_H):
     ent_factor = (1.0 + ref64["entropy"].double().reshape(-1)) if a == 1.0 else 1.0 / (a - 1.0)
     if op == "entropy":
         return (grad_H.double().reshape(-1).abs() / T * ent_factor)[:, None].cpu(), 0.0
-    c = dense["advantages"].double().reshape(-1)
-    w = dense["weights"].double().reshape(-1) if dense.get("weights") is not None else torch.ones_like(c)
+    beta = dense["beta"]
+    if isinstance(beta, torch.Tensor):
+        beta = beta.double().reshape(-1)
+    n = ref64["entropy"].numel()
+    w = dense["weights"].double().reshape(-1) if dense.get("weights") is not None else torch.ones(
+        n, dtype=torch.float64, device=ref64["entropy"].device)
     row_scale = w / w.sum() if float(w.sum()) > 0 else torch.zeros_like(w)
+    if op == "soft_policy_loss":  # |s (q - <s_hat, q>)| <= 2 max |q| over the allowed actions
+        q = dense["q_values"].double().reshape(n, -1)
+        q_max = torch.where(torch.isfinite(q), q, 0.0).abs().amax(-1)
+        pol = (2 * q_max * row_scale / T).abs()
+        ent = (beta * row_scale / T * ent_factor).abs()
+        return pol[:, None].cpu(), ent[:, None].cpu()
+    c = dense["advantages"].double().reshape(-1)
     if op == "ppo":
         c = torch.where(ref64["clipped"].reshape(-1), 0.0, c * ref64["ratio"].double().reshape(-1))
     log_p_a = ref64["log_prob"].double().reshape(-1)
     if a != 1.0:
         c = c * torch.where(torch.isfinite(log_p_a), ((1 - a) * log_p_a).exp(), 0.0)
     pol = (2 * c * row_scale / T).abs()
-    ent = (case["beta"] * row_scale / T * ent_factor).abs()
+    ent = (beta * row_scale / T * ent_factor).abs()
     return pol[:, None].cpu(), ent[:, None].cpu()
 
 
@@ -621,7 +686,8 @@ def check_outputs(op, case, got, ref64, ref32, grad_H, interpreted):
     f32 = torch.float32
     dtype = case["logits"].dtype
     V = case["logits"].shape[-1]
-    fields = {"entropy": ["entropy"], "probs": []}.get(op, ["loss", "entropy", "log_prob"])
+    fields = {"entropy": ["entropy"], "probs": [], "soft_policy_loss": ["loss", "entropy"],
+              "soft_value": ["value"]}.get(op, ["loss", "entropy", "log_prob"])
     if op == "ppo":
         fields.append("ratio")
     for key in fields:
@@ -629,7 +695,7 @@ def check_outputs(op, case, got, ref64, ref32, grad_H, interpreted):
     if op == "probs":  # in the logits' dtype
         bad.append(compare("probs", got["probs"].reshape(-1, V), ref64["probs"].reshape(-1, V),
                            ref32["probs"].reshape(-1, V), dtype, interpreted=interpreted, row_wise=True))
-    if op in ("pg", "ppo"):
+    if op in ("pg", "ppo", "soft_policy_loss"):
         bad.append(compare_support(got["support_size"], ref64["support_size"], ref32["support_size"]))
     if op == "ppo":
         bad.append(compare_clipped(got["clipped"], ref64["clipped"], ref64["ratio"], case["clip_eps"]))
@@ -646,7 +712,7 @@ def check_outputs(op, case, got, ref64, ref32, grad_H, interpreted):
                 if bool(nz.any()):
                     bad.append(dict(field="grad", problem="nonzero at masked actions",
                                     count=int(nz.sum())))
-            if op in ("pg", "ppo"):
+            if op in ("pg", "ppo", "soft_policy_loss"):
                 for key, terms in (("grad_norm_policy", pol), ("grad_norm_entropy", ent)):
                     d2 = float((V * (8 * EPS32 * terms) ** 2).sum())
                     bad.append(compare(f"{key}^2", got[key] ** 2, ref64[key] ** 2, ref32[key] ** 2, f32,
@@ -663,6 +729,10 @@ def check_call(step, ctx, label, op, case, *, need_grad=True, grad_buffer=None, 
     ValueError naming it (the input's form is not accepted) is a pass, not a failure."""
     ctx.check_time()
     step.checked += 1
+    if not ctx.dry:  # what was checked, by op (the JSON's evidence that each op ran)
+        by_op = step.numbers.setdefault("checked_by_op", {})
+        key = op + (" per-row beta" if isinstance(case.get("beta"), torch.Tensor) else "")
+        by_op[key] = by_op.get(key, 0) + 1
     dev = case["logits"].device
     N = math.prod(case["logits"].shape[:-1])
     grad_H = None
@@ -739,9 +809,11 @@ def step_cases(step, ctx):
         shape = (N // 2, 2, V)
         for alpha in (1.0, 1.5):
             for op in ("pg", "ppo"):
-                keys = ["actions", "advantages", "weights"] + (["old_log_prob"] if op == "ppo" else [])
+                keys = ["actions", "advantages", "weights", "beta"]
+                keys += ["old_log_prob"] if op == "ppo" else []
                 for key in keys:
-                    for form in FORMS[1:]:
+                    # beta is a float in the other checks: its contiguous tensor form too
+                    for form in FORMS if key == "beta" else FORMS[1:]:
                         seed = _seed(ctx, "form", N, V, alpha, op, key, form)
                         case = make_case(seed, shape, torch.float32, alpha, 0.8, "bool", dev)
                         if key == "actions" and form in ("python", "0-d", "stride0"):
@@ -749,28 +821,32 @@ def step_cases(step, ctx):
                             a = int(case["actions"].reshape(-1)[0])
                             case["mask"][..., a] = True
                             case["logits"][..., a] = case["logits"][..., a].nan_to_num(0.0)
-                        obj, _ = as_form(case[key], form)
+                        obj, _ = as_form(case["beta_rows" if key == "beta" else key], form)
                         case = dict(case, **{key: obj})
                         label = dict(mapping=mapping_name(alpha), dtype="float32", shape=list(shape),
                                      form=f"{key}:{form}")
                         check_call(step, ctx, label, op, case, seed=seed, may_reject=key)
 
-    # 2. extreme finite logits (+-3e38) at temperature 1 and 0.7
+    # 2. per-row beta (the ROW_BETA variant) and the soft ops, every mapping, both mask kinds,
+    #    fp32 and bf16, single-tile and tiled rows
+    _row_beta_and_soft_cases(step, ctx, (prof["form_shape"], prof["form_tiled"]), prof["alphas"])
+
+    # 3. extreme finite logits (+-3e38) at temperature 1 and 0.7
     for N, V in prof["extreme_shapes"]:
         for dtype in (torch.float32, torch.bfloat16):
             for T in (1.0, 0.7):
                 for alpha in prof["alphas"]:
-                    for op in ("entropy", "probs", "pg", "ppo"):
+                    for op in ("entropy", "probs", "pg", "ppo", "soft_policy_loss"):
                         seed = _seed(ctx, "extreme", N, V, dtype, T, alpha, op)
                         case = make_case(seed, (N, V), dtype, alpha, T, None, dev, extreme=True)
                         label = dict(mapping=mapping_name(alpha), dtype=dtype_name(dtype),
                                      shape=[N, V], temperature=T, logits="+-3e38")
                         check_call(step, ctx, label, op, case, seed=seed)
 
-    # 3. fp16 logits; 4. alpha > 2 (bisection)
+    # 4. fp16 logits; 5. alpha > 2 (bisection)
     for N, V in prof["fp16_shapes"]:
         for alpha in prof["alphas"]:
-            for op in ("entropy", "probs", "pg", "ppo"):
+            for op in ("entropy", "probs", "pg", "ppo", "soft_policy_loss"):
                 seed = _seed(ctx, "fp16", N, V, alpha, op)
                 case = make_case(seed, (N, V), torch.float16, alpha, 1.3, "bool", dev)
                 label = dict(mapping=mapping_name(alpha), dtype="float16", shape=[N, V])
@@ -778,24 +854,24 @@ def step_cases(step, ctx):
     for N, V in prof["bisect_shapes"]:
         for alpha in (2.5, 3.0, 4.0):
             for dtype, mask_kind in ((torch.float32, "bool"), (torch.bfloat16, "neginf")):
-                for op in ("entropy", "probs", "pg", "ppo"):
+                for op in ("entropy", "probs", "pg", "ppo", "soft_policy_loss"):
                     seed = _seed(ctx, "bisect", N, V, alpha, dtype, op)
                     case = make_case(seed, (N, V), dtype, alpha, 0.9, mask_kind, dev)
                     label = dict(mapping=mapping_name(alpha), dtype=dtype_name(dtype), shape=[N, V],
                                  mask=mask_kind)
                     check_call(step, ctx, label, op, case, seed=seed)
 
-    # 5. grad_buffer=logits must not hide a masked taken action
+    # 6. grad_buffer=logits must not hide a masked taken action
     for mask_kind in ("neginf", "bool"):
         for alpha in (1.0, 1.5):
             for op in ("pg", "ppo"):
                 _masked_action_case(step, ctx, op, alpha, mask_kind)
 
-    # 6. tensors on a device other than the current one
+    # 7. tensors on a device other than the current one
     if dev.type == "cuda" and torch.cuda.device_count() > 1:
         other = torch.device("cuda", (torch.cuda.current_device() + 1) % torch.cuda.device_count())
         for alpha in (1.0, 1.5):
-            for op in ("entropy", "probs", "pg", "ppo"):
+            for op in ("entropy", "probs", "pg", "ppo", "soft_policy_loss"):
                 seed = _seed(ctx, "device", alpha, op)
                 case = make_case(seed, (64, 5000), torch.float32, alpha, 1.0, "bool", other)
                 label = dict(mapping=mapping_name(alpha), dtype="float32", shape=[64, 5000],
@@ -806,6 +882,29 @@ def step_cases(step, ctx):
         n = torch.cuda.device_count() if dev.type == "cuda" else 0
         step.notes.append(f"skipped: tensors on a non-current device (needs two GPUs; {n} here)")
         step.numbers["other_device"] = "skipped"
+
+
+ROW_BETA_SOFT_KINDS = [(torch.float32, "bool"), (torch.float32, "neginf"), (torch.bfloat16, "bool"),
+                       (torch.bfloat16, "neginf")]
+
+
+def _row_beta_and_soft_cases(step, ctx, shapes, alphas, kinds=ROW_BETA_SOFT_KINDS):
+    """pg / ppo with a per-row beta (contiguous (N,) tensor; its other forms are in the forms
+    check), ``soft_policy_loss`` (temperature 0.8) and ``soft_value`` (temperature 1.3) for
+    each (N, V) in ``shapes``, alpha in ``alphas`` and (dtype, mask kind) in ``kinds``."""
+    for N, V in shapes:
+        for alpha in alphas:
+            for dtype, mask_kind in kinds:
+                for op in ("pg", "ppo", "soft_policy_loss", "soft_value"):
+                    T = {"soft_policy_loss": 0.8, "soft_value": 1.3}.get(op, 1.0)
+                    seed = _seed(ctx, "rowbeta-soft", N, V, alpha, dtype, mask_kind, op)
+                    case = make_case(seed, (N, V), dtype, alpha, T, mask_kind, ctx.device)
+                    label = dict(mapping=mapping_name(alpha), dtype=dtype_name(dtype), shape=[N, V],
+                                 mask=mask_kind, temperature=T)
+                    if op in ("pg", "ppo"):
+                        case["beta"] = case["beta_rows"]
+                        label["beta"] = "per-row"
+                    check_call(step, ctx, label, op, case, need_grad=op != "soft_value", seed=seed)
 
 
 def _masked_action_case(step, ctx, op, alpha, mask_kind):
@@ -972,12 +1071,12 @@ def step_large(step, ctx):
         for dtype in (torch.float32, torch.bfloat16):
             for alpha in prof["large_alphas"]:
                 for mask_kind in ("bool", "neginf"):
-                    for op in ("pg", "ppo", "entropy", "probs"):
+                    for op in ("pg", "ppo", "entropy", "probs", "soft_policy_loss"):
                         seed = _seed(ctx, "large", N, V, dtype, alpha, mask_kind, op)
                         case = make_case(seed, (N, V), dtype, alpha, 0.9, mask_kind, dev)
                         label = dict(mapping=mapping_name(alpha), dtype=dtype_name(dtype), shape=[N, V],
                                      mask=mask_kind)
-                        if op in ("entropy", "probs"):
+                        if op in ("entropy", "probs", "soft_policy_loss"):
                             check_call(step, ctx, label, op, case, seed=seed)
                             continue
                         aliased = check_call(step, ctx, dict(label, grad_buffer="logits"), op, case,
@@ -989,10 +1088,10 @@ def step_large(step, ctx):
                                       **label, seed=seed)
                         if dev.type == "cuda":
                             torch.cuda.empty_cache()
-    # need_grad=False at large V: statistics only
+    # need_grad=False at large V: statistics only (and the soft value)
     for N, V in prof["ng_shapes"]:
         for alpha in prof["large_alphas"]:
-            for op in ("pg", "ppo"):
+            for op in ("pg", "ppo", "soft_policy_loss", "soft_value"):
                 seed = _seed(ctx, "nograd", N, V, alpha, op)
                 case = make_case(seed, (N, V), torch.bfloat16, alpha, 1.0, "bool", dev)
                 label = dict(mapping=mapping_name(alpha), dtype="bfloat16", shape=[N, V], mask="bool")
@@ -1005,23 +1104,29 @@ def step_large(step, ctx):
 
 
 def _compile_calls(profile):
-    """(op, dtype, shape, alpha, masked, need_grad) of the representative calls. The shapes give
+    """(op, dtype, shape, alpha, masked, need_grad, row_beta) of the representative calls
+    (``row_beta``: pg / ppo with a per-row beta tensor, the ROW_BETA variant). The shapes give
     the launch configurations a GPU picks for real sizes: several rows per program (65536 x 6,
     2048 x 1024), one single-tile row per program (2 x 5000), tiled rows (1 x 40000; one row: the
     runtime turns an int equal to 1 into a constant)."""
-    kinds = {"ppo-fp32-mask": ("ppo", torch.float32, True, True),
-             "pg-bf16": ("pg", torch.bfloat16, False, True),
-             "pg-fp16-mask-nograd": ("pg", torch.float16, True, False),
-             "entropy-fp32-mask": ("entropy", torch.float32, True, True),
-             "entropy-bf16": ("entropy", torch.bfloat16, False, True),
-             "probs-fp32-mask": ("probs", torch.float32, True, True),
-             "probs-bf16-nograd": ("probs", torch.bfloat16, False, False)}
+    kinds = {"ppo-fp32-mask": ("ppo", torch.float32, True, True, False),
+             "pg-bf16": ("pg", torch.bfloat16, False, True, False),
+             "pg-fp16-mask-nograd": ("pg", torch.float16, True, False, False),
+             "entropy-fp32-mask": ("entropy", torch.float32, True, True, False),
+             "entropy-bf16": ("entropy", torch.bfloat16, False, True, False),
+             "probs-fp32-mask": ("probs", torch.float32, True, True, False),
+             "probs-bf16-nograd": ("probs", torch.bfloat16, False, False, False),
+             "pg-fp32-mask-rowbeta": ("pg", torch.float32, True, True, True),
+             "ppo-bf16-rowbeta": ("ppo", torch.bfloat16, False, True, True),
+             "soft-fp32-mask": ("soft_policy_loss", torch.float32, True, True, False),
+             "soft-bf16": ("soft_policy_loss", torch.bfloat16, False, True, False),
+             "softvalue-fp16-mask": ("soft_value", torch.float16, True, False, False)}
     calls = []
     for alpha in profile["compile_alphas"]:
         for shape in profile["compile_shapes"]:
             for kind in profile["compile_calls"]:
-                op, dtype, masked, need_grad = kinds[kind]
-                calls.append((op, dtype, shape, alpha, masked, need_grad))
+                op, dtype, masked, need_grad, row_beta = kinds[kind]
+                calls.append((op, dtype, shape, alpha, masked, need_grad, row_beta))
     return calls
 
 
@@ -1105,16 +1210,24 @@ def _record_launches(out_path, profile):
     current = ["?"]
     g = torch.Generator().manual_seed(0)
     with backend("triton"), recording_launches(launches, call=lambda: current[0]):
-        for op, dtype, (N, V), alpha, masked, need_grad in _compile_calls(PROFILES[profile]):
+        for op, dtype, (N, V), alpha, masked, need_grad, row_beta in _compile_calls(PROFILES[profile]):
             current[0] = f"{op} {mapping_name(alpha)} {N}x{V} {dtype_name(dtype)}" + (
-                " mask" if masked else "") + ("" if need_grad else " need_grad=False")
+                " mask" if masked else "") + ("" if need_grad else " need_grad=False") + (
+                " per-row beta" if row_beta else "")
             z = torch.randn(N, V, generator=g).to(dtype).requires_grad_(need_grad)
             mask = torch.rand(N, V, generator=g) < 0.8 if masked else None
             actions = torch.zeros(N, dtype=torch.long)
             if mask is not None:
                 mask[:, 0] = True
             kw = dict(alpha=alpha, mask=mask)
-            if op == "entropy":
+            beta = torch.full((N,), 0.1) if row_beta else 0.1
+            if op == "soft_value":
+                ops.soft_value(z.detach(), torch.randn(N, V, generator=g), beta=0.1, **kw)
+            elif op == "soft_policy_loss":
+                out = ops.soft_policy_loss(z, torch.randn(N, V, generator=g), beta=0.1, **kw)
+                if need_grad:
+                    out.loss.backward()
+            elif op == "entropy":
                 H = ops.entropy(z, **kw)
                 if need_grad:
                     H.sum().backward()
@@ -1123,9 +1236,9 @@ def _record_launches(out_path, profile):
                 if need_grad:
                     (p * torch.rand(N, V, generator=g)).sum().backward()
             elif op == "pg":
-                ops.pg_loss(z, actions, torch.ones(N), beta=0.1, **kw)
+                ops.pg_loss(z, actions, torch.ones(N), beta=beta, **kw)
             else:
-                ops.ppo_loss(z, actions, torch.ones(N), torch.zeros(N), beta=0.1, **kw)
+                ops.ppo_loss(z, actions, torch.ones(N), torch.zeros(N), beta=beta, **kw)
     for launch in launches:  # CPU tensors: take the alignment of CUDA's caching allocator
         for a in launch["args"]:
             if "tensor" in a:
@@ -1417,7 +1530,7 @@ def _pytest(step, ctx, cmd_prefix, extra, env, timeout):
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
         cmd = cmd_prefix + [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            f"--junitxml={xml}", str(KERNEL_TESTS)] + extra
+                            f"--junitxml={xml}", *TEST_TARGETS] + extra
         print("      " + " ".join(cmd), flush=True)
         try:
             res = run_group(cmd, cwd=ROOT, env=env, timeout=timeout)
@@ -1644,7 +1757,7 @@ def main(argv=None):
         _record_launches(args.record_launches, args.record_profile)
         return 0
     if args.record_pytest:
-        _record_pytest(args.record_pytest, ["-q", "--tb=no", "-p", "no:cacheprovider", str(KERNEL_TESTS)])
+        _record_pytest(args.record_pytest, ["-q", "--tb=no", "-p", "no:cacheprovider", *TEST_TARGETS])
         return 0
     names = args.steps or list(STEP_NAMES)
     device = torch.device(args.device)

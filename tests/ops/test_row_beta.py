@@ -34,6 +34,7 @@ from ops._contract import LossInput
 kb = pytest.importorskip("ops.kernels.backend")
 
 ALPHAS = [1.0, 1.5, 2.0, 1.3]
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 LEAD, V = (2, 3), 6
 F64 = dict(atol=1e-12, rtol=1e-10)
 
@@ -222,6 +223,9 @@ def test_kernel_row_beta_matches_reference(loss, alpha):
                 row_scale=torch.rand(n, generator=g) / n,
                 old_log_prob=p.gather(-1, actions[:, None]).view(-1).log().float()
                 + 0.2 * torch.randn(n, generator=g))
+    # compiled kernels on a GPU (scripts/check_gpu.py's tests step), the interpreter on the CPU
+    z, mask, beta = z.to(DEVICE), mask.to(DEVICE), beta.to(DEVICE)
+    case = {k: v.to(DEVICE) for k, v in case.items()}
 
     def inp(dtype, b):
         cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in case.items()}
@@ -241,7 +245,8 @@ def test_kernel_row_beta_matches_reference(loss, alpha):
         torch.testing.assert_close(g_, w_, atol=2e-5 * max(scale, 1e-3), rtol=1e-4, msg=field)
     assert float(got.grad_entropy_sq[3]) == 0.0
     # the per-row variant with one value everywhere is the float variant
-    one = getattr(kb, loss)(inp=inp(torch.float32, torch.full((n,), 0.25)), max_block_v=64)
+    one = getattr(kb, loss)(inp=inp(torch.float32, torch.full((n,), 0.25, device=DEVICE)),
+                            max_block_v=64)
     for field in ("loss_rows", "grad", "grad_policy_sq", "grad_entropy_sq"):
         torch.testing.assert_close(getattr(one, field), getattr(scalar, field), atol=1e-7,
                                    rtol=1e-6, msg=field)

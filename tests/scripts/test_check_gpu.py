@@ -182,6 +182,51 @@ def test_check_call_passes_the_kernels_and_fails_planted_bugs(cg, tmp_path, monk
     assert any(f["what"] == "guard region written" for f in step.failures), step.failures
 
 
+def test_row_beta_and_soft_ops_pass_and_broken_references_are_caught(cg, tmp_path, monkeypatch):
+    """The calls added for per-row beta and the soft ops run on the kernels (interpreter) and
+    pass against the float64 reference: pg / ppo with a per-row beta (contiguous, 0-d, stride-0,
+    strided), soft_policy_loss and soft_value, both mask kinds, fp32 and bf16. A reference that
+    gives every row the mean beta, or soft loss rows off by 1e-3, is caught, naming the field."""
+    import dataclasses
+
+    ctx = _ctx(cg, tmp_path)
+    step = cg.Step("cases")
+    kinds = [(torch.float32, "bool"), (torch.bfloat16, "neginf")]
+    cg._row_beta_and_soft_cases(step, ctx, [(6, 40)], [1.5], kinds=kinds)
+    assert step.failures == []
+    assert step.numbers["checked_by_op"] == {"pg per-row beta": 2, "ppo per-row beta": 2,
+                                             "soft_policy_loss": 2, "soft_value": 2}
+    for form in ("0-d", "stride0", "column"):  # forms a kernel could misread as (N,) rows
+        case = cg.make_case(12, (3, 2, 40), torch.float32, 1.3, 0.8, "bool", ctx.device)
+        case["beta"], _ = cg.as_form(case["beta_rows"], form)
+        cg.check_call(step, ctx, dict(form=f"beta:{form}"), "ppo", case, seed=12)
+    assert step.failures == [] and step.numbers["checked_by_op"]["ppo per-row beta"] == 5
+
+    case = cg.make_case(13, (6, 40), torch.float32, 1.0, 1.0, "bool", ctx.device)
+    assert float(case["beta_rows"].std()) > 0.05  # distinct betas: a per-row mix-up shows
+    real_pg, real_soft = cg.reference.pg, cg.reference.soft
+
+    def mean_beta(*, inp):
+        if isinstance(inp.beta, torch.Tensor):
+            inp = dataclasses.replace(inp, beta=inp.beta.mean().expand_as(inp.beta).contiguous())
+        return real_pg(inp=inp)
+
+    monkeypatch.setattr(cg.reference, "pg", mean_beta)
+    step = cg.Step("cases")
+    cg.check_call(step, ctx, {}, "pg", dict(case, beta=case["beta_rows"]), seed=13)
+    fields = {f["field"] for f in step.failures}
+    assert {"loss", "grad"} <= fields and all(f["op"] == "pg" for f in step.failures), step.failures
+    monkeypatch.setattr(cg.reference, "pg", real_pg)
+
+    monkeypatch.setattr(cg.reference, "soft", lambda *, inp: (lambda r: r._replace(
+        loss_rows=r.loss_rows + 1e-3))(real_soft(inp=inp)))
+    step = cg.Step("cases")
+    cg.check_call(step, ctx, {}, "soft_policy_loss", case, seed=13)
+    cg.check_call(step, ctx, {}, "soft_value", case, need_grad=False, seed=13)
+    assert [(f["op"], f["field"]) for f in step.failures] == [("soft_policy_loss", "loss"),
+                                                            ("soft_value", "value")], step.failures
+
+
 def test_warm_records_the_launches_of_the_later_steps_without_running_them(cg, tmp_path, monkeypatch):
     """warm runs the steps dry: every launch is recorded (arguments, constexprs, warps), none
     runs, and the seams are restored afterwards (on a GPU the variants then go to the compiler;
@@ -306,7 +351,11 @@ def test_compile_step_compiles_recorded_variants_for_sm90(tmp_path):
     nums = step["numbers"]
     assert nums["arch"] == "sm_90" and nums["variants"] == len(nums["variants_table"]) >= 3
     kernels = {row["kernel"] for row in nums["variants_table"]}
-    assert {"_policy_loss_forward_kernel", "_entropy_forward_kernel", "_entropy_backward_kernel"} <= kernels
+    assert {"_policy_loss_forward_kernel", "_entropy_forward_kernel", "_entropy_backward_kernel",
+            "_soft_loss_forward_kernel"} <= kernels
+    # the per-row beta variant is among them, reported as such
+    assert any(row["constexprs"].get("ROW_BETA") and "per-row beta" in row["call"]
+               for row in nums["variants_table"])
     for row in nums["variants_table"]:
         assert isinstance(row["registers"], int) and row["registers"] > 0, row
         # the runtime's specialization: 16-byte aligned pointers, one row -> N constant
