@@ -74,8 +74,8 @@ DISTRACTOR_KS = (0, 10, 100, 1000)
 DISTRACTOR_BETA = 0.01
 BASE_SEEDS = 5
 # SAC with distractors: 3 seeds x 3 mappings x 4 K x 2 regimes = 72 runs of 50k steps. A SAC
-# CartPole run trains ~500 env steps/s on one core (100k in ~200 s, K = 0; not measured at
-# K = 1000, whose networks have 1002 outputs), so the sweep is at least 2 core-hours. beta 0.1
+# CartPole run trained 100k steps in 149-483 s on one shared core (K = 0, docs/experiments/
+# sac_benchmark.md; K = 1000, with 1002 outputs per network, not measured): 2-3 core-hours. beta 0.1
 # and the target 0.3 are the CartPole preset's start and target.
 SAC_DISTRACTOR_SEEDS = 3
 SAC_DISTRACTOR_BETA = 0.1
