@@ -49,7 +49,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # `python scripts/bench_sac.py` from a checkout
 
 MAPPINGS = ("softmax", "entmax15", "sparsemax")
 MAPPING_NAMES = {"softmax": "softmax", "entmax15": "entmax-1.5", "sparsemax": "sparsemax"}
@@ -268,8 +267,6 @@ def summarize(table) -> list[dict]:
     training and greedy returns, median wall seconds."""
     import numpy as np
 
-    from rl.analysis.benchmark import _iqm_ci
-
     cells = []
     for (env, method, mapping), g in table.groupby(["env", "method", "mapping"], sort=False):
         bar = next(c["solved"] for c in CELLS.values() if c["env_id"] == env)
@@ -279,11 +276,18 @@ def summarize(table) -> list[dict]:
             "seeds": len(g), "solved_return": bar,
             "solved": None if bar is None else len(steps),
             "median_steps_to_solve": float(np.median(steps)) if steps else None,
-            "final_return": dict(zip(("iqm", "low", "high"), _iqm_ci(g.final_return.astype(float)))),
-            "eval_greedy": dict(zip(("iqm", "low", "high"), _iqm_ci(g.eval_greedy.astype(float)))),
+            "final_return": _stat(g.final_return),
+            "eval_greedy": _stat(g.eval_greedy),
             "median_wall_time_s": float(np.median(g.wall_time_s.astype(float))),
         })
     return cells
+
+
+def _stat(values) -> dict:
+    """IQM and its 95% bootstrap CI over seeds (rl.analysis.benchmark's, from rl/analysis/stats.py)."""
+    from rl.analysis.benchmark import _iqm_ci
+
+    return dict(zip(("iqm", "low", "high"), _iqm_ci(values.astype(float)), strict=True))
 
 
 def _isnan(x) -> bool:
@@ -329,7 +333,8 @@ def report(args) -> None:
         "benchmark": "sac", "written_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **info, "window": WINDOW, "eval_episodes": EVAL_EPISODES, "seeds": args.seeds,
         "mappings": args.mappings,
-        "cells": {e: {**CELLS[e], "steps": budget(args, e), "sac_command": shlex.join(sac_command(args, e)[1:]),
+        "cells": {e: {**CELLS[e], "steps": budget(args, e),
+                      "sac_command": shlex.join(sac_command(args, e)[1:]),
                       "sac_preset": f"conf/preset/{e}_sac.yaml", "dqn_source": DQN[e]["source"],
                       "dqn_hyperparameters": dqn_kwargs(e, budget(args, e), args.sb3)} for e in args.envs},
         "command": shlex.join(["scripts/bench_sac.py", *args.argv]),
@@ -355,9 +360,11 @@ def parse_args(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--envs", nargs="+", default=["cartpole"], help=f"cells, of {', '.join(CELLS)}")
-    ap.add_argument("--mappings", default="all", help="comma-separated of softmax, entmax15, sparsemax, or all")
+    ap.add_argument("--mappings", default="all",
+                    help="comma-separated of softmax, entmax15, sparsemax, or all")
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 of each method")
-    ap.add_argument("--steps", type=int, default=None, help="env steps of every run (default: the cell's budget)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="env steps of every run (default: the cell's budget)")
     ap.add_argument("--impl", default="both", choices=["both", "sac", "dqn"], help="which side to train")
     ap.add_argument("--sb3", action="append", type=_sb3_override, default=[],
                     help="DQN keyword override key=value (smoke runs: --sb3 learning_starts=1000)")

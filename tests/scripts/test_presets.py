@@ -216,7 +216,8 @@ def test_sac_distractors_experiment_takes_the_cartpole_sac_preset(regime, target
         del task["hydra"]
     validate(task)
     assert task.algo.name == "sac" and task.env.id == "CartPole-v1" and task.env.distractor_actions == 10
-    assert (task.num_envs, task.algo.gradient_steps, task.total_steps) == (4, 2, 50_000)  # preset, then experiment
+    # the preset's, then the experiment's budget
+    assert (task.num_envs, task.algo.gradient_steps, task.total_steps) == (4, 2, 50_000)
     assert task.beta == 0.1 and task.beta_schedule.target_entropy == target
 
 
