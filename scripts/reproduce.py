@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/reproduce.py --help          # the reproductions and their options
     .venv/bin/python scripts/reproduce.py ablation --scale 0.1
+    .venv/bin/python scripts/reproduce.py sac_distractors --launcher population
 
 The reproductions live in rl/analysis/reproduce.py (and rl/analysis/beta_target.py,
 rl/analysis/support.py).

@@ -3,6 +3,7 @@
     .venv/bin/python scripts/reproduce.py ablation                  # ~1 h on 2 CPU cores
     .venv/bin/python scripts/reproduce.py ablation --scale 0.1      # smoke test, minutes
     .venv/bin/python scripts/reproduce.py distractors --scale 2     # 10 seeds, 2x steps
+    .venv/bin/python scripts/reproduce.py sac_distractors --launcher population   # SAC, 2 regimes
     .venv/bin/python scripts/reproduce.py bandit
     .venv/bin/python scripts/reproduce.py confidence_penalty
     .venv/bin/python scripts/reproduce.py beta_target --more-seeds 1 2
@@ -19,6 +20,11 @@ Reproductions (docs/experiments/ and docs/beta.md, one page each):
   against beta.
 * ``distractors`` -- K in {0, 10, 100, 1000} distractor actions on CartPole-v1 at a fixed
   beta, x mappings x seeds (conf/experiment/distractors.yaml). Figures against K.
+* ``sac_distractors`` -- the same K with discrete SAC (conf/preset/cartpole_sac.yaml), x mappings
+  x 3 seeds, in two regimes of the entropy coefficient: ``fixed`` (``--beta``, default 0.1, no
+  tuning) and ``target`` (beta tuned to ``--target-entropy``, default 0.3, of the mapping's
+  maximum entropy); one sweep per regime, runs in ``OUT/<regime>/runs``, tables and figures in
+  ``OUT/<regime>/`` (conf/experiment/sac_distractors.yaml). Figures against K.
 * ``distractor_support`` -- on a finished distractor sweep: is the useful action in the
   policy's support at initialization and at the end (rl/analysis/support.py; its own options,
   ``reproduce.py distractor_support --help``).
@@ -70,10 +76,18 @@ DISTRACTOR_STEPS = 50_000
 DISTRACTOR_KS = (0, 10, 100, 1000)
 DISTRACTOR_BETA = 0.01
 BASE_SEEDS = 5
+# SAC with distractors: 3 seeds x 3 mappings x 4 K x 2 regimes = 72 runs of 50k steps. A SAC
+# CartPole run trained 100k steps in 149-483 s on one shared core (K = 0, docs/experiments/
+# sac_benchmark.md; K = 1000, with 1002 outputs per network, not measured): 2-3 core-hours. beta 0.1
+# and the target 0.3 are the CartPole preset's start and target.
+SAC_DISTRACTOR_SEEDS = 3
+SAC_DISTRACTOR_BETA = 0.1
+SAC_TARGET_ENTROPY = 0.3
+SAC_REGIMES = ("fixed", "target")
 LAUNCHERS = ("local", "population", "population_slurm", "slurm", "slurm_local", "basic")
 # PPO collects num_envs x n_steps = 8 x 32 env steps per update (conf/algo/ppo.yaml).
 STEP_QUANTUM = 256
-SWEEPS = ("ablation", "distractors")
+SWEEPS = ("ablation", "distractors", "sac_distractors")
 SCRIPTS = ("bandit", "confidence_penalty")  # ops-only experiments, run as their scripts
 # reproductions with their own parser
 OWN_OPTIONS = ("beta_target", "distractor_support", "benchmark", "minatar_ablation")
@@ -85,8 +99,19 @@ def scaled_steps(base: int, scale: float) -> int:
     return max(STEP_QUANTUM, round(base * scale / STEP_QUANTUM) * STEP_QUANTUM)
 
 
-def scaled_seeds(scale: float, seeds: int | None) -> int:
-    return seeds if seeds is not None else max(1, round(BASE_SEEDS * scale))
+def scaled_seeds(scale: float, seeds: int | None, base: int = BASE_SEEDS) -> int:
+    return seeds if seeds is not None else max(1, round(base * scale))
+
+
+def _base_seeds(reproduction: str) -> int:
+    return SAC_DISTRACTOR_SEEDS if reproduction == "sac_distractors" else BASE_SEEDS
+
+
+def regime_overrides(regime: str, beta: float, target_entropy: float) -> list[str]:
+    """sac_distractors: the entropy coefficient of a regime (``fixed`` or ``target``)."""
+    if regime == "fixed":
+        return [f"beta={beta:g}", "beta_schedule.target_entropy=null"]
+    return [f"beta={beta:g}", f"beta_schedule.target_entropy={target_entropy:g}"]
 
 
 def _csv(values) -> str:
@@ -110,12 +135,20 @@ def launcher_overrides(launcher: str, n_jobs: int) -> list[str]:
 
 def sweep_commands(args) -> list[tuple[str, list[str]]]:
     """(label, rl-train argv) of each multirun the reproduction needs."""
-    seeds = _csv(range(scaled_seeds(args.scale, args.seeds)))
-    common = [*launcher_overrides(args.launcher, args.n_jobs),
-              f"hydra.sweep.dir={args.out / 'runs'}", f"seed={seeds}"]
+    seeds = _csv(range(scaled_seeds(args.scale, args.seeds, _base_seeds(args.reproduction))))
+    launch = launcher_overrides(args.launcher, args.n_jobs)
+    common = [*launch, f"hydra.sweep.dir={args.out / 'runs'}", f"seed={seeds}"]
     policies = f"policy={','.join(args.mappings)}"
     cmds = []
-    if args.reproduction == "ablation":
+    if args.reproduction == "sac_distractors":
+        for regime in args.regimes:
+            cmds.append((regime, ["-m", "+experiment=sac_distractors",
+                                  f"total_steps={scaled_steps(DISTRACTOR_STEPS, args.scale)}",
+                                  f"env.distractor_actions={_csv(args.ks)}",
+                                  *regime_overrides(regime, args.beta, args.target_entropy), policies,
+                                  *launch, f"hydra.sweep.dir={args.out / regime / 'runs'}",
+                                  f"seed={seeds}", *args.overrides]))
+    elif args.reproduction == "ablation":
         for env in args.envs:
             cmds.append((env, ["-m", "+experiment=entropy_ablation", f"env={env}",
                                f"total_steps={scaled_steps(ABLATION_STEPS[env], args.scale)}",
@@ -159,13 +192,15 @@ def run_sweeps(args) -> None:
         _run(label, [sys.executable, "-m", "rl.train", *argv], args.dry_run)
 
 
-def aggregate_and_plot(args, x_col: str, title: str) -> None:
+def aggregate_and_plot(args, x_col: str, title: str, out: Path | None = None) -> None:
+    """Tidy table and figures of ``out/runs`` (default OUT) into ``out``."""
     from rl.analysis.aggregate import aggregate, write_table
     from rl.analysis.figures import make_all
 
-    table = aggregate(args.out / "runs")
+    out = args.out if out is None else out
+    table = aggregate(out / "runs")
     # OUT/runs may hold runs of other grids (an earlier, larger --seeds): keep this one's.
-    keep = table.seed < scaled_seeds(args.scale, args.seeds)
+    keep = table.seed < scaled_seeds(args.scale, args.seeds, _base_seeds(args.reproduction))
     keep &= table.alpha.isin([ALPHAS[m] for m in args.mappings])
     if args.reproduction == "ablation":
         keep &= table.env.isin([ENV_IDS[e] for e in args.envs]) & table.beta.isin(args.betas)
@@ -173,10 +208,10 @@ def aggregate_and_plot(args, x_col: str, title: str) -> None:
         keep &= table.distractors.isin(args.ks) & (table.beta == args.beta)
     table = table[keep].reset_index(drop=True)
     if table.empty:
-        raise SystemExit(f"{args.out / 'runs'} holds no run of this grid")
-    path = write_table(table, args.out / "table.csv.gz")
+        raise SystemExit(f"{out / 'runs'} holds no run of this grid")
+    path = write_table(table, out / "table.csv.gz")
     print(f"[reproduce] {len(table)} rows, {table.run.nunique()} runs -> {path}", flush=True)
-    for p in make_all(table, args.out / "figures", x_col=x_col, title=title,
+    for p in make_all(table, out / "figures", x_col=x_col, title=title,
                       formats=args.formats):
         print(f"[reproduce] wrote {p}")
 
@@ -198,8 +233,14 @@ def parse_args(argv=None):
                     help="ablation: entropy coefficients")
     ap.add_argument("--ks", type=int, nargs="+", default=list(DISTRACTOR_KS),
                     help="distractors: numbers of distractor actions")
-    ap.add_argument("--beta", type=float, default=DISTRACTOR_BETA,
-                    help="distractors: the fixed entropy coefficient")
+    ap.add_argument("--beta", type=float, default=None,
+                    help=f"distractors: the fixed entropy coefficient (default {DISTRACTOR_BETA:g}); "
+                         f"sac_distractors: the fixed one and the tuned one's start "
+                         f"(default {SAC_DISTRACTOR_BETA:g})")
+    ap.add_argument("--target-entropy", type=float, default=SAC_TARGET_ENTROPY,
+                    help="sac_distractors: target fraction of the maximum entropy (regime target)")
+    ap.add_argument("--regimes", nargs="+", default=list(SAC_REGIMES), choices=list(SAC_REGIMES),
+                    help="sac_distractors: fixed beta, tuned to a target entropy, or both")
     ap.add_argument("--launcher", choices=LAUNCHERS, default="local",
                     help="local (joblib), slurm, slurm_local (submitit's local executor), "
                          "basic (sequential)")
@@ -212,6 +253,8 @@ def parse_args(argv=None):
                     help="only aggregate and plot what OUT/runs already holds")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every rl-train call")
     args = ap.parse_intermixed_args(argv)  # overrides may come before or after options
+    if args.beta is None:
+        args.beta = SAC_DISTRACTOR_BETA if args.reproduction == "sac_distractors" else DISTRACTOR_BETA
     if args.reproduction in OWN_OPTIONS:
         raise ValueError(f"reproduction {args.reproduction!r} takes its own options and must come "
                          f"first: reproduce.py {args.reproduction} --help")
@@ -223,6 +266,8 @@ def parse_args(argv=None):
         raise ValueError(f"--n-jobs must be >= 1; got {args.n_jobs}")
     if any(b < 0 for b in args.betas) or args.beta < 0:
         raise ValueError(f"--betas/--beta must be >= 0; got {args.betas}, {args.beta}")
+    if not 0 < args.target_entropy < 1:
+        raise ValueError(f"--target-entropy must be in (0, 1); got {args.target_entropy}")
     if any(k < 0 for k in args.ks):
         raise ValueError(f"--ks must be >= 0; got {args.ks}")
     bad = [o for o in args.overrides if "=" not in o]
@@ -265,6 +310,12 @@ def main(argv=None) -> int:
         return 0
     if args.reproduction == "ablation":
         aggregate_and_plot(args, "beta", "entropy bonus ablation")
+    elif args.reproduction == "sac_distractors":
+        for regime in args.regimes:
+            what = (f"fixed beta={args.beta:g}" if regime == "fixed" else
+                    f"beta tuned to {args.target_entropy:g} of max entropy")
+            aggregate_and_plot(args, "distractors", f"SAC, distractor actions, {what}",
+                               out=args.out / regime)
     else:
         aggregate_and_plot(args, "distractors", f"distractor actions, beta={args.beta:g}")
     return 0

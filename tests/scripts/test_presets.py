@@ -180,3 +180,61 @@ def test_a_minatar_preset_trains_with_the_minatar_network(tmp_path):
         assert trainer.train()["steps"] == 64
     finally:
         trainer.close()
+
+
+# ------------------------------------------------------------- SAC presets and sac_distractors
+
+
+@pytest.mark.parametrize(
+    "env, expect",
+    [("lunarlander", dict(num_envs=4, total_steps=500_000, batch_size=256, gradient_steps=4, tau=0.01,
+                          learning_starts=10_000, target=0.3, hidden=[400, 300])),
+     ("minatar_breakout", dict(num_envs=4, total_steps=2_000_000, batch_size=64, gradient_steps=1,
+                               tau=1.0, learning_starts=20_000, target=0.89, hidden=[]))],
+)
+def test_sac_presets_compose_and_name_their_source(env, expect):
+    cfg = _task([f"env={env}", "algo=sac"])
+    text = (REPO / "conf" / "preset" / f"{env}_sac.yaml").read_text()
+    assert text.startswith("# @package _global_")
+    assert "rl-baselines3-zoo" in text or "CleanRL" in text
+    got = dict(num_envs=cfg.num_envs, total_steps=cfg.total_steps, batch_size=cfg.algo.batch_size,
+               gradient_steps=cfg.algo.gradient_steps, tau=cfg.algo.tau,
+               learning_starts=cfg.algo.learning_starts, target=cfg.beta_schedule.target_entropy,
+               hidden=list(cfg.policy.hidden_sizes))
+    assert got == expect
+
+
+@pytest.mark.parametrize("regime, target", [("fixed", None), ("target", 0.3)])
+def test_sac_distractors_experiment_takes_the_cartpole_sac_preset(regime, target):
+    overrides = reproduce.regime_overrides(regime, 0.1, 0.3)
+    cfg = _compose(["+experiment=sac_distractors", "env.distractor_actions=10", *overrides])
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    assert list(params)[0] == "seed" and params["seed"] == "0,1,2"
+    assert params["env.distractor_actions"] == "0,10,100,1000"
+    task = cfg.copy()
+    with open_dict(task):
+        del task["hydra"]
+    validate(task)
+    assert task.algo.name == "sac" and task.env.id == "CartPole-v1" and task.env.distractor_actions == 10
+    # the preset's, then the experiment's budget
+    assert (task.num_envs, task.algo.gradient_steps, task.total_steps) == (4, 2, 50_000)
+    assert task.beta == 0.1 and task.beta_schedule.target_entropy == target
+
+
+def test_reproduce_sac_distractors_runs_one_sweep_per_regime(tmp_path):
+    args = reproduce.parse_args(["sac_distractors", "--scale", "0.1", "--ks", "0", "100",
+                                 "--launcher", "population", "--out", str(tmp_path)])
+    cmds = dict(reproduce.sweep_commands(args))
+    assert set(cmds) == {"fixed", "target"}
+    fixed, target = cmds["fixed"], cmds["target"]
+    assert "+experiment=sac_distractors" in fixed and "seed=0" in fixed  # round(3 x 0.1) -> 1 seed
+    assert "beta=0.1" in fixed and "beta_schedule.target_entropy=null" in fixed
+    assert "beta_schedule.target_entropy=0.3" in target
+    assert "env.distractor_actions=0,100" in target and "hydra/launcher=population" in target
+    assert f"hydra.sweep.dir={tmp_path / 'fixed' / 'runs'}" in fixed
+    assert f"hydra.sweep.dir={tmp_path / 'target' / 'runs'}" in target
+    assert f"total_steps={round(50_000 * 0.1 / 256) * 256}" in fixed
+    args = reproduce.parse_args(["distractors", "--out", str(tmp_path)])
+    assert args.beta == 0.01  # the PPO reproduction keeps its own default
+    with pytest.raises(ValueError, match="--target-entropy"):
+        reproduce.parse_args(["sac_distractors", "--target-entropy", "1.5"])

@@ -1,0 +1,71 @@
+"""scripts/bench_sac.py: the commands it runs, the zoo's DQN settings at another budget, and its
+report of finished runs (no training here)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_sac", REPO / "scripts" / "bench_sac.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_builds_one_population_sweep_and_one_dqn_run_per_seed(bench, tmp_path, capsys):
+    assert bench.main(["--dry-run", "--envs", "cartpole", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[bench_sac]")]
+    assert len(lines) == 3
+    sac = lines[0]
+    for part in ("+experiment=benchmark", "env=cartpole", "algo=sac", "total_steps=100000", "seed=0,1",
+                 "policy=softmax,entmax15,sparsemax", "hydra/launcher=population",
+                 f"hydra.sweep.dir={tmp_path / 'runs'}"):
+        assert part in sac
+    assert "--_dqn cartpole 0 100000" in lines[1] and "--_dqn cartpole 1 100000" in lines[2]
+    assert not (tmp_path / "dqn").exists()  # a dry run trains nothing
+
+
+def test_dqn_keeps_the_zoo_epsilon_decay_in_env_steps(bench):
+    zoo = bench.DQN["cartpole"]
+    kw = bench.dqn_kwargs("cartpole", 100_000, {})
+    assert kw["exploration_fraction"] * 100_000 == pytest.approx(0.16 * 50_000)  # 8k steps as in the zoo
+    assert kw["learning_rate"] == 2.3e-3 and kw["policy_kwargs"] == {"net_arch": [256, 256]}
+    assert zoo["kwargs"]["exploration_fraction"] == 0.16  # the table itself is not changed
+    assert bench.dqn_kwargs("cartpole", 1000, {"learning_starts": 10})["exploration_fraction"] == 1.0
+    assert bench.dqn_kwargs("cartpole", 1000, {"learning_starts": 10})["learning_starts"] == 10
+
+
+def test_report_tabulates_finished_runs_with_iqm_and_solved(bench, tmp_path, capsys):
+    out = tmp_path / "out"
+    finals = [480.0, 490.0, 300.0, 500.0, 495.0]
+    for seed, final in enumerate(finals):
+        run = {"env": "CartPole-v1", "method": "SB3 DQN", "mapping": "-", "seed": seed, "budget": 100_000,
+               "steps": 100_000, "final_return": final,
+               "solved_at_step": None if final < 475 else 50_000 + 1000 * seed,
+               "eval_greedy": 500.0, "wall_time_s": 100.0 + seed}
+        path = out / "dqn" / "cartpole_100000" / f"seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run))
+    results = tmp_path / "sac.json"
+    assert bench.main(["--no-train", "--out", str(out), "--results", str(results)]) == 0
+    data = json.loads(results.read_text())
+    (cell,) = data["table"]
+    assert (cell["method"], cell["seeds"], cell["solved"]) == ("SB3 DQN", 5, 4)
+    assert cell["median_steps_to_solve"] == 52_000  # seeds 0, 1, 3, 4: 50k, 51k, 53k, 54k
+    # IQM of 5 runs: trim 25% at each end -> mean of the middle values, as rl.analysis.stats.iqm
+    from rl.analysis.stats import iqm
+
+    assert cell["final_return"]["iqm"] == pytest.approx(iqm(finals))
+    assert cell["final_return"]["low"] <= cell["final_return"]["iqm"] <= cell["final_return"]["high"]
+    assert cell["median_wall_time_s"] == 102.0
+    assert "cpu" in data and data["cells"]["cartpole"]["dqn_source"].startswith("rl-baselines3-zoo")
+    assert results.with_name("sac_runs.csv").is_file()
+    assert "| CartPole-v1 | SB3 DQN | - | 100k | 5 | 4/5 | 52.0k |" in capsys.readouterr().out
+    sys.modules.pop("bench_sac", None)
