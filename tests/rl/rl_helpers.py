@@ -20,6 +20,7 @@ import torch
 from hydra import compose as _compose
 from hydra import initialize_config_dir
 
+from rl.callbacks import Callback
 from rl.config import register_configs
 from rl.train import CONF_DIR
 
@@ -170,3 +171,13 @@ def assert_same(a, b, path="state"):
         assert isinstance(b, float) and math.isnan(b), path
     else:
         assert a == b, (path, a, b)
+
+
+class Returns(Callback):
+    """Every member's episode returns with their end steps, as the trainer reports them."""
+
+    def __init__(self):
+        self.by_member = {}
+
+    def on_episode_end(self, trainer, member, episode_return, length, step):
+        self.by_member.setdefault(member, []).append((step, episode_return))

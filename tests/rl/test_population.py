@@ -17,11 +17,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from rl_helpers import MaskedEnv, compose, registered, scalars, tiny
+from rl_helpers import MaskedEnv, Returns, compose, registered, scalars, tiny
 
 import ops
 from rl import algos
-from rl.callbacks import Callback
 from rl.checkpoint import load_checkpoint
 from rl.networks import ActorCritic
 from rl.population import Member, population_key, train_population
@@ -140,14 +139,6 @@ def test_population_of_one_is_the_single_run(tmp_path):
         assert torch.equal(saved["model"][name], value), name
     for key in ("final_mean_return", "episodes", "steps", "updates", "status"):
         assert pop_summary[key] == summary[key], key
-
-
-class Returns(Callback):
-    def __init__(self):
-        self.by_member = {}
-
-    def on_episode_end(self, trainer, member, episode_return, length, step):
-        self.by_member.setdefault(member, []).append((step, episode_return))
 
 
 def test_members_with_different_seeds_follow_different_trajectories(tmp_path):

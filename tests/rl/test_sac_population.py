@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rl_helpers import MaskedEnv, assert_same, entropy_oracle, probs_oracle, registered, scalars
+from rl_helpers import MaskedEnv, Returns, assert_same, entropy_oracle, probs_oracle, registered, scalars
 from test_sac import sac_cfg
 
 from rl.callbacks import Callback
@@ -205,14 +205,6 @@ def test_population_of_one_is_the_single_run(tmp_path):
     assert_same(state, saved)
     for key in ("final_mean_return", "episodes", "steps", "updates", "status", "population_size"):
         assert pop_summary[key] == summary[key], key
-
-
-class Returns(Callback):
-    def __init__(self):
-        self.by_member = {}
-
-    def on_episode_end(self, trainer, member, episode_return, length, step):
-        self.by_member.setdefault(member, []).append((step, episode_return))
 
 
 def test_members_follow_their_own_trajectories_and_write_ordinary_runs(tmp_path):
