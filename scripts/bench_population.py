@@ -13,6 +13,13 @@ Three measurements (each writes its part of one JSON, machine and library versio
 ``single``  a single default run (a population of one) against another source tree of this
             project (``--before SRC``, e.g. a ``git worktree`` of the commit before populations),
             seeds interleaved: env steps and seconds to solve, process wall time.
+``phases``  where a population's time goes: a population of K CartPole members (default config)
+            timed by a callback into rollout collection (env steps, sampling, episode hooks) and
+            the update (epochs of stacked forward, backward and optimizer steps, with the update's
+            logging hooks), for K = 1 and K = 30 (one of the two populations the ``sweep`` above
+            forms); then the sweep's time on 2 cores extrapolated from the per-iteration costs,
+            beside the 60 separate runs of K = 1 that joblib would run: the arithmetic floor of
+            the 60-run sweep and the ratio it allows.
 ``sps``     env steps per second of populations of 1, 4, 16 and 64 members (every member its
             own seed) on CartPole and on MinAtar Breakout: where the gain saturates. Overrides
             after ``--`` pick the algo (``algo=sac``: the CartPole SAC preset). With ``--before
@@ -22,6 +29,7 @@ Three measurements (each writes its part of one JSON, machine and library versio
 
     .venv/bin/python scripts/bench_population.py sweep
     .venv/bin/python scripts/bench_population.py single --before /tmp/before --seeds 5
+    .venv/bin/python scripts/bench_population.py phases --members 1 30
     .venv/bin/python scripts/bench_population.py sps --members 1 4 16 64
     .venv/bin/python scripts/bench_population.py sps --env minatar_breakout --steps 20000
     .venv/bin/python scripts/bench_population.py sps --members 1 4 16 --before /tmp/before -- algo=sac
@@ -211,6 +219,84 @@ def _sps_once(src: Path, env: str, k: int, steps: int, overrides: list[str]) -> 
     return r
 
 
+_PHASES_ONCE = """
+import json, sys, tempfile, time
+from pathlib import Path
+import torch
+from hydra import compose, initialize_config_dir
+from rl.callbacks import Callback
+from rl.population import Member, train_population
+from rl.train import CONF_DIR
+
+env, k, steps, overrides = json.loads(sys.argv[1])
+torch.set_num_threads(1)
+
+class Phases(Callback):  # last in the callback list: an interval includes the hooks before it
+    def __init__(self):
+        self.t = None; self.collect = []; self.update = []
+    def on_train_start(self, trainer):
+        self.t = time.perf_counter()
+        rows = int(trainer.algo.n_steps) * trainer.N  # one member's rollout
+        self.n_minibatch_steps = int(trainer.algo.update_epochs) * -(-rows // int(trainer.algo.batch_size))
+        self.rollout_steps = int(trainer.algo.n_steps) * trainer.N
+    def on_rollout_end(self, trainer):
+        now = time.perf_counter(); self.collect.append(now - self.t); self.t = now
+    def on_update_end(self, trainer, metrics):
+        now = time.perf_counter(); self.update.append(now - self.t); self.t = now
+
+ph = Phases()
+with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(CONF_DIR, version_base=None):
+    members = [Member(compose("config", [f"env={env}", f"seed={i}", f"total_steps={steps}",
+                                         "progress=false", "checkpoint_interval=0", "histogram_interval=0",
+                                         "eval.episodes=0", *overrides]), Path(tmp) / str(i))
+               for i in range(k)]
+    t0 = time.perf_counter()
+    summaries = train_population(members, callbacks=[ph])
+    wall = time.perf_counter() - t0
+print(json.dumps({"wall_s": wall, "iterations": len(ph.update), "collect_s": sum(ph.collect),
+                  "update_s": sum(ph.update), "minibatch_steps_per_update": ph.n_minibatch_steps,
+                  "rollout_steps_per_member": ph.rollout_steps,
+                  "env_steps": sum(s["steps"] for s in summaries)}))
+"""
+
+
+def run_phases(args) -> dict:
+    """Per-iteration collect and update seconds for each population size, and the 60-run sweep's
+    time extrapolated from them (both launchers, ``jobs`` processes)."""
+    out = {"env": args.env, "steps_per_member": args.steps, "overrides": args.overrides,
+           "sweep_runs": args.sweep_runs, "sweep_steps": args.sweep_steps, "jobs": args.jobs,
+           "by_members": {}}
+    for k in args.members:
+        proc = subprocess.run([sys.executable, "-c", _PHASES_ONCE,
+                               json.dumps([args.env, k, args.steps, args.overrides])],
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"K={k} failed:\n{proc.stderr[-3000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        n = max(r["iterations"], 1)
+        r["collect_ms_per_iteration"] = 1e3 * r["collect_s"] / n
+        r["update_ms_per_iteration"] = 1e3 * r["update_s"] / n
+        r["ms_per_minibatch_step"] = r["update_ms_per_iteration"] / r["minibatch_steps_per_update"]
+        # The sweep: sweep_runs runs of sweep_steps each, in populations of k (k = 1: one process
+        # per run, as joblib runs them), `jobs` processes at once.
+        iters = args.sweep_steps / r["rollout_steps_per_member"]
+        populations = -(-args.sweep_runs // k)
+        per_population = iters * (r["collect_s"] + r["update_s"]) / n
+        r["sweep_estimate"] = {
+            "populations": populations, "seconds_per_population": per_population,
+            "update_seconds_per_population": iters * r["update_s"] / n,
+            "wall_s": per_population * -(-populations // args.jobs)}
+        out["by_members"][str(k)] = r
+        e = r["sweep_estimate"]
+        update_wall = e["update_seconds_per_population"] * -(-populations // args.jobs)
+        print(f"K={k}: collect {r['collect_ms_per_iteration']:.1f} ms + update "
+              f"{r['update_ms_per_iteration']:.1f} ms per iteration ({r['ms_per_minibatch_step']:.2f} ms "
+              f"per minibatch step); sweep of {args.sweep_runs} on {args.jobs} processes: "
+              f"{e['wall_s']:.0f} s, of which update {update_wall:.0f} s", flush=True)
+    return out
+
+
 def run_sps(args) -> dict:
     out = {"env": args.env, "steps_per_member": args.steps, "overrides": args.overrides, "by_members": {}}
     trees = {"this": ROOT} | ({"before": args.before.resolve()} if args.before else {})
@@ -242,6 +328,14 @@ def main() -> None:
     g.add_argument("--before", type=Path, default=None)
     g.add_argument("--seeds", type=int, default=5)
     g.add_argument("overrides", nargs="*")
+    f = sub.add_parser("phases", help="collect vs update time per iteration; the sweep's floor")
+    f.add_argument("--env", default="cartpole")
+    f.add_argument("--members", type=int, nargs="+", default=[1, 30])
+    f.add_argument("--steps", type=int, default=25_600, help="env steps per member")
+    f.add_argument("--sweep-runs", type=int, default=60)
+    f.add_argument("--sweep-steps", type=int, default=100_000)
+    f.add_argument("--jobs", type=int, default=2)
+    f.add_argument("overrides", nargs="*")
     p = sub.add_parser("sps", help="SPS of populations of growing size")
     p.add_argument("--env", default="cartpole")
     p.add_argument("--members", type=int, nargs="+", default=[1, 4, 16, 64])
@@ -250,7 +344,7 @@ def main() -> None:
     p.add_argument("--before-members", type=int, nargs="*", default=None,
                    help="population sizes to run on --before (default: all of --members)")
     p.add_argument("overrides", nargs="*")
-    for q in (s, g, p):
+    for q in (s, g, f, p):
         q.add_argument("--out", type=Path, default=default_out)
     args = ap.parse_args()
     if getattr(args, "overrides", None) and args.overrides[:1] == ["--"]:
@@ -260,6 +354,8 @@ def main() -> None:
         data["sweep"] = run_sweep(args)
     elif args.what == "single":
         data["single"] = run_single(args)
+    elif args.what == "phases":
+        data["phases"] = run_phases(args)
     else:
         key = args.env + "".join(f" {o}" for o in args.overrides if o.startswith("algo="))
         data.setdefault("sps", {})[key] = run_sps(args)
