@@ -221,3 +221,39 @@ def test_reproductions_can_run_their_sweeps_as_populations():
     assert {"population", "population_slurm"} <= set(LAUNCHERS)
     assert launcher_overrides("population", 3) == ["hydra/launcher=population", "hydra.launcher.n_jobs=3"]
     assert launcher_overrides("population_slurm", 3) == ["hydra/launcher=population_slurm"]
+
+
+def test_compose_once_hands_the_sweepers_config_to_the_launcher():
+    """The sweeper's validation composes each job; the launcher takes that config instead of
+    composing again, and composes what the sweeper did not."""
+    from rl.launcher import ComposeOnce
+
+    calls = []
+
+    def load(master_config, sweep_overrides):
+        calls.append(list(sweep_overrides))
+        return {"overrides": list(sweep_overrides), "n": len(calls)}
+
+    master = object()
+    once = ComposeOnce(load)
+    validated = [once(master_config=master, sweep_overrides=["seed=0"]), once(master, ["seed=1"])]
+    assert once.take(master, ("seed=0",)) is validated[0]
+    assert once.take(master, ["seed=1"]) is validated[1]
+    assert len(calls) == 2
+    fresh = once.take(master, ["seed=2"])  # never validated
+    assert fresh["overrides"] == ["seed=2"] and len(calls) == 3
+    again = once.take(master, ["seed=0"])  # taken once: the next take composes
+    assert again is not validated[0] and len(calls) == 4
+    assert once.take(object(), ["seed=1"]) is not validated[1]  # another master config
+    assert once.kept == {} and once.reused == 2
+
+
+def test_population_sweep_composes_each_job_once(tmp_path):
+    """A population sweep's jobs are composed once each (by the sweeper's check), and every run
+    directory gets its own job's config."""
+    sweep_dir = tmp_path / "sweep"
+    out = _sweep("device=cpu", "seed=0,1", "beta=0,0.1", "hydra/launcher=population",
+                 "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={sweep_dir}", "hydra.verbose=rl.launcher")
+    assert "4 of 4 job config(s) composed once, by the sweeper's check" in out
+    seen = sorted((read_config(r)["seed"], read_config(r)["beta"]) for r in find_runs(sweep_dir))
+    assert seen == [(0, 0.0), (0, 0.1), (1, 0.0), (1, 0.1)]
