@@ -14,9 +14,9 @@ episodes >= 475), ``lunarlander`` (LunarLander-v3, 500k, >= 200), ``minatar_brea
 
 * ours: one ``rl-train -m +experiment=benchmark env=E algo=sac total_steps=T seed=0,..
   policy=softmax,entmax15,sparsemax hydra/launcher=population`` (the preset
-  conf/preset/<env>_sac.yaml). The sweep's runs form populations; SAC members train one after
-  another inside them today (rl/population.py), and each writes its ``summary.json`` when it
-  ends. Re-running skips finished runs and resumes interrupted ones (rl/sweep.py).
+  conf/preset/<env>_sac.yaml). The sweep's runs form one population, trained as one batched
+  computation (rl/sac.py), each member writing its ``summary.json`` at the end. Re-running skips
+  finished runs and resumes interrupted ones.
 * SB3 DQN with the zoo's hyper-parameters for the env (``DQN`` below, each naming its source),
   one subprocess per seed with one torch thread, its result written to
   ``OUT/dqn/<env>_<steps>/seed<k>.json`` as it ends; a seed whose file exists is skipped.
