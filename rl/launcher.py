@@ -353,6 +353,7 @@ class PopulationLauncher(Launcher):
         self.config: DictConfig | None = None
         self.hydra_context: Any = None
         self.task_function: Any = None
+        self._configs: ComposeOnce | None = None
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
         self.config = config
@@ -361,16 +362,13 @@ class PopulationLauncher(Launcher):
         loader = hydra_context.config_loader
         if not isinstance(loader.load_sweep_config, ComposeOnce):
             loader.load_sweep_config = ComposeOnce(loader.load_sweep_config)
+        self._configs = loader.load_sweep_config
 
     # -- composing the jobs, here in the sweep process
     def _compose(self, overrides: Sequence[str], idx: int) -> DictConfig:
         from hydra.core.hydra_config import HydraConfig
 
-        load = self.hydra_context.config_loader.load_sweep_config
-        if isinstance(load, ComposeOnce):
-            config = load.take(self.config, overrides)
-        else:
-            config = load(self.config, list(overrides))
+        config = self._configs.take(self.config, overrides)
         with open_dict(config):
             config.hydra.job.id = f"{config.hydra.job.name}_{idx}"
             config.hydra.job.num = idx
@@ -395,7 +393,7 @@ class PopulationLauncher(Launcher):
 
         from rl.population import population_key, prepare_member
 
-        assert self.config is not None and self.hydra_context is not None
+        assert self.config is not None and self.hydra_context is not None and self._configs is not None
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -443,11 +441,9 @@ class PopulationLauncher(Launcher):
                 returns.append(ret)
                 results.append(result)
 
-            load = self.hydra_context.config_loader.load_sweep_config
-            if isinstance(load, ComposeOnce):
-                log.debug("%d of %d job config(s) composed once, by the sweeper's check",
-                          load.reused, len(jobs))
-                load.kept.clear()
+            log.debug("%d of %d job config(s) composed once, by the sweeper's check",
+                      self._configs.reused, len(jobs))
+            self._configs.kept.clear()
             todo = sorted(keys)
             populations = [[todo[i] for i in p]
                            for p in group_jobs([keys[j] for j in todo], self.max_population,

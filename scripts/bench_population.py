@@ -208,13 +208,19 @@ print(json.dumps({"wall_s": wall, "env_steps": sum(s["steps"] for s in summaries
 """
 
 
+def _in_fresh_process(src: Path, code: str, args: list, what: str) -> dict:
+    """Runs ``code`` with the source tree ``src`` in a new interpreter (``args`` as JSON in
+    argv[1]); its last stdout line, parsed as JSON."""
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], cwd=src,
+                          env={**os.environ, "PYTHONPATH": str(src)}, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{src}: {what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _sps_once(src: Path, env: str, k: int, steps: int, overrides: list[str]) -> dict:
     """One population of ``k`` members trained by the source tree ``src`` in a fresh process."""
-    proc = subprocess.run([sys.executable, "-c", _SPS_ONCE, json.dumps([env, k, steps, overrides])],
-                          cwd=src, env={**os.environ, "PYTHONPATH": str(src)}, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{src}: K={k} failed:\n{proc.stderr[-3000:]}")
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = _in_fresh_process(src, _SPS_ONCE, [env, k, steps, overrides], f"K={k}")
     r.update(sps=r["env_steps"] / r["wall_s"], sps_per_member=r["env_steps"] / r["wall_s"] / k)
     return r
 
@@ -236,9 +242,9 @@ class Phases(Callback):  # last in the callback list: an interval includes the h
         self.t = None; self.collect = []; self.update = []
     def on_train_start(self, trainer):
         self.t = time.perf_counter()
-        rows = int(trainer.algo.n_steps) * trainer.N  # one member's rollout
-        self.n_minibatch_steps = int(trainer.algo.update_epochs) * -(-rows // int(trainer.algo.batch_size))
-        self.rollout_steps = int(trainer.algo.n_steps) * trainer.N
+        self.rollout_steps = int(trainer.algo.n_steps) * trainer.N  # one member's rollout
+        self.n_minibatch_steps = (int(trainer.algo.update_epochs)
+                                  * -(-self.rollout_steps // int(trainer.algo.batch_size)))
     def on_rollout_end(self, trainer):
         now = time.perf_counter(); self.collect.append(now - self.t); self.t = now
     def on_update_end(self, trainer, metrics):
@@ -267,13 +273,7 @@ def run_phases(args) -> dict:
            "sweep_runs": args.sweep_runs, "sweep_steps": args.sweep_steps, "jobs": args.jobs,
            "by_members": {}}
     for k in args.members:
-        proc = subprocess.run([sys.executable, "-c", _PHASES_ONCE,
-                               json.dumps([args.env, k, args.steps, args.overrides])],
-                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"K={k} failed:\n{proc.stderr[-3000:]}")
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = _in_fresh_process(ROOT, _PHASES_ONCE, [args.env, k, args.steps, args.overrides], f"K={k}")
         n = max(r["iterations"], 1)
         r["collect_ms_per_iteration"] = 1e3 * r["collect_s"] / n
         r["update_ms_per_iteration"] = 1e3 * r["update_s"] / n
