@@ -22,8 +22,8 @@ Reproductions (docs/experiments/ and docs/beta.md, one page each):
   beta, x mappings x seeds (conf/experiment/distractors.yaml). Figures against K.
 * ``sac_distractors`` -- the same K with discrete SAC (conf/preset/cartpole_sac.yaml), x mappings
   x 3 seeds, in two regimes of the entropy coefficient: ``fixed`` (``--beta``, default 0.1, no
-  tuning) and ``target`` (beta tuned to ``--target-entropy``, default 0.3, of the mapping's
-  maximum entropy); one sweep per regime, runs in ``OUT/<regime>/runs``, tables and figures in
+  tuning) and ``target`` (beta tuned to ``--target-entropy``, default 0.1 as in the preset, of
+  the mapping's maximum entropy); one sweep per regime, runs in ``OUT/<regime>/runs``, tables and figures in
   ``OUT/<regime>/`` (conf/experiment/sac_distractors.yaml). Figures against K.
 * ``distractor_support`` -- on a finished distractor sweep: is the useful action in the
   policy's support at initialization and at the end (rl/analysis/support.py; its own options,
@@ -82,7 +82,7 @@ BASE_SEEDS = 5
 # and the target 0.3 are the CartPole preset's start and target.
 SAC_DISTRACTOR_SEEDS = 3
 SAC_DISTRACTOR_BETA = 0.1
-SAC_TARGET_ENTROPY = 0.3
+SAC_TARGET_ENTROPY = 0.1
 SAC_REGIMES = ("fixed", "target")
 LAUNCHERS = ("local", "population", "population_slurm", "slurm", "slurm_local", "basic")
 # PPO collects num_envs x n_steps = 8 x 32 env steps per update (conf/algo/ppo.yaml).

@@ -229,7 +229,7 @@ def test_reproduce_sac_distractors_runs_one_sweep_per_regime(tmp_path):
     fixed, target = cmds["fixed"], cmds["target"]
     assert "+experiment=sac_distractors" in fixed and "seed=0" in fixed  # round(3 x 0.1) -> 1 seed
     assert "beta=0.1" in fixed and "beta_schedule.target_entropy=null" in fixed
-    assert "beta_schedule.target_entropy=0.3" in target
+    assert "beta_schedule.target_entropy=0.1" in target  # the preset's
     assert "env.distractor_actions=0,100" in target and "hydra/launcher=population" in target
     assert f"hydra.sweep.dir={tmp_path / 'fixed' / 'runs'}" in fixed
     assert f"hydra.sweep.dir={tmp_path / 'target' / 'runs'}" in target
