@@ -15,7 +15,9 @@ beta and its schedule, the temperature and its schedule, the policy mapping (alp
 learning rate (rl.population.MEMBER_FIELDS). Their networks are one batched computation
 (rl/stacked.py); their envs step as one vector env of K x num_envs sub-envs (or, when an env
 wrapper keeps statistics -- observation/reward normalization -- or the envs are pickled for an
-exact resume, as K vector envs stepped in turn, so no statistic is shared). Every member has its
+exact resume, as K vector envs stepped in turn, so no statistic is shared; one vector env draws
+the reset states of all K x num_envs sub-envs from one RNG, so there a member's episodes depend on
+its mates' episode ends). Every member has its
 own RNG streams (action sampling, minibatch shuffles), advantage normalization, gradient norm and
 clipping, learning rate, clip range, target-KL stop, beta/temperature coefficients and counters.
 A member whose loss or gradient becomes non-finite stops alone: its summary says "diverged".
