@@ -10,6 +10,11 @@ against SB3 PPO with the zoo's LunarLander-v2 settings (16 envs, n_steps 1024, b
 gae_lambda 0.98, gamma 0.999, 4 epochs, ent_coef 0.01, lr 3e-4 and clip 0.2 constant, 1M
 steps) on LunarLander-v3; solved at 200. Issue 13's target: ours at most 1/4 of SB3's
 seconds from process launch to solve.
+``--env lunarlander_a2c``: ``rl-train env=lunarlander algo=a2c`` (conf/preset/lunarlander_a2c.yaml)
+against SB3 A2C with the zoo's LunarLander-v2 A2C settings (8 envs, n_steps 5, gamma 0.995,
+lr 8.3e-4 linear, ent_coef 1e-5, the rest SB3's defaults), 200k steps; with ``--full`` both run
+the whole budget and report the final training mean and a greedy (deterministic) evaluation
+of 10 episodes, the statistic of the zoo's published 155.8 +- 80.4 (one agent).
 Both run side by side on the same machine, one torch thread each, several seeds.
 Each run is its own subprocess and the runs of the two are interleaved (ours seed 0, SB3 seed
 0, ours seed 1, ...) so both see the same machine load. A run counts as solved when the mean
@@ -26,6 +31,7 @@ update) and SPS = steps / seconds.
     .venv/bin/python scripts/bench_train.py --ours-only -- algo.update_epochs=10   # overrides
     .venv/bin/python scripts/bench_train.py --env lunarlander --seeds 5 --sb3-seeds 5
     .venv/bin/python scripts/bench_train.py --env lunarlander --total-steps 32768 --seeds 1 --sb3-seeds 1
+    .venv/bin/python scripts/bench_train.py --env lunarlander_a2c --full --seeds 5 --sb3-seeds 5
 
 Writes JSON (machine, CPU, library versions, every run) and prints a markdown table with the
 median and the range over seeds. Timings on a shared machine are noisy: compare runs taken
@@ -59,11 +65,18 @@ SB3_ZOO = dict(n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98,
 SB3_ZOO_LUNAR = dict(n_envs=16, n_steps=1024, batch_size=64, gae_lambda=0.98, gamma=0.999, n_epochs=4,
                      ent_coef=0.01, learning_rate=3e-4, clip_range=0.2, total_steps=1_000_000,
                      schedule="constant")
+# rl-baselines3-zoo hyperparams/a2c.yml, LunarLander-v2 (n_timesteps 2e5; lin_0.00083); the same
+# numbers as conf/preset/lunarlander_a2c.yaml. Everything else is SB3's A2C default.
+SB3_ZOO_LUNAR_A2C = dict(algo="a2c", n_envs=8, n_steps=5, gamma=0.995, ent_coef=1e-5,
+                         learning_rate=8.3e-4, total_steps=200_000, schedule="linear")
+EVAL_EPISODES = 10
 # Per --env: Gymnasium id, solved return (mean of the last 100 training episodes), our base
 # overrides (the env's preset comes with env=...), SB3's hyper-parameters.
 ENVS = {
     "cartpole": dict(env_id="CartPole-v1", solved=SOLVED_RETURN, ours=[], sb3=SB3_ZOO),
     "lunarlander": dict(env_id="LunarLander-v3", solved=200.0, ours=["env=lunarlander"], sb3=SB3_ZOO_LUNAR),
+    "lunarlander_a2c": dict(env_id="LunarLander-v3", solved=200.0, ours=["env=lunarlander", "algo=a2c"],
+                            sb3=SB3_ZOO_LUNAR_A2C),
 }
 
 
@@ -106,7 +119,8 @@ def _run_ours(seed: int, overrides: list[str], stop_at_solve: bool, env: str = "
     return {"impl": "ours", "policy": cfg.policy.name, "seed": seed, "overrides": overrides,
             "solve_steps": summary["solved_at_step"], "solve_s": summary["solved_at_seconds"],
             "steps": summary["steps"], "wall_s": summary["wall_time_s"],
-            "last100": summary["final_mean_return"], "solve_unix": stopper.solve_unix}
+            "last100": summary["final_mean_return"], "solve_unix": stopper.solve_unix,
+            "eval_greedy": summary.get("eval_return_greedy")}
 
 
 def _run_sb3(seed: int, stop_at_solve: bool, env_name: str = "cartpole",
@@ -114,9 +128,10 @@ def _run_sb3(seed: int, stop_at_solve: bool, env_name: str = "cartpole",
     import torch
 
     torch.set_num_threads(1)
-    from stable_baselines3 import PPO
+    from stable_baselines3 import A2C, PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
 
     class Solve(BaseCallback):
         def __init__(self):
@@ -142,21 +157,30 @@ def _run_sb3(seed: int, stop_at_solve: bool, env_name: str = "cartpole",
     z, solved = spec["sb3"], spec["solved"]
     env = make_vec_env(spec["env_id"], n_envs=z["n_envs"], seed=seed)
     linear = z["schedule"] == "linear"  # SB3 schedules take the remaining progress f: 1 -> 0
-    model = PPO("MlpPolicy", env, n_steps=z["n_steps"], batch_size=z["batch_size"],
-                gae_lambda=z["gae_lambda"], gamma=z["gamma"], n_epochs=z["n_epochs"],
-                ent_coef=z["ent_coef"],
-                learning_rate=(lambda f: f * z["learning_rate"]) if linear else z["learning_rate"],
-                clip_range=(lambda f: f * z["clip_range"]) if linear else z["clip_range"],
-                seed=seed, device="cpu")
+    lr = (lambda f: f * z["learning_rate"]) if linear else z["learning_rate"]
+    if z.get("algo") == "a2c":
+        model = A2C("MlpPolicy", env, n_steps=z["n_steps"], gamma=z["gamma"], ent_coef=z["ent_coef"],
+                    learning_rate=lr, seed=seed, device="cpu")
+    else:
+        model = PPO("MlpPolicy", env, n_steps=z["n_steps"], batch_size=z["batch_size"],
+                    gae_lambda=z["gae_lambda"], gamma=z["gamma"], n_epochs=z["n_epochs"],
+                    ent_coef=z["ent_coef"], learning_rate=lr,
+                    clip_range=(lambda f: f * z["clip_range"]) if linear else z["clip_range"],
+                    seed=seed, device="cpu")
     cb = Solve()
     t0 = time.perf_counter()
     model.learn(total_steps or z["total_steps"], callback=cb)
     wall = time.perf_counter() - t0
     last = cb.returns[-WINDOW:]
+    greedy = None
+    if not stop_at_solve:  # the zoo's statistic: deterministic actions on a fresh env
+        eval_env = make_vec_env(spec["env_id"], n_envs=1, seed=seed + 10_000)
+        greedy = float(evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True)[0])
     return {"impl": "sb3", "policy": "softmax", "seed": seed, "overrides": [],
             "solve_steps": cb.hit and cb.hit[0], "solve_s": cb.hit and cb.hit[1],
             "steps": model.num_timesteps, "wall_s": wall,
-            "last100": sum(last) / len(last) if last else None, "solve_unix": cb.solve_unix}
+            "last100": sum(last) / len(last) if last else None, "solve_unix": cb.solve_unix,
+            "eval_greedy": greedy}
 
 
 def _subprocess(args: list[str], timeout: float) -> dict:
@@ -189,6 +213,16 @@ def _stats(values: list[float]) -> dict | None:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def _iqm(values: list[float | None]) -> dict | None:
+    """IQM with its 95% bootstrap interval over seeds (None when a run lacks the value)."""
+    if not values or any(v is None for v in values):
+        return None
+    from rl.analysis.stats import iqm, iqm_ci
+
+    low, high = iqm_ci(values)
+    return {"iqm": iqm(values), "ci95": [low, high], "values": list(values)}
+
+
 def summarize(runs: list[dict]) -> dict:
     groups: dict[str, list[dict]] = {}
     for r in runs:
@@ -203,6 +237,8 @@ def summarize(runs: list[dict]) -> dict:
             "launch_solve_s": _stats([r["launch_solve_s"] for r in solved
                                       if r.get("launch_solve_s") is not None]),
             "sps": _stats([r["sps"] for r in rs]),
+            "last100": _iqm([r.get("last100") for r in rs]),
+            "eval_greedy": _iqm([r.get("eval_greedy") for r in rs]),
         }
     # per-seed wall-time ratio SB3 / ours of the default config (runs taken side by side)
     ours = {r["seed"]: r for r in groups.get("ours/softmax", [])}
@@ -225,17 +261,25 @@ def _fmt(st: dict | None, unit: str = "", scale: float = 1.0, digits: int = 1) -
 
 
 def table(summary: dict) -> str:
-    rows = ["| run | solved | env steps to solve | seconds to solve | seconds from launch | SPS |",
-            "|---|---|---|---|---|---|"]
-    labels = {"ours/softmax": "entropy-rl PPO softmax (default)", "sb3/softmax": "SB3 PPO (zoo)",
-              "ours/sparsemax": "entropy-rl PPO sparsemax", "ours/entmax15": "entropy-rl PPO entmax-1.5"}
+    rows = ["| run | solved | env steps to solve | seconds to solve | seconds from launch | SPS "
+            "| last-100 mean, IQM [95% CI] | greedy eval, IQM [95% CI] |",
+            "|---|---|---|---|---|---|---|---|"]
+    algo = summary.get("algo", "PPO")
+    labels = {"ours/softmax": f"entropy-rl {algo} softmax (preset)", "sb3/softmax": f"SB3 {algo} (zoo)",
+              "ours/sparsemax": f"entropy-rl {algo} sparsemax",
+              "ours/entmax15": f"entropy-rl {algo} entmax-1.5"}
+
+    def iqm(st):
+        return "--" if st is None else f"{st['iqm']:.1f} [{st['ci95'][0]:.1f}, {st['ci95'][1]:.1f}]"
+
     for name, s in summary.items():
-        if not name.count("/"):
+        if not isinstance(s, dict) or not name.count("/"):
             continue
         rows.append(f"| {labels.get(name, name)} | {s['solved']}/{s['seeds']} | "
                     f"{_fmt(s['solve_steps'], 'k', 1000.0)} | {_fmt(s['solve_s'], ' s')} | "
                     f"{_fmt(s.get('launch_solve_s'), ' s')} | "
-                    f"{_fmt(s['sps'], 'k', 1000.0)} |")
+                    f"{_fmt(s['sps'], 'k', 1000.0)} | {iqm(s.get('last100'))} | "
+                    f"{iqm(s.get('eval_greedy'))} |")
     if "speedup_sb3_over_ours_solve_s" in summary:
         rows.append("")
         rows.append("SB3 seconds / ours, same seed, side by side: "
@@ -301,8 +345,10 @@ def main() -> None:
         runs.append(r)
         print(f"{r['impl']:4s} {r['policy']:9s} seed {r['seed']}: solved at "
               f"{r['solve_steps']} steps, {r['solve_s'] and round(r['solve_s'], 1)} s, "
-              f"{r['sps']:.0f} SPS", flush=True)
+              f"{r['sps']:.0f} SPS, last-100 mean {r['last100']}, greedy {r.get('eval_greedy')}",
+              flush=True)
     summary = summarize(runs)
+    summary["algo"] = "A2C" if ENVS[args.env]["sb3"].get("algo") == "a2c" else "PPO"
     result = {
         "benchmark": f"train_{args.env}", "env_id": ENVS[args.env]["env_id"],
         "started_utc": started.isoformat(timespec="seconds"),

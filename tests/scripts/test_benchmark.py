@@ -198,3 +198,28 @@ def test_bench_train_reports_seconds_from_launch_side_by_side():
     assert summary["ours/softmax"]["launch_solve_s"]["median"] == 110.0
     assert "seconds from process launch" in bench.table(summary)
     json.dumps(summary)
+
+
+def test_bench_train_a2c_compares_final_and_greedy_returns_with_intervals():
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "scripts" / "bench_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    a2c = bench.ENVS["lunarlander_a2c"]
+    assert a2c["ours"] == ["env=lunarlander", "algo=a2c"] and a2c["sb3"]["algo"] == "a2c"
+    assert a2c["sb3"]["total_steps"] == 200_000 and a2c["sb3"]["n_steps"] == 5
+    runs = [dict(impl=impl, policy="softmax", seed=s, solve_steps=None, solve_s=None, sps=1000.0,
+                 last100=float(10 * s + (50 if impl == "sb3" else 0)), eval_greedy=float(s))
+            for impl in ("ours", "sb3") for s in range(5)]
+    summary = bench.summarize(runs)
+    summary["algo"] = "A2C"
+    assert summary["ours/softmax"]["last100"]["iqm"] == pytest.approx(20.0)  # IQM of 0..40
+    assert summary["sb3/softmax"]["last100"]["iqm"] == pytest.approx(70.0)
+    low, high = summary["sb3/softmax"]["last100"]["ci95"]
+    assert 50.0 <= low <= 70.0 <= high <= 90.0
+    text = bench.table(summary)
+    assert "SB3 A2C (zoo)" in text and "70.0 [" in text
+    # a run without an evaluation gives no greedy IQM rather than a wrong one
+    runs[0]["eval_greedy"] = None
+    assert bench.summarize(runs)["ours/softmax"]["eval_greedy"] is None
+    json.dumps(summary)
+
