@@ -43,10 +43,16 @@ entropy, so the same update drives ``temperature``. See docs/beta.md.
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 from typing import Any
 
 from rl.config import ScheduleSettings, schedule_settings
+
+log = logging.getLogger(__name__)
+# A tuned coefficient this many times its start, with the entropy at exactly 0, is reported once
+# (a sparse mapping at a one-action support: no gradient, so the dual only grows).
+RUNAWAY_FACTOR = 1000.0
 
 __all__ = ["KINDS", "Coefficient", "build_coefficient"]
 
@@ -89,6 +95,7 @@ class Coefficient:
         self.log_value = math.log(s.start) if s.target_entropy is not None else None
         self._target_abs: float | None = None
         self._value = self._scheduled(0) if s.target_entropy is None else s.start
+        self._warned_runaway = False
 
     @property
     def value(self) -> float:
@@ -159,6 +166,17 @@ class Coefficient:
                 self.log_value = min(self.log_value, math.log(self.max_value))
             self.num_dual_updates += 1
             self._value = math.exp(self.log_value)
+            if (entropy_mean <= 0.0 and self.max_value is None and not self._warned_runaway
+                    and self._value >= RUNAWAY_FACTOR * self.start):
+                self._warned_runaway = True
+                start = "policy.temperature" if self.name == "temperature" else self.name
+                log.warning(
+                    "%s.target_entropy=%g: the entropy is 0 and the tuned %s has grown from %s=%g "
+                    "to %g at env step %d; a sparse mapping whose support is one action has no "
+                    "gradient there, so raising it changes nothing (docs/experiments/"
+                    "sac_distractors.md). Set %s.max to bound it; watch policy/support_size",
+                    self.field, self.target_fraction, self.name, start, self.start, self._value,
+                    env_step, self.field)
         return self._value
 
     def definition(self) -> dict[str, Any]:

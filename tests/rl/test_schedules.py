@@ -403,7 +403,8 @@ def test_dual_tuning_closed_loop_with_ops(alpha, name):
     # is the mapping of r / beta (docs/DESIGN.md: p = argmax <p, z> + H(p)), i.e. ops with
     # temperature=beta; the same curve H(T) drives a scheduled temperature. Iterating the dual
     # update against it must settle the entropy at the target, for every mapping, with a mask.
-    gen = torch.Generator().manual_seed(random.randrange(2**31))
+    seed = random.randrange(2**31)
+    gen = torch.Generator().manual_seed(seed)
     n_act = 6
     rewards = torch.rand(n_act, generator=gen, dtype=torch.float64) * 2
     mask = torch.ones(n_act, dtype=torch.bool)
@@ -417,5 +418,34 @@ def test_dual_tuning_closed_loop_with_ops(alpha, name):
         h = float(ops.entropy(rewards, alpha=alpha, temperature=c.value, mask=mask))
         history.append(h)
         c.step(step, h, h_max)
-    assert c.target == pytest.approx(f * h_max)
-    assert sum(history[-100:]) / 100 == pytest.approx(f * h_max, rel=0.01)
+    where = f"seed {seed}: f={f}, start={start}, value={c.value}, last entropies {history[-3:]}"
+    assert c.target == pytest.approx(f * h_max), where
+    assert sum(history[-100:]) / 100 == pytest.approx(f * h_max, rel=0.01), where
+
+
+def test_a_runaway_dual_at_zero_entropy_is_reported_once(caplog):
+    # a sparse policy at a one-action support: entropy exactly 0, so the dual only grows
+    c = build_coefficient(0.1, Sched(target_entropy=0.3, lr=1.0), 1000, "beta")
+    with caplog.at_level("WARNING", logger="rl.schedules"):
+        steps = 0
+        while c.value < 0.1 * 1000:
+            c.step(steps, 0.0, 1.386)
+            steps += 1
+            assert steps < 100
+        assert len(caplog.records) == 1
+        message = caplog.records[0].getMessage()
+        assert "beta_schedule.target_entropy=0.3" in message and "beta_schedule.max" in message
+        for _ in range(5):
+            c.step(steps, 0.0, 1.386)
+        assert len(caplog.records) == 1  # once
+
+
+@pytest.mark.parametrize("entropy, bound", [(0.01, None), (0.0, 50.0)])
+def test_no_runaway_report_with_entropy_left_or_a_bound(caplog, entropy, bound):
+    c = build_coefficient(0.1, Sched(target_entropy=0.9, lr=1.0, max=bound), 1000, "beta")
+    with caplog.at_level("WARNING", logger="rl.schedules"):
+        for step in range(40):
+            c.step(step, entropy, 1.386)
+    assert c.value >= 49.9  # it did grow
+    assert not caplog.records
+
