@@ -183,10 +183,15 @@ def test_bad_options_raise_one_value_error_naming_them(argv, name):
         benchmark.parse_args(argv)
 
 
-def test_bench_train_reports_seconds_from_launch_side_by_side():
+def _bench_train():
     spec = importlib.util.spec_from_file_location("bench_train", REPO / "scripts" / "bench_train.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_train_reports_seconds_from_launch_side_by_side():
+    bench = _bench_train()
     assert bench.ENVS["lunarlander"]["env_id"] == "LunarLander-v3"
     assert bench.ENVS["lunarlander"]["solved"] == 200.0
     runs = [dict(impl="ours", policy="softmax", seed=0, solve_steps=300_000, solve_s=100.0,
@@ -201,9 +206,7 @@ def test_bench_train_reports_seconds_from_launch_side_by_side():
 
 
 def test_bench_train_a2c_compares_final_and_greedy_returns_with_intervals():
-    spec = importlib.util.spec_from_file_location("bench_train", REPO / "scripts" / "bench_train.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_train()
     a2c = bench.ENVS["lunarlander_a2c"]
     assert a2c["ours"] == ["env=lunarlander", "algo=a2c"] and a2c["sb3"]["algo"] == "a2c"
     assert a2c["sb3"]["total_steps"] == 200_000 and a2c["sb3"]["n_steps"] == 5
