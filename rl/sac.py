@@ -523,11 +523,10 @@ class SACTrainer(Trainer):
         max_entropy = dict(zip(ks, self._max_entropies(masks, ks, B), strict=True))
         stats: dict[int, dict[str, float]] = {}
         betas = {k: self.members[k].beta_coef.value for k in ks}
-        for k in ks:
-            m = self.members[k]
-            m.last_entropy = (checks[2][k], max_entropy[k])
-            m.beta_coef.step(m.global_step, checks[2][k], max_entropy[k])
-            m.temperature_coef.step(m.global_step, checks[2][k], max_entropy[k])
+        for k in list(ks):
+            self.members[k].last_entropy = (checks[2][k], max_entropy[k])
+            if not self._step_coefficients(k, checks[2][k], max_entropy[k]):
+                ks.remove(k)
         want = [k for k in ks if k in want]
         if not want:
             return stats

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 # A tuned coefficient this many times its start, with the entropy at exactly 0, is reported once
 # (a sparse mapping at a one-action support: no gradient, so the dual only grows).
 RUNAWAY_FACTOR = 1000.0
+_LOG_FLOAT_MAX = math.log(1.7976931348623157e308)
 
 __all__ = ["KINDS", "Coefficient", "build_coefficient"]
 
@@ -165,7 +166,8 @@ class Coefficient:
             if self.max_value is not None:
                 self.log_value = min(self.log_value, math.log(self.max_value))
             self.num_dual_updates += 1
-            self._value = math.exp(self.log_value)
+            # beyond exp's range the value is inf, for the trainer to stop the run with a reason
+            self._value = math.exp(self.log_value) if self.log_value < _LOG_FLOAT_MAX else math.inf
             if (entropy_mean <= 0.0 and self.max_value is None and not self._warned_runaway
                     and self._value >= RUNAWAY_FACTOR * self.start):
                 self._warned_runaway = True

@@ -87,6 +87,8 @@ SUMMARY_NAME = SUMMARY_FILE  # one name for the summary file: rl.checkpoint.SUMM
 # Episodes in the running mean reported as "mean return" (the solved criterion of gym's
 # classic-control tasks is a mean over 100 consecutive episodes).
 _RETURN_WINDOW = 100
+# The largest coefficient the ops take: they carry beta per row as float32.
+_COEF_MAX = float(torch.finfo(torch.float32).max)
 
 
 class TrainingDiverged(RuntimeError):
@@ -613,6 +615,23 @@ class Trainer:
         rest = x.shape[2:]
         return x[:T].reshape(T, self.K, self.N, *rest).transpose(0, 1).reshape(self.K, T * self.N, *rest)
 
+    def _step_coefficients(self, k: int, entropy_mean: float, max_entropy: float) -> bool:
+        """Advances member k's beta and temperature to its env step (a dual step uses this
+        update's measured entropy). A coefficient that leaves float32's range -- a beta tuned to a
+        target the policy cannot reach, e.g. a sparse policy with a one-action support, whose
+        entropy stays 0 -- stops the member alone ("diverged"): the ops take beta per row as
+        float32 and would refuse the call of every member sharing it. False when it stopped."""
+        m = self.members[k]
+        for coef in (m.beta_coef, m.temperature_coef):
+            value = coef.step(m.global_step, entropy_mean, max_entropy)
+            if not (math.isfinite(value) and value <= _COEF_MAX):
+                target = "" if coef.target is None else f" against a target of {coef.target:.4g}"
+                self._diverge(k, f"{coef.field}: the tuned {coef.name} ran away to {value:.4g}, beyond "
+                                 f"float32 (entropy {entropy_mean:.4g}{target}); set {coef.field}.max "
+                                 "to bound it")
+                return False
+        return True
+
     def _diverge(self, k: int, reason: str) -> None:
         m = self.members[k]
         m.status = "diverged"
@@ -966,9 +985,8 @@ class Trainer:
                 result["policy/temperature"] = m.temperature_coef.value
             # Advance the coefficients for the next rollout and update (a dual step uses this
             # update's measured entropy).
-            if math.isfinite(entropy_mean):
-                m.beta_coef.step(m.global_step, entropy_mean, max_entropy)
-                m.temperature_coef.step(m.global_step, entropy_mean, max_entropy)
+            if math.isfinite(entropy_mean) and not self._step_coefficients(k, entropy_mean, max_entropy):
+                continue
             results[k] = result
         if a.name != "ppo":
             for r in results:

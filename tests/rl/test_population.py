@@ -9,6 +9,7 @@
 """
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from rl_helpers import MaskedEnv, Returns, compose, registered, scalars, tiny
 
 import ops
 from rl import algos
+from rl.callbacks import Callback
 from rl.checkpoint import load_checkpoint
 from rl.networks import ActorCritic
 from rl.population import Member, population_key, train_population
@@ -195,6 +197,34 @@ def test_a_diverging_member_stops_alone(tmp_path):
     assert "non-finite logits" in summaries[1]["diverged"] and summaries[1]["steps"] < 320
     assert summaries[0]["steps"] == summaries[2]["steps"] == 320
     assert json.loads((tmp_path / "m1" / SUMMARY_NAME).read_text())["status"] == "diverged"
+
+
+class RunawayBeta(Callback):
+    """Puts member ``k``'s dual variable e times beyond float32's range at its update ``at``: its
+    next dual step makes beta unrepresentable for the ops, as a sparse policy at a one-action
+    support does over a long run."""
+
+    def __init__(self, k: int, at: int):
+        self.k, self.at = k, at
+
+    def on_rollout_end(self, trainer):
+        m = trainer.members[self.k]
+        if m.running and m.update == self.at:
+            m.beta_coef.log_value = math.log(float(torch.finfo(torch.float32).max)) + 1.0
+
+
+def test_a_runaway_tuned_beta_stops_its_member_alone(tmp_path):
+    # members 0 and 1 share a mapping, so one ops call with beta per row: an inf there would be
+    # refused for both
+    own = (("seed=0", "policy=sparsemax", "beta=0.1"),
+           ("seed=1", "policy=sparsemax", "beta=0.1", "beta_schedule.target_entropy=0.99"),
+           ("seed=2", "policy=softmax", "beta=0.1"))
+    summaries = train_population(_members(tmp_path, "total_steps=320", members=own),
+                                 callbacks=[RunawayBeta(1, at=3)])
+    assert [s["status"] for s in summaries] == ["completed", "diverged", "completed"]
+    reason = summaries[1]["diverged"]
+    assert "beta_schedule" in reason and "ran away" in reason and "beta_schedule.max" in reason
+    assert summaries[1]["steps"] < 320 and summaries[0]["steps"] == summaries[2]["steps"] == 320
 
 
 def test_members_sharing_a_mapping_share_one_ops_call_whatever_their_beta(tmp_path, monkeypatch):

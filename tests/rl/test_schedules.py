@@ -449,3 +449,12 @@ def test_no_runaway_report_with_entropy_left_or_a_bound(caplog, entropy, bound):
     assert c.value >= 49.9  # it did grow
     assert not caplog.records
 
+
+
+def test_a_dual_beyond_exps_range_is_inf_not_an_exception():
+    # the trainer stops such a run with a reason (tests/rl/test_population.py); the schedule
+    # itself must not raise OverflowError from math.exp
+    c = build_coefficient(0.1, Sched(target_entropy=0.5, lr=1.0), 1000, "beta")
+    c.log_value = 709.0
+    assert math.isfinite(c.step(0, 0.0, 1.0))  # exp(709.5) is still a float
+    assert c.step(1, 0.0, 1.0) == math.inf  # exp(710) is not
