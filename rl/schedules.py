@@ -45,6 +45,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import sys
 from typing import Any
 
 from rl.config import ScheduleSettings, schedule_settings
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 # A tuned coefficient this many times its start, with the entropy at exactly 0, is reported once
 # (a sparse mapping at a one-action support: no gradient, so the dual only grows).
 RUNAWAY_FACTOR = 1000.0
-_LOG_FLOAT_MAX = math.log(1.7976931348623157e308)
+_LOG_FLOAT_MAX = math.log(sys.float_info.max)
 
 __all__ = ["KINDS", "Coefficient", "build_coefficient"]
 

@@ -173,6 +173,20 @@ def assert_same(a, b, path="state"):
         assert a == b, (path, a, b)
 
 
+class RunawayBeta(Callback):
+    """Puts member ``k``'s dual variable e times beyond float32's range at its update ``at``: its
+    next dual step makes beta unrepresentable for the ops, as a sparse policy at a one-action
+    support does over a long run."""
+
+    def __init__(self, k: int, at: int):
+        self.k, self.at = k, at
+
+    def on_rollout_end(self, trainer):
+        m = trainer.members[self.k]
+        if m.running and m.update == self.at:
+            m.beta_coef.log_value = math.log(float(torch.finfo(torch.float32).max)) + 1.0
+
+
 class Returns(Callback):
     """Every member's episode returns with their end steps, as the trainer reports them."""
 

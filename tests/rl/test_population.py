@@ -9,7 +9,6 @@
 """
 
 import json
-import math
 import subprocess
 import sys
 import textwrap
@@ -18,11 +17,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from rl_helpers import MaskedEnv, Returns, compose, registered, scalars, tiny
+from rl_helpers import MaskedEnv, Returns, RunawayBeta, compose, registered, scalars, tiny
 
 import ops
 from rl import algos
-from rl.callbacks import Callback
 from rl.checkpoint import load_checkpoint
 from rl.networks import ActorCritic
 from rl.population import Member, population_key, train_population
@@ -197,20 +195,6 @@ def test_a_diverging_member_stops_alone(tmp_path):
     assert "non-finite logits" in summaries[1]["diverged"] and summaries[1]["steps"] < 320
     assert summaries[0]["steps"] == summaries[2]["steps"] == 320
     assert json.loads((tmp_path / "m1" / SUMMARY_NAME).read_text())["status"] == "diverged"
-
-
-class RunawayBeta(Callback):
-    """Puts member ``k``'s dual variable e times beyond float32's range at its update ``at``: its
-    next dual step makes beta unrepresentable for the ops, as a sparse policy at a one-action
-    support does over a long run."""
-
-    def __init__(self, k: int, at: int):
-        self.k, self.at = k, at
-
-    def on_rollout_end(self, trainer):
-        m = trainer.members[self.k]
-        if m.running and m.update == self.at:
-            m.beta_coef.log_value = math.log(float(torch.finfo(torch.float32).max)) + 1.0
 
 
 def test_a_runaway_tuned_beta_stops_its_member_alone(tmp_path):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import subprocess
 import sys
 import textwrap
@@ -24,7 +23,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rl_helpers import MaskedEnv, Returns, assert_same, entropy_oracle, probs_oracle, registered, scalars
+from rl_helpers import (
+    MaskedEnv,
+    Returns,
+    RunawayBeta,
+    assert_same,
+    entropy_oracle,
+    probs_oracle,
+    registered,
+    scalars,
+)
 from test_sac import sac_cfg
 
 from rl.callbacks import Callback
@@ -272,20 +280,6 @@ def test_a_diverging_member_stops_alone(tmp_path):
         assert_same(a[key], b[key], key)
 
 
-class RunawayBeta(Callback):
-    """Puts member 1's dual variable e times beyond float32's range at loop iteration ``at``; its
-    next dual step makes beta unrepresentable (the runaway of a sparse policy at a one-action
-    support)."""
-
-    def __init__(self, at: int):
-        self.at = at
-
-    def on_rollout_end(self, trainer):
-        m = trainer.members[1]
-        if m.running and m.update == self.at:
-            m.beta_coef.log_value = math.log(float(torch.finfo(torch.float32).max)) + 1.0
-
-
 def test_a_runaway_tuned_beta_stops_its_member_alone(tmp_path):
     # members 0 and 1 share a mapping (one ops call, beta per row): an inf beta would be refused
     # for both; the population of the benchmark failed whole on it before
@@ -293,7 +287,7 @@ def test_a_runaway_tuned_beta_stops_its_member_alone(tmp_path):
            ("seed=1", "policy=sparsemax", "beta=0.1", "beta_schedule.target_entropy=0.99"),
            ("seed=2", "beta=0.1"))
     summaries = train_population(_members(tmp_path, "total_steps=160", members=own),
-                                 callbacks=[RunawayBeta(at=24)])
+                                 callbacks=[RunawayBeta(1, at=24)])
     assert [s["status"] for s in summaries] == ["completed", "diverged", "completed"]
     reason = summaries[1]["diverged"]
     assert "beta_schedule" in reason and "ran away" in reason and "beta_schedule.max" in reason
