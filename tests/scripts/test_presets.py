@@ -61,6 +61,7 @@ def test_reproduce_builds_one_sweep_per_env_with_scaled_steps_and_seeds(tmp_path
     assert set(cmds) == {"cartpole", "lunarlander"}
     lunar = cmds["lunarlander"]
     assert "+experiment=entropy_ablation" in lunar and "env=lunarlander" in lunar
+    assert "~preset" in lunar  # the page's runs: the group defaults, not LunarLander's preset
     assert f"total_steps={round(100_000 * 0.4 / 256) * 256}" in lunar
     assert "seed=0,1" in lunar  # round(5 x 0.4) seeds
     assert "algo.gamma=0.99" in lunar and f"hydra.sweep.dir={tmp_path / 'runs'}" in lunar
@@ -115,12 +116,13 @@ def _task(overrides):
     return cfg
 
 
-def test_lunarlander_gets_the_zoo_ppo_settings():
+def test_lunarlander_gets_the_zoo_ppo_settings_with_its_own_minibatch_and_learning_rate():
     cfg = _task(["env=lunarlander"])
     assert (cfg.num_envs, cfg.total_steps, cfg.beta) == (16, 1_000_000, 0.01)
     a = cfg.algo
-    assert (a.name, a.n_steps, a.batch_size, a.update_epochs) == ("ppo", 1024, 64, 4)
-    assert (a.learning_rate, a.anneal_lr, a.clip_eps, a.anneal_clip) == (3e-4, False, 0.2, False)
+    # the zoo's minibatch 64 and lr 3e-4, changed (tuned) as the preset's comment says
+    assert (a.name, a.n_steps, a.batch_size, a.update_epochs) == ("ppo", 1024, 256, 4)
+    assert (a.learning_rate, a.anneal_lr, a.clip_eps, a.anneal_clip) == (2e-3, False, 0.2, False)
     assert (a.gamma, a.gae_lambda) == (0.999, 0.98)
     assert list(cfg.policy.hidden_sizes) == [64, 64] and cfg.policy.activation == "tanh"
 
@@ -136,6 +138,7 @@ def test_command_line_overrides_win_over_the_preset():
     cfg = _task(["env=lunarlander", "algo.learning_rate=1e-3", "num_envs=4", "beta=0",
                  "total_steps=5000", "policy=sparsemax"])
     assert (cfg.algo.learning_rate, cfg.num_envs, cfg.beta, cfg.total_steps) == (1e-3, 4, 0.0, 5000)
+    assert cfg.algo.batch_size == 256  # the preset's, not the group default
     assert cfg.algo.n_steps == 1024 and cfg.policy.name == "sparsemax"  # the rest stays the preset's
     plain = _task(["env=lunarlander", "~preset"])  # no preset: the group defaults
     assert (plain.num_envs, plain.algo.n_steps) == (8, 32)
