@@ -150,7 +150,9 @@ def sweep_commands(args) -> list[tuple[str, list[str]]]:
                                   f"seed={seeds}", *args.overrides]))
     elif args.reproduction == "ablation":
         for env in args.envs:
-            cmds.append((env, ["-m", "+experiment=entropy_ablation", f"env={env}",
+            # ~preset: the page's runs use the group defaults (CartPole's PPO tuning) on every
+            # env, as they did before the per-env presets (conf/preset/) existed
+            cmds.append((env, ["-m", "+experiment=entropy_ablation", f"env={env}", "~preset",
                                f"total_steps={scaled_steps(ABLATION_STEPS[env], args.scale)}",
                                f"beta={_csv(args.betas)}", policies, *common, *args.overrides]))
     else:
