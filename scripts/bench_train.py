@@ -292,13 +292,37 @@ def table(summary: dict) -> str:
     return "\n".join(rows)
 
 
+def plan_runs(args) -> list[list[str]]:
+    """The ``--_run`` argv of every run, ours and SB3's interleaved by seed (ours first)."""
+    flag = ["--full"] if args.full else []
+    flag += ["--env", args.env]
+    if args.total_steps is not None:
+        flag += ["--total-steps", str(args.total_steps)]
+    first = args.first_seed
+    plan: list[list[str]] = []
+    for i in range(max(args.seeds, 0 if args.ours_only else args.sb3_seeds)):
+        seed = str(first + i)
+        if i < args.seeds:
+            plan.append(["--_run", "ours", seed, *flag, "--", *args.overrides])
+        if not args.ours_only and i < args.sb3_seeds:
+            plan.append(["--_run", "sb3", seed, *flag])
+    if args.policies:
+        for i in range(args.policy_seeds):
+            for policy in ("sparsemax", "entmax15"):
+                plan.append(["--_run", "ours", str(first + i), *flag, "--", f"policy={policy}",
+                             *args.overrides])
+    return plan
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--env", default="cartpole", help=f"one of {', '.join(ENVS)}")
     ap.add_argument("--total-steps", type=int, default=None,
                     help="env steps of every run (default: our config's, SB3's zoo n_timesteps)")
-    ap.add_argument("--seeds", type=int, default=5, help="seeds of our default config (0..n-1)")
-    ap.add_argument("--sb3-seeds", type=int, default=3, help="seeds of SB3 (0..n-1)")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds of our default config (F..F+n-1)")
+    ap.add_argument("--sb3-seeds", type=int, default=3, help="seeds of SB3 (F..F+n-1)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="F, the first seed of both (to add seeds to an earlier comparison)")
     ap.add_argument("--policies", action="store_true", help="also run policy=sparsemax and entmax15")
     ap.add_argument("--policy-seeds", type=int, default=3, help="seeds of each extra policy")
     ap.add_argument("--ours-only", action="store_true", help="skip SB3")
@@ -311,6 +335,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.env not in ENVS:
         raise ValueError(f"--env must be one of {list(ENVS)}; got {args.env!r}")
+    if args.first_seed < 0:
+        raise ValueError(f"--first-seed must be >= 0; got {args.first_seed}")
     if args.total_steps is not None and args.total_steps < 1:
         raise ValueError(f"--total-steps must be >= 1; got {args.total_steps}")
 
@@ -324,21 +350,7 @@ def main() -> None:
         print(json.dumps(r))
         return
 
-    flag = ["--full"] if args.full else []
-    flag += ["--env", args.env]
-    if args.total_steps is not None:
-        flag += ["--total-steps", str(args.total_steps)]
-    plan: list[list[str]] = []
-    for seed in range(max(args.seeds, 0 if args.ours_only else args.sb3_seeds)):
-        if seed < args.seeds:
-            plan.append(["--_run", "ours", str(seed), *flag, "--", *args.overrides])
-        if not args.ours_only and seed < args.sb3_seeds:
-            plan.append(["--_run", "sb3", str(seed), *flag])
-    if args.policies:
-        for seed in range(args.policy_seeds):
-            for policy in ("sparsemax", "entmax15"):
-                plan.append(["--_run", "ours", str(seed), *flag, "--", f"policy={policy}", *args.overrides])
-
+    plan = plan_runs(args)
     started = _dt.datetime.now(_dt.timezone.utc)
     load_before = os.getloadavg()
     runs = []

@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -226,3 +227,16 @@ def test_bench_train_a2c_compares_final_and_greedy_returns_with_intervals():
     assert bench.summarize(runs)["ours/softmax"]["eval_greedy"] is None
     json.dumps(summary)
 
+
+
+def test_bench_train_plans_interleaved_runs_from_the_first_seed():
+    bench = _bench_train()
+    args = SimpleNamespace(full=False, env="lunarlander", total_steps=1_500_000, first_seed=3, seeds=2,
+                           sb3_seeds=1, ours_only=False, policies=False, policy_seeds=0,
+                           overrides=["algo.learning_rate=1e-3"])
+    plan = bench.plan_runs(args)
+    assert [(p[1], p[2]) for p in plan] == [("ours", "3"), ("sb3", "3"), ("ours", "4")]
+    assert plan[0][-2:] == ["--", "algo.learning_rate=1e-3"] and "--" not in plan[1]
+    assert plan[1][-4:] == ["--env", "lunarlander", "--total-steps", "1500000"]
+    args.ours_only = True
+    assert [(p[1], p[2]) for p in bench.plan_runs(args)] == [("ours", "3"), ("ours", "4")]
