@@ -187,6 +187,22 @@ class RunawayBeta(Callback):
             m.beta_coef.log_value = math.log(float(torch.finfo(torch.float32).max)) + 1.0
 
 
+# Members 0 and 1 share a mapping, so one ops call with beta per row: an inf beta there would be
+# refused for both. Member 1's target is out of its reach (RunawayBeta makes it run away).
+RUNAWAY_MEMBERS = (("seed=0", "policy=sparsemax", "beta=0.1"),
+                   ("seed=1", "policy=sparsemax", "beta=0.1", "beta_schedule.target_entropy=0.99"),
+                   ("seed=2", "policy=softmax", "beta=0.1"))
+
+
+def assert_runaway_stopped_alone(summaries, total_steps: int) -> None:
+    """Member 1 of RUNAWAY_MEMBERS stopped with a reason naming beta_schedule.max; the others ran on."""
+    assert [s["status"] for s in summaries] == ["completed", "diverged", "completed"]
+    reason = summaries[1]["diverged"]
+    assert "beta_schedule" in reason and "ran away" in reason and "beta_schedule.max" in reason
+    assert summaries[1]["steps"] < total_steps
+    assert summaries[0]["steps"] == summaries[2]["steps"] == total_steps
+
+
 class Returns(Callback):
     """Every member's episode returns with their end steps, as the trainer reports them."""
 

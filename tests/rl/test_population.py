@@ -17,7 +17,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from rl_helpers import MaskedEnv, Returns, RunawayBeta, compose, registered, scalars, tiny
+from rl_helpers import (
+    RUNAWAY_MEMBERS,
+    MaskedEnv,
+    Returns,
+    RunawayBeta,
+    assert_runaway_stopped_alone,
+    compose,
+    registered,
+    scalars,
+    tiny,
+)
 
 import ops
 from rl import algos
@@ -198,17 +208,9 @@ def test_a_diverging_member_stops_alone(tmp_path):
 
 
 def test_a_runaway_tuned_beta_stops_its_member_alone(tmp_path):
-    # members 0 and 1 share a mapping, so one ops call with beta per row: an inf there would be
-    # refused for both
-    own = (("seed=0", "policy=sparsemax", "beta=0.1"),
-           ("seed=1", "policy=sparsemax", "beta=0.1", "beta_schedule.target_entropy=0.99"),
-           ("seed=2", "policy=softmax", "beta=0.1"))
-    summaries = train_population(_members(tmp_path, "total_steps=320", members=own),
+    summaries = train_population(_members(tmp_path, "total_steps=320", members=RUNAWAY_MEMBERS),
                                  callbacks=[RunawayBeta(1, at=3)])
-    assert [s["status"] for s in summaries] == ["completed", "diverged", "completed"]
-    reason = summaries[1]["diverged"]
-    assert "beta_schedule" in reason and "ran away" in reason and "beta_schedule.max" in reason
-    assert summaries[1]["steps"] < 320 and summaries[0]["steps"] == summaries[2]["steps"] == 320
+    assert_runaway_stopped_alone(summaries, 320)
 
 
 def test_members_sharing_a_mapping_share_one_ops_call_whatever_their_beta(tmp_path, monkeypatch):
