@@ -151,6 +151,7 @@ class base_sac(base_algo):
     batch_size: int = 64  # transitions per gradient step
     train_frequency: int = 4  # env steps per env between gradient phases
     gradient_steps: int = 1  # gradient steps per phase
+    td_steps: int = 1  # steps of the soft n-step critic target (1: the one-step target)
     tau: float = 1.0  # target <- tau * online + (1 - tau) * target (1: hard copy)
     target_update_interval: int = 8000  # env steps between target updates
     max_buffer_gb: float = 32.0  # refuse replay buffers above this (GiB on the device; all members')
@@ -491,7 +492,7 @@ def _check_sac(cfg: Any, env: EnvSettings) -> None:
     """The fields of ``base_sac`` (rl/sac.py) and what SAC does not support."""
     algo = cfg.algo
     for name in ("q_learning_rate", "buffer_size", "learning_starts", "train_frequency",
-                 "gradient_steps", "tau", "target_update_interval", "max_buffer_gb",
+                 "gradient_steps", "td_steps", "tau", "target_update_interval", "max_buffer_gb",
                  "checkpoint_buffer_gb", "batch_size"):
         if name not in algo:
             _fail("algo", algo.name, "sac configs compose with schema base_sac (conf/algo/sac.yaml)")
@@ -501,6 +502,7 @@ def _check_sac(cfg: Any, env: EnvSettings) -> None:
     _integer("algo.batch_size", algo.batch_size, 1)
     _integer("algo.train_frequency", algo.train_frequency, 1)
     _integer("algo.gradient_steps", algo.gradient_steps, 1)
+    _integer("algo.td_steps", algo.td_steps, 1)
     _number("algo.tau", algo.tau, low=0.0, high=1.0, low_open=True, allowed="a float in (0, 1]")
     _integer("algo.target_update_interval", algo.target_update_interval, 1)
     _number("algo.max_buffer_gb", algo.max_buffer_gb, low=0.0, low_open=True, allowed="a float > 0 (GiB)")

@@ -18,6 +18,17 @@ one write), its own count of stored steps and transitions, and samples only its 
 its own generator: members never see each other's transitions. The slot of the newest
 observation (``head``) is shared; a member's saved buffer is rotated onto it when loaded.
 
+n-step targets (``algo.td_steps = n``): `ReplayBuffer.sample` with ``td_steps=n`` follows each
+sampled transition along its env's stream for up to ``n`` steps, as far as the stream's next
+entries are transitions (``valid``): it stops at the end of an episode (a terminated or
+truncated step is followed by a reset-only one), at the newest observation, and where a resumed
+member skipped a slot. For a chain of ``m <= n`` steps from slot ``t`` the batch holds the
+discounted reward sum ``sum_{j<m} gamma^j r_{t+j}``, ``terminated`` of its last step, the
+observation ``m`` slots on as ``next_obs``, ``gamma^m`` as ``discounts``, and the ``n - 1``
+intermediate observations ``t + j`` (``mid_obs``, with their masks) weighted ``gamma^j`` for
+``j < m`` and 0 beyond (``mid_weights``): the soft n-step target adds the policy's entropy bonus
+at those states (rl/sac.py).
+
 Storage: observations keep the env's dtype when it is compact (uint8 images, bool MinAtar grids),
 float32 otherwise; masks (when the env has them) as bool, one per slot, so the mask of the next
 state comes with the next observation. `ReplayBuffer.nbytes` is the memory, computed before
@@ -45,6 +56,11 @@ class ReplayBatch:
     next_obs: torch.Tensor
     masks: torch.Tensor | None  # bool (B, A): allowed actions at obs
     next_masks: torch.Tensor | None  # ... at next_obs
+    # n-step batches (``td_steps > 1``) only; None for one-step ones, whose discount is gamma
+    discounts: torch.Tensor | None = None  # float32 (B,): gamma^m, m the chain's steps
+    mid_obs: torch.Tensor | None = None  # (B, n - 1, *obs_shape): the states t + 1 .. t + n - 1
+    mid_masks: torch.Tensor | None = None  # bool (B, n - 1, A)
+    mid_weights: torch.Tensor | None = None  # float32 (B, n - 1): gamma^j within the chain, else 0
 
 
 def _storage_dtype(obs_dtype: torch.dtype) -> torch.dtype:
@@ -153,9 +169,12 @@ class ReplayBuffer:
             self.masks[self.head].copy_(next_mask)
 
     def sample(self, batch_size: int,
-               generators: torch.Generator | list[torch.Generator | None]) -> ReplayBatch:
+               generators: torch.Generator | list[torch.Generator | None],
+               td_steps: int = 1, gamma: float = 1.0) -> ReplayBatch:
         """``batch_size`` transitions of each member drawn uniformly (with replacement) from its
         valid ones; rows member-major (member k's are rows ``k B .. (k + 1) B - 1``).
+        ``td_steps > 1``: n-step chains from those transitions, discounted by ``gamma`` (module
+        docstring); the draws are the same as with ``td_steps=1``.
 
         ``generators``: one CPU generator per member (a single one for one member); member k's
         indices come from its own: a slot among its ``size[k]`` stored ones and one of its envs,
@@ -184,6 +203,8 @@ class ReplayBuffer:
                 slots.append(slot)
                 cols.append(env)
                 have += len(slot)
+        if td_steps > 1:
+            return self._chains(np.concatenate(slots), np.concatenate(cols), td_steps, gamma)
         t = torch.from_numpy(np.concatenate(slots)).to(self.device)
         e = torch.from_numpy(np.concatenate(cols)).to(self.device)
         t1 = (t + 1) % self.L
@@ -192,6 +213,36 @@ class ReplayBuffer:
             terminated=self.terminated[t, e], next_obs=self.obs[t1, e],
             masks=None if self.masks is None else self.masks[t, e],
             next_masks=None if self.masks is None else self.masks[t1, e])
+
+    def _chains(self, slots: np.ndarray, cols: np.ndarray, n: int, gamma: float) -> ReplayBatch:
+        """The n-step batch of the transitions at (``slots``, ``cols``) (module docstring)."""
+        L = self.L
+        offsets = np.arange(n)
+        idx = (slots[:, None] + offsets) % L  # (B, n): slots t .. t + n - 1
+        # step j is in the chain when steps 0 .. j all are transitions (step 0 is, by sampling)
+        inside = np.logical_and.accumulate(self.valid[idx, cols[:, None]], axis=1)
+        m = inside.sum(1)  # chain lengths, 1 .. n
+        powers = gamma ** offsets.astype(np.float64)
+        weights = np.where(inside, powers, 0.0)  # gamma^j on the chain's steps
+        dev = self.device
+        e = torch.from_numpy(cols).to(dev)
+        ti = torch.from_numpy(idx).to(dev)
+        rewards = (self.rewards[ti, e[:, None]].double()
+                   * torch.from_numpy(weights).to(dev)).sum(1).float()
+        last = torch.from_numpy((slots + m - 1) % L).to(dev)
+        end = torch.from_numpy((slots + m) % L).to(dev)
+        t = torch.from_numpy(slots).to(dev)
+        # intermediate states t + j, 1 <= j < n; past the chain's end, its last state (weight 0)
+        mid = torch.from_numpy((slots[:, None] + np.minimum(offsets[1:], m[:, None])) % L).to(dev)
+        return ReplayBatch(
+            obs=self.obs[t, e], actions=self.actions[t, e], rewards=rewards,
+            terminated=self.terminated[last, e], next_obs=self.obs[end, e],
+            masks=None if self.masks is None else self.masks[t, e],
+            next_masks=None if self.masks is None else self.masks[end, e],
+            discounts=torch.from_numpy(gamma ** m.astype(np.float64)).float().to(dev),
+            mid_obs=self.obs[mid, e[:, None]],
+            mid_masks=None if self.masks is None else self.masks[mid, e[:, None]],
+            mid_weights=torch.from_numpy(weights[:, 1:]).float().to(dev))
 
     # ------------------------------------------------------------------ checkpoints
     def member_state_dict(self, k: int) -> dict[str, Any]:

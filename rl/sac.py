@@ -16,6 +16,17 @@ entropy ``f * H_max`` with ``H_max = ops.max_entropy(alpha, n_allowed)``, the sa
 Every ``algo.target_update_interval`` env steps the targets move:
 ``Qtarg <- tau Q + (1 - tau) Qtarg`` (tau = 1: a hard copy, CleanRL's default).
 
+With ``algo.td_steps = n > 1`` the target is the soft n-step return along the stored episode
+(rl/replay.py), cut at its end, at the newest step, and at ``n`` steps (``m <= n`` steps)::
+
+    y = sum_{j<m} gamma^j r_{t+j} + sum_{0<j<m} gamma^j beta H(p(s_{t+j}))
+        + gamma^m (1 - terminated_{t+m-1}) V(s_{t+m})
+
+the soft Bellman backup unrolled along the stored actions (the stored actions stand in for the
+current policy's, without an off-policy correction, as in Rainbow's n-step returns, Hessel et al.
+2018), with the current policy's entropy bonus at the intermediate states that the soft backup
+adds. n = 1 is the one-step target above.
+
 The loop is `rl.trainer.Trainer.train`'s, with `SACTrainer` supplying its two steps:
 ``collect_rollout`` plays ``algo.train_frequency`` steps of the K x N envs into the replay buffer
 (rl/replay.py; uniformly random allowed actions for a member's first ``algo.learning_starts`` env
@@ -366,7 +377,8 @@ class SACTrainer(Trainer):
 
     def critic_target(self, batch, active: list[int] | None = None) -> torch.Tensor:
         """``r + gamma (1 - terminated) V(s')`` with V the soft value of the current policy under
-        the smaller target Q (module docstring); rows member-major as the batch's, (K B,).
+        the smaller target Q (module docstring); for an n-step batch (``algo.td_steps``) the
+        soft n-step target of the module docstring. Rows member-major as the batch's, (K B,).
         ``active``: the members whose rows count (default all); the others' targets are 0."""
         K, A = self.K, self.n_actions
         B = batch.rewards.shape[0] // K
@@ -382,7 +394,22 @@ class SACTrainer(Trainer):
             v_next = next_logits.new_zeros(K, B)
             for g, v in values.items():
                 v_next[list(g)] = v.view(len(g), B).to(v_next.dtype)
-            return batch.rewards + self.algo.gamma * (~batch.terminated).float() * v_next.reshape(-1)
+            if batch.discounts is None:
+                return batch.rewards + self.algo.gamma * (~batch.terminated).float() * v_next.reshape(-1)
+            # n-step: the entropy bonus beta H(p(s_{t+j})) of the states inside the chain, weighted
+            # gamma^j (soft_value with zero Q values is beta H)
+            n1 = batch.mid_obs.shape[1]
+            mid_obs = batch.mid_obs.reshape(K, B * n1, *batch.mid_obs.shape[2:])
+            mid_logits = self.net.logits(mid_obs)
+            mid_masks = None if batch.mid_masks is None else batch.mid_masks.reshape(K, B * n1, A)
+            bonuses = self._per_group(_soft_value, mid_logits, [torch.zeros_like(mid_logits), mid_masks],
+                                      ks, B * n1, "logits at the n-step chain's states", self._where())
+            bonus = next_logits.new_zeros(K, B * n1)
+            for g, v in bonuses.items():
+                bonus[list(g)] = v.view(len(g), B * n1).to(bonus.dtype)
+            bonus = (bonus.view(K * B, n1) * batch.mid_weights).sum(1)
+            return (batch.rewards + bonus
+                    + batch.discounts * (~batch.terminated).float() * v_next.reshape(-1))
 
     def _where(self) -> str:
         return f"gradient step {self.gradient_steps_done + 1}"
@@ -453,7 +480,7 @@ class SACTrainer(Trainer):
         ks = list(range(K)) if active is None else [k for k in active]
         want = set(ks) if want_stats is True else set(want_stats or ())
         gens = [m.perm_gen if k in ks else None for k, m in enumerate(self.members)]
-        batch = self.buffer.sample(B, gens)
+        batch = self.buffer.sample(B, gens, a.td_steps, a.gamma)
         where = self._where()
         obs = batch.obs.view(K, B, *batch.obs.shape[1:])
         obs2 = torch.cat([obs, obs])

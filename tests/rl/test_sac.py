@@ -109,6 +109,43 @@ def test_replay_never_holds_a_transition_across_a_reset_and_keeps_terminated_apa
                 assert nxt[0] == buf.obs[slot, e, 0] and nxt[1] == buf.obs[slot, e, 1] + 1
 
 
+@pytest.mark.parametrize("td_steps", [2, 3, 5])
+def test_n_step_chains_follow_the_episode_and_stop_at_its_end_and_at_the_newest_step(tmp_path, td_steps):
+    """CounterEnv episodes of 3 steps, ring wrapped: a chain from (episode, t) runs
+    min(n, 3 - t) steps unless it reaches the newest observation; its rewards, discount,
+    terminated flag, next and intermediate observations are those of that walk."""
+    gamma = 0.9
+    with registered("CounterEnv-v0", CounterEnv):
+        cfg = sac_cfg("env.id=CounterEnv-v0", "algo.buffer_size=20", "algo.learning_starts=100000",
+                      "total_steps=202")
+        trainer, _ = run(cfg, tmp_path / "run")
+    buf = trainer.buffer
+    newest = {tuple(o.tolist()) for o in buf.current()[0]}
+    one = buf.sample(600, torch.Generator().manual_seed(1))
+    batch = buf.sample(600, torch.Generator().manual_seed(1), td_steps, gamma)
+    # the same draws as one-step sampling
+    assert torch.equal(batch.obs, one.obs) and torch.equal(batch.actions, one.actions)
+    assert batch.mid_obs.shape == (600, td_steps - 1, 2) and batch.mid_weights.shape == (600, td_steps - 1)
+    cut = 0
+    for i in range(600):
+        ep, t = int(batch.obs[i, 0]), int(batch.obs[i, 1])
+        m = min(td_steps, 3 - t)
+        if tuple(batch.next_obs[i].tolist()) != (ep, t + m):  # cut short at the newest observation
+            m = int(batch.next_obs[i, 1]) - t
+            assert 1 <= m < min(td_steps, 3 - t) and tuple(batch.next_obs[i].tolist()) in newest, i
+            cut += 1
+        assert int(batch.next_obs[i, 0]) == ep
+        assert float(batch.discounts[i]) == pytest.approx(gamma ** m)
+        assert float(batch.rewards[i]) == pytest.approx(sum(gamma ** j * (10 * ep + t + j) for j in range(m)))
+        assert bool(batch.terminated[i]) == (t + m == 3 and ep % 2 == 0)  # odd episodes: truncated
+        for j in range(1, td_steps):
+            assert batch.mid_obs[i, j - 1].tolist() == [ep, t + min(j, m)]
+            assert float(batch.mid_weights[i, j - 1]) == pytest.approx(gamma ** j if j < m else 0.0)
+    assert 0 < cut < 600
+    truncated_end = (batch.next_obs[:, 1] == 3) & (batch.next_obs[:, 0] % 2 == 1)
+    assert bool(truncated_end.any()) and not bool(batch.terminated[truncated_end].any())
+
+
 # ---------------------------------------------------------------- the critic target
 
 
@@ -265,6 +302,7 @@ def test_resume_without_the_replay_buffer_continues(tmp_path):
     ("algo.batch_size=0", "algo.batch_size=0"),
     ("algo.train_frequency=0", "algo.train_frequency=0"),
     ("algo.gradient_steps=0", "algo.gradient_steps=0"),
+    ("algo.td_steps=0", "algo.td_steps=0"),
     ("algo.learning_starts=-1", "algo.learning_starts=-1"),
     ("algo.target_update_interval=0", "algo.target_update_interval=0"),
     ("algo.q_learning_rate=0", "algo.q_learning_rate=0.0"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -100,7 +101,15 @@ def _reference(actor, q1, q2, q1t, q2t, q1_new, q2_new, batch, coefficients, gam
             ok = batch.next_masks[i].nonzero().squeeze(1)
             p = probs_oracle(z_next[i, ok], alpha, T)
             v = (p * qt[i, ok]).sum() + beta * entropy_oracle(p, alpha)
-            y.append(float(batch.rewards[i]) + gamma * (0.0 if bool(batch.terminated[i]) else float(v)))
+            discount = gamma if batch.discounts is None else float(batch.discounts[i])
+            bonus = 0.0  # n-step: beta H at the chain's intermediate states, weighted gamma^j
+            if batch.mid_obs is not None:
+                z_mid = actor.logits(batch.mid_obs[i].double())
+                for j, w in enumerate(batch.mid_weights[i].tolist()):
+                    ok_j = batch.mid_masks[i, j].nonzero().squeeze(1)
+                    bonus += w * beta * float(entropy_oracle(probs_oracle(z_mid[j, ok_j], alpha, T), alpha))
+            y.append(float(batch.rewards[i]) + bonus
+                     + discount * (0.0 if bool(batch.terminated[i]) else float(v)))
         y = torch.tensor(y, dtype=torch.float64)
     a = batch.actions.unsqueeze(1)
     q_loss = sum(((q(obs).gather(1, a).squeeze(1) - y) ** 2).mean() for q in (q1, q2))
@@ -119,10 +128,11 @@ def _reference(actor, q1, q2, q1t, q2t, q1_new, q2_new, batch, coefficients, gam
     return float(q_loss.detach()), float(pol.detach()), float(ent.detach())
 
 
-def test_each_members_losses_and_gradients_are_its_single_runs(tmp_path):
+@pytest.mark.parametrize("td_steps", [1, 3])
+def test_each_members_losses_and_gradients_are_its_single_runs(tmp_path, td_steps):
     B = 16
     common = ("total_steps=400", "algo.max_grad_norm=0", f"env.id={MASKED_ENV}", "env.solved_return=null",
-              "log_interval=1")
+              "log_interval=1", f"algo.td_steps={td_steps}")
     with registered(MASKED_ENV, MaskedEnv, kwargs={"where": "obs", "allowed": (2, 4)}):
         pop = SACTrainer(members=_members(tmp_path / "pop", *common))
         singles = [SACTrainer(m.cfg, tmp_path / f"single{k}")
@@ -130,8 +140,12 @@ def test_each_members_losses_and_gradients_are_its_single_runs(tmp_path):
     try:
         pop.train(stop_at_step=60)  # the warm-up only: no gradient step yet
         assert pop.gradient_steps_done == 0 and pop.buffer.masks is not None
-        batch = pop.buffer.sample(B, [m.perm_gen for m in pop.members])
+        batch = pop.buffer.sample(B, [m.perm_gen for m in pop.members], td_steps, pop.algo.gamma)
         assert not bool(batch.masks.all())
+        if td_steps > 1:  # chains of every length, the bonus weights of the longer ones non-zero
+            m = torch.log(batch.discounts.double()) / math.log(pop.algo.gamma)
+            assert set(m.round().int().tolist()) == {1, 2, 3}
+            assert bool((batch.mid_weights > 0).any()) and not bool(batch.mid_masks.all())
         pop.buffer.sample = lambda *args: batch
         q_steps, actor_steps = Steps(pop.q_optimizer), Steps(pop.actor_optimizer)
         got = pop._gradient_step(want_stats=True)
