@@ -190,10 +190,12 @@ def test_a_minatar_preset_trains_with_the_minatar_network(tmp_path):
 
 @pytest.mark.parametrize(
     "env, expect",
-    [("lunarlander", dict(num_envs=4, total_steps=500_000, batch_size=256, gradient_steps=4, tau=0.01,
-                          learning_starts=10_000, target=0.3, hidden=[400, 300])),
+    [("cartpole", dict(num_envs=4, total_steps=100_000, batch_size=128, gradient_steps=2, tau=0.01,
+                       learning_starts=2_000, target=0.1, hidden=[64, 64], td_steps=3)),
+     ("lunarlander", dict(num_envs=4, total_steps=500_000, batch_size=256, gradient_steps=4, tau=0.01,
+                          learning_starts=10_000, target=0.3, hidden=[400, 300], td_steps=1)),
      ("minatar_breakout", dict(num_envs=4, total_steps=2_000_000, batch_size=64, gradient_steps=1,
-                               tau=1.0, learning_starts=20_000, target=0.89, hidden=[]))],
+                               tau=1.0, learning_starts=20_000, target=0.89, hidden=[], td_steps=1))],
 )
 def test_sac_presets_compose_and_name_their_source(env, expect):
     cfg = _task([f"env={env}", "algo=sac"])
@@ -203,7 +205,7 @@ def test_sac_presets_compose_and_name_their_source(env, expect):
     got = dict(num_envs=cfg.num_envs, total_steps=cfg.total_steps, batch_size=cfg.algo.batch_size,
                gradient_steps=cfg.algo.gradient_steps, tau=cfg.algo.tau,
                learning_starts=cfg.algo.learning_starts, target=cfg.beta_schedule.target_entropy,
-               hidden=list(cfg.policy.hidden_sizes))
+               hidden=list(cfg.policy.hidden_sizes), td_steps=cfg.algo.td_steps)
     assert got == expect
 
 
@@ -221,6 +223,7 @@ def test_sac_distractors_experiment_takes_the_cartpole_sac_preset(regime, target
     assert task.algo.name == "sac" and task.env.id == "CartPole-v1" and task.env.distractor_actions == 10
     # the preset's, then the experiment's budget
     assert (task.num_envs, task.algo.gradient_steps, task.total_steps) == (4, 2, 50_000)
+    assert task.algo.td_steps == 1  # the page's runs, not the preset's 3-step targets
     assert task.beta == 0.1 and task.beta_schedule.target_entropy == target
 
 
