@@ -256,9 +256,11 @@ def test_short_cartpole_run_improves_its_return(tmp_path):
 # ---------------------------------------------------------------- resume
 
 
-def test_resume_is_exact_with_exact_env_resume(tmp_path):
+@pytest.mark.parametrize("td_steps", [1, 3])
+def test_resume_is_exact_with_exact_env_resume(tmp_path, td_steps):
     """train N + M == train N, checkpoint, resume, train M (CPU, bitwise), replay buffer included."""
-    cfg = sac_cfg("total_steps=240", "exact_env_resume=true", "beta=0.1", "beta_schedule.target_entropy=0.5")
+    cfg = sac_cfg("total_steps=240", "exact_env_resume=true", "beta=0.1", "beta_schedule.target_entropy=0.5",
+                  f"algo.td_steps={td_steps}")
     full, summary_full = run(cfg, tmp_path / "full")
     first = SACTrainer(cfg, tmp_path / "split")
     try:

@@ -378,6 +378,12 @@ def test_the_replay_buffer_keeps_members_apart_and_rotates_a_loaded_member():
     # a generator per member: member 1's draws do not depend on the others'
     alone = buf.sample(50, [None, torch.Generator().manual_seed(6), None])
     assert torch.equal(alone.obs[50:100], batch.obs[50:100])
+    # n-step chains stay in the member's own env streams, members without a generator included
+    chains = buf.sample(50, [None, torch.Generator().manual_seed(6), None], 3, 0.5)
+    assert torch.equal(chains.obs[50:100], batch.obs[50:100])
+    assert bool((chains.next_obs[50:100, 0] == 1).all()) and bool((chains.mid_obs[50:100, :, 0] == 1).all())
+    steps = chains.next_obs[50:100, 1] - chains.obs[50:100, 1]
+    assert set(steps.int().tolist()) <= {1, 2, 3} and bool((chains.discounts[50:100] == 0.5 ** steps).all())
     # member 1 saved, loaded into a two-member buffer whose head is elsewhere
     saved = buf.member_state_dict(1)
     other = ReplayBuffer(N * (L - 1), N, (2,), torch.float32, 3, False, torch.device("cpu"), members=2)
