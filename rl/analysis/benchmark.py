@@ -50,6 +50,7 @@ import yaml
 
 from rl.analysis import published
 from rl.analysis import runs as _runs
+from rl.analysis.machine import machine_info
 from rl.analysis.stats import iqm, iqm_ci, probability_of_improvement
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -461,7 +462,10 @@ def report(args) -> list[Path]:
     written += plot_curves(table, runs_dir, args.out, args.suite, args.formats)
     meta = {"suite": args.suite, "seeds": n_seeds(args), "mappings": args.mappings,
             "budgets": {f"{env_id(e, g)}/{a}": run_steps(args, e, a, g) for e, a, g in cells(args)},
-            "runs": len(table), "unfinished_or_other_grid": int(len(everything) - len(table))}
+            "runs": len(table), "unfinished_or_other_grid": int(len(everything) - len(table)),
+            # where the report was written: the training machine unless tabulated elsewhere
+            "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "report_machine": machine_info(packages=("gymnasium", "minatar", "ale-py"))}
     (args.out / "benchmark.json").write_text(json.dumps(meta, indent=2) + "\n")
     written.append(args.out / "benchmark.json")
     for p in written:

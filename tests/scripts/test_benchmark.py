@@ -32,6 +32,8 @@ def test_benchmark_command_writes_tables_and_figure_and_rerun_skips(tmp_path):
     for name in ("runs.csv", "classic.md", "classic.csv", "classic_aggregate.md",
                  "classic_aggregate.csv", "figures/classic_curves.png", "benchmark.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    meta = json.loads((out / "benchmark.json").read_text())
+    assert meta["runs"] == 2 and meta["report_machine"]["cpu"] and meta["report_machine"]["device_name"]
     runs = pd.read_csv(out / "runs.csv")
     assert sorted(runs.seed) == [0, 1]
     assert set(runs.env) == {"CartPole-v1"} and set(runs.algo) == {"ppo"}
