@@ -136,13 +136,13 @@ class base_a2c(base_algo):
 class base_sac(base_algo):
     """Discrete soft actor-critic (rl/sac.py). Of the fields it shares with ``base_algo`` it
     reads ``learning_rate`` (the actor's), ``gamma``, ``max_grad_norm``, ``optimizer`` (adam
-    only) and ``adam_eps``; ``n_steps``, ``gae_lambda``, ``norm_adv``, ``vf_coef``, ``anneal_lr``
-    and the rmsprop fields are not used."""
+    only), ``adam_eps`` and ``anneal_lr`` (both learning rates); ``n_steps``, ``gae_lambda``,
+    ``norm_adv``, ``vf_coef`` and the rmsprop fields are not used."""
 
     name: str = "sac"
     learning_rate: float = 3e-4  # actor learning rate (CleanRL sac_atari policy_lr)
     q_learning_rate: float = 3e-4  # critic learning rate (CleanRL q_lr)
-    anneal_lr: bool = False
+    anneal_lr: bool = False  # linear decay of both learning rates to 0 at total_steps
     gamma: float = 0.99
     max_grad_norm: float = 0.0  # <= 0: no clipping (CleanRL clips nothing)
     adam_eps: float = 1e-4  # CleanRL sac_atari's Adam eps
@@ -510,8 +510,6 @@ def _check_sac(cfg: Any, env: EnvSettings) -> None:
             allowed="a float >= 0 (GiB; 0 never saves the replay buffer)")
     if algo.optimizer != "adam":
         _fail("algo.optimizer", algo.optimizer, "adam with algo=sac")
-    if algo.anneal_lr:
-        _fail("algo.anneal_lr", algo.anneal_lr, "false with algo=sac (constant learning rates)")
     for name in ("normalize_obs", "normalize_reward"):
         if getattr(env, name):
             # Stored transitions would mix observations (rewards) scaled by different statistics.

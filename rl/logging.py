@@ -18,7 +18,8 @@ TAGS = (
     "charts/episodic_return",  # mean return of the episodes finished since the last write
     "charts/episodic_length",  # mean length of those episodes
     "charts/SPS",  # env steps per second since the last write
-    "charts/learning_rate",
+    "charts/learning_rate",  # the learning rate in use (SAC: the actor's)
+    "charts/q_learning_rate",  # SAC: the critics' learning rate in use
     "losses/policy",  # the policy term alone (PPO surrogate or -A log pi), without -beta H
     "losses/value",  # mean((V - R)^2), clipped form when algo.clip_value is set
     "losses/total",  # pg_loss - beta * H + vf_coef * v_loss

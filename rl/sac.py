@@ -429,6 +429,8 @@ class SACTrainer(Trainer):
                 ready.append(k)
         if not ready:
             return results
+        if a.anneal_lr:
+            self._anneal(ready)
         logs = {k for k in ready if self.members[k].update % self.members[k].log_interval == 0 or (
             self.members[k].histogram_interval
             and self.members[k].update % self.members[k].histogram_interval == 0)}
@@ -452,6 +454,20 @@ class SACTrainer(Trainer):
             results[k].update(stats.get(k, {}))
             results[k]["policy/beta"] = self.members[k].beta_coef.value
         return results
+
+    def _anneal(self, ks: list[int]) -> None:
+        """``algo.anneal_lr``: members ``ks``' actor and critic learning rates, decayed linearly
+        from the env steps before this phase's collection (the on-policy trainer's rule, so the
+        last phase does not run at 0) to 0 at ``total_steps``. A function of ``global_step``
+        alone, so a resumed run continues exactly."""
+        K, phase = self.K, self.algo.train_frequency * self.N
+        for k in ks:
+            m = self.members[k]
+            f = min(1.0, max(0.0, 1.0 - (m.global_step - phase) / m.total_steps))
+            m.lr = m.learning_rate * f
+            self._actor_lr[k] = m.lr
+            q_lr = float(m.cfg.algo.q_learning_rate) * f
+            self._q_lr[k] = self._q_lr[k + K] = q_lr
 
     @torch.no_grad()
     def _update_targets(self, ks: list[int]) -> None:
@@ -593,7 +609,8 @@ class SACTrainer(Trainer):
                 "q/min": col[8],
                 "q/max": col[9],
                 "q/target": col[10],
-                "charts/learning_rate": m.learning_rate,
+                "charts/learning_rate": m.lr,
+                "charts/q_learning_rate": float(self._q_lr[k]),
             }
             tuned = next((c for c in (m.beta_coef, m.temperature_coef) if c.adaptive), None)
             if tuned is not None:

@@ -256,11 +256,11 @@ def test_short_cartpole_run_improves_its_return(tmp_path):
 # ---------------------------------------------------------------- resume
 
 
-@pytest.mark.parametrize("td_steps", [1, 3])
-def test_resume_is_exact_with_exact_env_resume(tmp_path, td_steps):
+@pytest.mark.parametrize("extra", [(), ("algo.td_steps=3",), ("algo.anneal_lr=true",)])
+def test_resume_is_exact_with_exact_env_resume(tmp_path, extra):
     """train N + M == train N, checkpoint, resume, train M (CPU, bitwise), replay buffer included."""
     cfg = sac_cfg("total_steps=240", "exact_env_resume=true", "beta=0.1", "beta_schedule.target_entropy=0.5",
-                  f"algo.td_steps={td_steps}")
+                  *extra)
     full, summary_full = run(cfg, tmp_path / "full")
     first = SACTrainer(cfg, tmp_path / "split")
     try:
@@ -292,6 +292,45 @@ def test_resume_without_the_replay_buffer_continues(tmp_path):
     second, summary = run(cfg, tmp_path / "run", resume=str(ckpt))
     assert summary["status"] == "completed" and summary["steps"] == 160
     assert second.buffer.num_transitions > 0
+
+
+# ---------------------------------------------------------------- learning rates
+
+
+@pytest.mark.parametrize("anneal", [True, False])
+def test_anneal_lr_decays_both_learning_rates_of_each_member_to_zero_at_the_end(tmp_path, anneal):
+    """algo.anneal_lr: every gradient step's actor and critic learning rates are the member's own
+    times 1 - (env steps before the phase's collection) / total_steps; constant without it."""
+    from rl.population import Member
+
+    T, phase = 240, 2 * 2  # num_envs x train_frequency
+    lrs = ((1e-3, 3e-3), (2e-3, 5e-4))
+    members = [Member(sac_cfg(f"total_steps={T}", f"seed={k}", f"algo.anneal_lr={str(anneal).lower()}",
+                              f"algo.learning_rate={a}", f"algo.q_learning_rate={q}"), tmp_path / f"m{k}")
+               for k, (a, q) in enumerate(lrs)]
+    trainer = SACTrainer(members=members)
+    seen = []
+    for name in ("actor_optimizer", "q_optimizer"):
+        opt = getattr(trainer, name)
+
+        def capturing(lr, active=None, step=opt.step, name=name):
+            seen.append((name, trainer.members[0].global_step, lr.clone()))
+            return step(lr, active)
+
+        opt.step = capturing
+    try:
+        summaries = trainer.train()
+    finally:
+        trainer.close()
+    assert [s["status"] for s in summaries] == ["completed"] * 2
+    steps = sorted({g for _, g, _ in seen})
+    assert steps[0] == 64 and steps[-1] == T  # from the end of the warm-up to the last phase
+    for name, g, lr in seen:
+        f = 1.0 - (g - phase) / T if anneal else 1.0
+        col = 0 if name == "actor_optimizer" else 1
+        want = [lr_k[col] * f for lr_k in lrs] * (1 if col == 0 else 2)  # Q_1 rows, then Q_2 rows
+        assert lr.tolist() == pytest.approx(want, rel=1e-12), (name, g)
+    assert (seen[-1][2][0] < 0.02 * lrs[0][1]) == anneal  # the last phase's rate is near 0
 
 
 # ---------------------------------------------------------------- configuration
