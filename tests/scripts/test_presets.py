@@ -191,7 +191,7 @@ def test_a_minatar_preset_trains_with_the_minatar_network(tmp_path):
 @pytest.mark.parametrize(
     "env, expect",
     [("cartpole", dict(num_envs=4, total_steps=100_000, batch_size=128, gradient_steps=2, tau=0.01,
-                       learning_starts=2_000, target=0.1, hidden=[64, 64], td_steps=3)),
+                       learning_starts=2_000, target=0.1, hidden=[64, 64], td_steps=5)),
      ("lunarlander", dict(num_envs=4, total_steps=500_000, batch_size=128, gradient_steps=2, tau=0.01,
                           learning_starts=10_000, target=0.1, hidden=[64, 64], td_steps=3)),
      ("minatar_breakout", dict(num_envs=4, total_steps=2_000_000, batch_size=64, gradient_steps=1,
