@@ -42,9 +42,9 @@ import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import numpy as np
 from omegaconf import MISSING
@@ -67,6 +67,8 @@ class EvalConfig:
     seed: int = 0
     video: Optional[str] = None  # noqa: UP045 -- OmegaConf reads the typing form
     device: str = "auto"
+    env_kwargs: Dict[str, Any] = field(default_factory=dict)  # noqa: UP006 -- as above
+    max_episode_steps: Optional[int] = None  # noqa: UP045 -- as above
 
 
 def _register() -> None:
@@ -141,8 +143,15 @@ def evaluate(
     seed: int = 0,
     video: str | Path | None = None,
     device: str = "auto",
+    env_kwargs: Mapping[str, Any] | None = None,
+    max_episode_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Play ``episodes`` episodes; returns ``{"returns", "lengths", "mean", "std"}``."""
+    """Play ``episodes`` episodes; returns ``{"returns", "lengths", "mean", "std"}``.
+
+    ``env_kwargs`` (merged over the run's ``env.kwargs``) and ``max_episode_steps`` (replacing
+    the run's time limit) evaluate the policy on a variant of the task it was trained on, e.g.
+    MinAtar without sticky actions and with gymnax's 1000-step episodes.
+    """
     import torch
 
     import ops
@@ -152,10 +161,22 @@ def evaluate(
         raise ValueError(f"episodes={episodes!r} is not allowed; allowed: an integer >= 1")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed={seed!r} is not allowed; allowed: an integer >= 0")
+    if env_kwargs is not None and not isinstance(env_kwargs, Mapping):
+        raise ValueError(f"env_kwargs={env_kwargs!r} is not allowed; allowed: a mapping of the env's "
+                         "constructor arguments")
+    if max_episode_steps is not None and (
+        isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or max_episode_steps < 1
+    ):
+        raise ValueError(f"max_episode_steps={max_episode_steps!r} is not allowed; allowed: null (the "
+                         "run's limit) or an integer >= 1")
     dev = resolve_device(device)
     state = load_checkpoint(checkpoint, dev, require=("config", "model"))
     cfg = state["config"]
     env_cfg = dict(cfg["env"])
+    if env_kwargs:
+        env_cfg["kwargs"] = {**(env_cfg.get("kwargs") or {}), **env_kwargs}
+    if max_episode_steps is not None:
+        env_cfg["max_episode_steps"] = max_episode_steps
     # returns are read before reward normalization; the wrapper would only add state
     env_cfg["normalize_reward"] = False
     wrappers = None

@@ -295,3 +295,36 @@ def test_video_without_moviepy_names_the_extra(tmp_path, monkeypatch):
     )
     with pytest.raises(ValueError, match=r"entropy-rl\[video\]"):
         evaluate(path, episodes=1, video=tmp_path / "videos")
+
+
+def test_max_episode_steps_replaces_the_run_time_limit(tmp_path):
+    """The controller balances the pole through its run's 100-step limit; a 30-step limit ends
+    (truncates) every episode at 30, and the run's limit is what plays without the option."""
+    cfg = _config({"max_episode_steps": 100}, hidden_sizes=(), shared=True)
+    path = tmp_path / "controller.pt"
+    model = ActorCritic(CARTPOLE_OBS, 2, hidden_sizes=(), shared=True)
+    with torch.no_grad():
+        model.actor.weight.zero_()
+        model.actor.bias.zero_()
+        model.actor.weight[1] = torch.tensor([0.0, 0.0, 3.0, 1.0])
+    torch.save({"config": cfg, "model": model.state_dict()}, path)
+    assert evaluate(path, episodes=2, seed=4, max_episode_steps=30)["lengths"] == [30, 30]
+    assert evaluate(path, episodes=2, seed=4)["lengths"] == [100, 100]
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=f"max_episode_steps={bad!r} is not allowed"):
+            evaluate(path, episodes=1, max_episode_steps=bad)
+
+
+def test_env_kwargs_reach_the_env_over_the_run_kwargs(tmp_path, capsys):
+    """CartPole's Sutton-Barto reward (0 per step, -1 at the fall) turns the always-left
+    policy's returns from its episode lengths into -1, through the API and the command line."""
+    path = _checkpoint(tmp_path, _config({}), CARTPOLE_OBS, 2, bias=[5.0, -5.0])
+    plain = evaluate(path, episodes=2, seed=1)
+    assert plain["returns"] == [float(n) for n in plain["lengths"]] and plain["mean"] > 1
+    sb = evaluate(path, episodes=2, seed=1, env_kwargs={"sutton_barto_reward": True})
+    assert sb["returns"] == [-1.0, -1.0] and sb["lengths"] == plain["lengths"]
+    assert main([f"checkpoint={path}", "episodes=2", "seed=1", "device=cpu",
+                 "+env_kwargs.sutton_barto_reward=true"]) == 0
+    assert "2 greedy episodes: return -1.00 +- 0.00" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="env_kwargs=3 is not allowed"):
+        evaluate(path, episodes=1, env_kwargs=3)
