@@ -387,6 +387,14 @@ def make_envs(
         vec = _build(s, spec, int(num_envs), env_wrappers, atari, int(seed))
     except (gym.error.DependencyNotInstalled, ImportError) as err:
         raise _missing_dependency(s.id, err) from err
+    except TypeError as err:  # a misspelt env.kwargs key reaches the env's constructor
+        if not s.kwargs or "keyword argument" not in str(err):
+            raise
+        reason = str(err).split(" was raised from", 1)[0]
+        raise ValueError(
+            f"env.kwargs={dict(s.kwargs)!r} is not allowed for {s.id} ({reason}); allowed: "
+            f"arguments its constructor takes"
+        ) from err
     try:
         _check_spaces(s.id, vec)
         mask_in_info = False

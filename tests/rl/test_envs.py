@@ -146,6 +146,15 @@ def test_unknown_id_suggests_close_matches():
     assert "'CartPole-v1'" in str(err.value)
 
 
+def test_a_constructor_argument_the_env_lacks_is_one_value_error():
+    """A misspelt env.kwargs key (CartPole takes sutton_barto_reward) names the key and the env."""
+    with pytest.raises(ValueError, match=r"^env.kwargs=\{'sutton_barto_rewrd': True\} is not allowed for "
+                                         r"CartPole-v1 \(.*'sutton_barto_rewrd'\); allowed: ") as err:
+        make_envs({"id": "CartPole-v1", "kwargs": {"sutton_barto_rewrd": True}}, 2, seed=0)
+    assert "\n" not in str(err.value)
+    make_envs({"id": "CartPole-v1", "kwargs": {"sutton_barto_reward": True}}, 2, seed=0).close()
+
+
 def test_missing_box2d_names_the_extra(monkeypatch):
     pytest.importorskip("Box2D")
     # make `import Box2D` fail and force gymnasium to re-import its box2d envs

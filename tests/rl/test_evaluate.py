@@ -328,3 +328,8 @@ def test_env_kwargs_reach_the_env_over_the_run_kwargs(tmp_path, capsys):
     assert "2 greedy episodes: return -1.00 +- 0.00" in capsys.readouterr().out
     with pytest.raises(ValueError, match="env_kwargs=3 is not allowed"):
         evaluate(path, episodes=1, env_kwargs=3)
+    # a key the env does not take: one line, exit 2, no traceback
+    assert main([f"checkpoint={path}", "episodes=1", "device=cpu", "+env_kwargs.sutton_barto=true"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rl-eval: error: env.kwargs={'sutton_barto': True} is not allowed for CartPole-v1")
+    assert err.count("\n") == 1 and "Traceback" not in err
