@@ -89,9 +89,9 @@ def test_always_left_policy_drops_the_pole_quickly(tmp_path):
     assert out["std"] == pytest.approx(np.std(out["returns"]))
 
 
-def test_greedy_plays_the_network_policy(tmp_path):
-    """A linear network holding the controller 'push right iff 3 theta + theta_dot > 0'
-    balances the pole for the whole 100-step limit; the always-left policy above cannot."""
+def _controller_checkpoint(tmp_path):
+    """A linear network holding the controller 'push right iff 3 theta + theta_dot > 0', in a run
+    with a 100-step limit."""
     cfg = _config({"max_episode_steps": 100}, hidden_sizes=(), shared=True)
     path = tmp_path / "controller.pt"
     model = ActorCritic(CARTPOLE_OBS, 2, hidden_sizes=(), shared=True)
@@ -100,6 +100,13 @@ def test_greedy_plays_the_network_policy(tmp_path):
         model.actor.bias.zero_()
         model.actor.weight[1] = torch.tensor([0.0, 0.0, 3.0, 1.0])
     torch.save({"config": cfg, "model": model.state_dict()}, path)
+    return path
+
+
+def test_greedy_plays_the_network_policy(tmp_path):
+    """A linear network holding the controller 'push right iff 3 theta + theta_dot > 0'
+    balances the pole for the whole 100-step limit; the always-left policy above cannot."""
+    path = _controller_checkpoint(tmp_path)
     out = evaluate(path, episodes=3, greedy=True, seed=4)
     assert out["returns"] == [100.0, 100.0, 100.0]
 
@@ -300,14 +307,7 @@ def test_video_without_moviepy_names_the_extra(tmp_path, monkeypatch):
 def test_max_episode_steps_replaces_the_run_time_limit(tmp_path):
     """The controller balances the pole through its run's 100-step limit; a 30-step limit ends
     (truncates) every episode at 30, and the run's limit is what plays without the option."""
-    cfg = _config({"max_episode_steps": 100}, hidden_sizes=(), shared=True)
-    path = tmp_path / "controller.pt"
-    model = ActorCritic(CARTPOLE_OBS, 2, hidden_sizes=(), shared=True)
-    with torch.no_grad():
-        model.actor.weight.zero_()
-        model.actor.bias.zero_()
-        model.actor.weight[1] = torch.tensor([0.0, 0.0, 3.0, 1.0])
-    torch.save({"config": cfg, "model": model.state_dict()}, path)
+    path = _controller_checkpoint(tmp_path)
     assert evaluate(path, episodes=2, seed=4, max_episode_steps=30)["lengths"] == [30, 30]
     assert evaluate(path, episodes=2, seed=4)["lengths"] == [100, 100]
     for bad in (0, -3, 2.5, True):
