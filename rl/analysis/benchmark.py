@@ -400,7 +400,7 @@ def plot_curves(table: pd.DataFrame, runs_dir: Path, out: Path, suite: str, form
                 bins: int = 30) -> list[Path]:
     """Training return over env steps: rows env, columns algo, one line per mapping (mean over
     seeds, 95% bootstrap band)."""
-    from rl.analysis.figures import _figure, binned_curves, save
+    from rl.analysis.figures import _figure, binned_curves, save, suptitle
     from rl.analysis.stats import mean_band
 
     frames = []
@@ -436,7 +436,7 @@ def plot_curves(table: pd.DataFrame, runs_dir: Path, out: Path, suite: str, form
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-    fig.suptitle(f"{suite}: training return (mean over seeds, 95% bootstrap band)", fontsize=11)
+    suptitle(fig, f"{suite}: training return (mean over seeds, 95% bootstrap band)")
     fig.set_layout_engine("constrained")
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)

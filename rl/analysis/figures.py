@@ -15,6 +15,7 @@ Figures are built on `matplotlib.figure.Figure` (no pyplot): no GUI backend, no 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,15 @@ def _fmt(x_col, v):
 def _figure(nrows, ncols, figsize, **kw):
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
+
+
+def suptitle(fig: Figure, text: str, fontsize: float = 11):
+    """``fig.suptitle(text)`` wrapped onto as many lines as the figure's width needs: a long
+    title on a one-panel figure would otherwise run off both edges (the layout engine centres
+    it, it does not shrink it)."""
+    # about 0.6 em per character for matplotlib's default sans-serif font; 90% of the width
+    per_line = max(20, int(0.9 * fig.get_figwidth() * 72 / (0.6 * fontsize)))
+    return fig.suptitle(textwrap.fill(text, per_line, break_long_words=False), fontsize=fontsize)
 
 
 def save(fig: Figure, out: Path, name: str, formats=("png", "pdf"), dpi: int = 110) -> list[Path]:
@@ -132,7 +142,7 @@ def curve_grid(df, tags, x_col, bins, reps, ylabels, title, out, name, formats, 
                 ax.set_yscale("log")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7, loc="best")
-    fig.suptitle(title, fontsize=11)
+    suptitle(fig, title)
     fig.set_layout_engine("constrained")  # unlike tight_layout, keeps the suptitle off row 1
     return save(fig, out, name, formats)
 
@@ -166,7 +176,7 @@ def plot_final(final, summary, x_col, out, formats):
         ax.set_title(env, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Final return vs {X_LABELS.get(x_col, x_col)} (dots: seeds)", fontsize=11)
+    suptitle(fig, f"Final return vs {X_LABELS.get(x_col, x_col)} (dots: seeds)")
     fig.set_layout_engine("constrained")
     return save(fig, out, f"final_vs_{x_col}", formats)
 
@@ -230,7 +240,7 @@ def plot_grad_norms(df, x_col, bins, reps, out, formats):
         ax.set_title(f"{env}: ratio over training (mean, 95% band)", fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6, ncol=2)
-    fig.suptitle("Gradient norms at the logits: entropy term (-beta H) vs policy term", fontsize=11)
+    suptitle(fig, "Gradient norms at the logits: entropy term (-beta H) vs policy term")
     fig.set_layout_engine("constrained")
     return save(fig, out, "grad_norms", formats)
 

@@ -23,7 +23,7 @@ from rl.analysis.aggregate import (
     with_normalized_entropy,
     write_table,
 )
-from rl.analysis.figures import binned_curves
+from rl.analysis.figures import _figure, binned_curves, suptitle
 from rl.analysis.machine import machine_info
 from rl.analysis.runs import find_runs, read_scalars, run_status, scalar_series
 
@@ -261,6 +261,21 @@ def test_binned_curves_average_within_bins():
 # ------------------------------------------------------------------------------- beta_target
 def _series(steps, values):
     return np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=float)
+
+
+@pytest.mark.parametrize("width", [3.0, 4.8, 9.6])
+def test_suptitle_stays_inside_the_figure_at_any_width(width):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    title = "minatar: training return (mean over seeds, 95% bootstrap band) of MinAtar/SpaceInvaders-v1"
+    fig, _ = _figure(1, 1, (width, 3.2))
+    text = suptitle(fig, title)
+    fig.set_layout_engine("constrained")
+    FigureCanvasAgg(fig).draw()
+    box = text.get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width, (width, box, fig.bbox.width)
+    assert text.get_text().replace("\n", " ") == title  # wrapped, nothing dropped
+    assert ("\n" in text.get_text()) == (width < 9)  # a wide figure keeps one line
 
 
 def test_beta_target_settled_entropy_is_the_window_mean_against_the_target():
