@@ -9,7 +9,8 @@ policy path only) or ``rl.networks.QNetwork`` (``forward`` gives the action valu
 walks the member network's layers once for all K members:
 
 * ``nn.Linear``: ``torch.baddbmm`` over ``(K, B, in)`` activations and ``(K, in, out)`` weights;
-* ``nn.Conv2d``: one grouped convolution (``groups=K``) over the members' channels;
+* ``nn.Conv2d``: on CUDA one grouped convolution (``groups=K``) over the members' channels, on
+  the CPU one convolution per member (faster there);
 * ``nn.Flatten`` and the activations of ``rl.networks.ACTIVATIONS``: elementwise, as they are.
 
 A network built of anything else (tests inject small stand-ins) runs member by member, with its
@@ -38,13 +39,31 @@ from torch.nn import functional as F
 
 from rl.networks import ActorCritic, QNetwork
 
-__all__ = ["StackedNetwork", "StackedOptimizer"]
+__all__ = ["StackedNetwork", "StackedOptimizer", "stacked_conv2d"]
 
 # The leaves' gradients are strided views of the (K, P) gradient buffer by design (see
 # StackedNetwork.__init__); autograd accumulates into them in place and says so once.
 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
 
 _ELEMENTWISE = {nn.Tanh: torch.tanh, nn.ReLU: torch.relu, nn.ELU: F.elu, nn.GELU: F.gelu, nn.SiLU: F.silu}
+
+
+def stacked_conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride, padding, dilation, *,
+                   grouped: bool) -> torch.Tensor:
+    """K members' convolutions: ``x`` (K, B, C, H, W), ``w`` (K, out, C, kh, kw), ``b`` (K, out)
+    -> (K, B, out, H', W'). ``grouped``: one grouped convolution (``groups=K``) over the members'
+    channels, the one kernel launch CUDA wants; otherwise one plain convolution per member, which
+    on the CPU takes about half the time of the grouped one, forward and backward, for K >= 3
+    (MinAtar's 3x3 layer: ``scripts/bench_population.py sps --env minatar_seaquest``)."""
+    K = w.shape[0]
+    if not grouped:
+        return torch.stack([F.conv2d(x[k], w[k], b[k], stride=stride, padding=padding, dilation=dilation)
+                            for k in range(K)])
+    B, out_c = x.shape[1], w.shape[1]
+    # (K, B, C, H, W) -> (B, K*C, H, W)
+    y = F.conv2d(x.transpose(0, 1).flatten(1, 2), w.reshape(K * out_c, *w.shape[2:]), b.reshape(-1),
+                 stride=stride, padding=padding, dilation=dilation, groups=K)
+    return y.view(B, K, out_c, *y.shape[2:]).transpose(0, 1)
 
 
 def _critic_names(net: nn.Module) -> set[str]:
@@ -189,7 +208,6 @@ class StackedNetwork(nn.Module):
 
     def _run(self, plan, x: torch.Tensor) -> torch.Tensor:
         """``x``: (K, B, features...) -> (K, B, out...)."""
-        K = self.K
         for kind, arg in plan:
             if kind == "linear":
                 x = torch.baddbmm(arg[1], x, arg[0])
@@ -198,13 +216,7 @@ class StackedNetwork(nn.Module):
             elif kind == "flatten":
                 x = x.flatten(2)
             else:
-                w, b = arg[0], arg[1]
-                B = x.shape[1]
-                out_c = w.shape[1]
-                # (K, B, C, H, W) -> (B, K*C, H, W); one grouped convolution for all members
-                y = F.conv2d(x.transpose(0, 1).flatten(1, 2), w.reshape(K * out_c, *w.shape[2:]),
-                             b.reshape(-1), stride=arg[2], padding=arg[3], dilation=arg[4], groups=K)
-                x = y.view(B, K, out_c, *y.shape[2:]).transpose(0, 1)
+                x = stacked_conv2d(x, *arg, grouped=x.is_cuda)
         return x
 
     def _features(self, obs: torch.Tensor) -> torch.Tensor:

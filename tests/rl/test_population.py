@@ -307,8 +307,8 @@ def test_population_cli_config_is_a_single_runs(tmp_path):
                                                       "shared": True}),
 ], ids=["mlp", "shared", "one-hot", "minatar", "nature"])
 def test_the_stacked_forward_and_gradient_are_each_members_own(space, kwargs):
-    """rl.stacked runs K networks as one batched computation (batched matmuls, one grouped
-    convolution): logits, values and parameter gradients equal each network's own."""
+    """rl.stacked runs K networks as one batched computation (batched matmuls, convolutions per
+    member on the CPU): logits, values and parameter gradients equal each network's own."""
     from rl.stacked import StackedNetwork
 
     nets = []
@@ -331,6 +331,30 @@ def test_the_stacked_forward_and_gradient_are_each_members_own(space, kwargs):
                                        rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
         state = stacked.member_state_dict(k)
         assert set(state) == set(net.state_dict())
+
+
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "per-member"])
+@pytest.mark.parametrize("stride, padding, dilation", [(1, 0, 1), (2, 1, 1), (1, 2, 2)])
+def test_stacked_conv2d_is_each_members_convolution_in_both_forms(grouped, stride, padding, dilation):
+    """rl.stacked.stacked_conv2d: the grouped form (CUDA's) and the per-member form (the CPU's)
+    give each member's own convolution and its input, weight and bias gradients (float64)."""
+    from rl.stacked import stacked_conv2d
+
+    gen = torch.Generator().manual_seed(11)
+    K, B, C, out = 3, 5, 4, 6
+    x = torch.randn(K, B, C, 9, 9, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(K, out, C, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(K, out, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = stacked_conv2d(x, w, b, (stride, stride), (padding, padding), (dilation, dilation), grouped=grouped)
+    upstream = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    gx, gw, gb = torch.autograd.grad((y * upstream).sum(), (x, w, b))
+    for k in range(K):
+        xk, wk, bk = (t.detach()[k].clone().requires_grad_() for t in (x, w, b))
+        yk = torch.nn.functional.conv2d(xk, wk, bk, stride=stride, padding=padding, dilation=dilation)
+        torch.testing.assert_close(y[k], yk)
+        rk = torch.autograd.grad((yk * upstream[k]).sum(), (xk, wk, bk))
+        for got, want in zip((gx[k], gw[k], gb[k]), rk, strict=True):
+            torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("name", ["adam", "rmsprop"])
