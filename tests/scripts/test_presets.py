@@ -170,19 +170,30 @@ def test_every_env_and_algo_composes_and_names_its_source():
         assert (cfg.total_steps, cfg.algo.gamma, cfg.beta) == (10_000_000, 0.999, 0.01)
 
 
-def test_a_minatar_preset_trains_with_the_minatar_network(tmp_path):
+@pytest.mark.parametrize("game, network", [("asterix", "minatar_cnn"), ("breakout", "mlp")])
+def test_a_minatar_preset_trains_with_its_network(tmp_path, game, network):
+    # Breakout's preset takes gymnax-blines' 256-256 ReLU MLPs; the others the MinAtar CNN.
     pytest.importorskip("minatar", reason="minatar (extra minatar) provides the MinAtar ids")
     from rl.trainer import Trainer
 
-    cfg = _task(["env=minatar_breakout", "num_envs=2", "algo.n_steps=16", "algo.batch_size=16",
+    cfg = _task([f"env=minatar_{game}", "num_envs=2", "algo.n_steps=16", "algo.batch_size=16",
                  "total_steps=64", "device=cpu", "progress=false", "checkpoint_interval=0",
                  "histogram_interval=0"])
     trainer = Trainer(cfg, tmp_path)
     try:
-        assert trainer.member_network(0).network == "minatar_cnn"
+        assert trainer.member_network(0).network == network
         assert trainer.train()["steps"] == 64
     finally:
         trainer.close()
+
+
+def test_the_breakout_preset_is_gymnax_blines_network_and_value_loss():
+    cfg = _task(["env=minatar_breakout"])
+    assert (cfg.policy.network, list(cfg.policy.hidden_sizes), cfg.policy.activation) == ("mlp", [256, 256], "relu")
+    assert (cfg.algo.clip_value, cfg.algo.vf_coef) == (0.2, 0.25)
+    for game in ("asterix", "freeway", "seaquest", "spaceinvaders"):
+        other = _task([f"env=minatar_{game}"])
+        assert (list(other.policy.hidden_sizes), other.algo.clip_value, other.algo.vf_coef) == ([], None, 0.5)
 
 
 # ------------------------------------------------------------- SAC presets and sac_distractors
