@@ -44,7 +44,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional  # noqa: UP035 -- OmegaConf reads the typing forms below
 
 import numpy as np
 from omegaconf import MISSING

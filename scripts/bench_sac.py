@@ -27,7 +27,9 @@ that mean first reached the bar, wall seconds of training, and the greedy evalua
 episodes at the end: ours from ``summary.json``, ``eval.episodes=10`` of the benchmark
 experiment; DQN ``deterministic=True`` on a fresh env). Per (env, method): seeds that reached the
 bar, median steps to reach it, IQM [95% bootstrap CI] over seeds of the final training and
-greedy returns (rl/analysis/stats.py), median wall seconds.
+greedy returns (rl/analysis/stats.py), median wall seconds. A run that stopped as diverged
+counts among the seeds at the returns it had when it stopped (its ``status`` and ``steps`` in
+the per-run CSV), as in rl/analysis/benchmark.py.
 
 Outputs: ``OUT/`` holds the runs (``OUT/runs``, ``OUT/dqn``, ``OUT/logs``); the results go to
 ``--results`` (default ``benchmarks/results/sac_<date>.json``, with the machine, the commands,
@@ -235,6 +237,7 @@ def collect(args):
     """One row per finished run of this grid (ours from OUT/runs, DQN from OUT/dqn)."""
     import pandas as pd
 
+    from rl.analysis.benchmark import FINISHED
     from rl.analysis.benchmark import collect as collect_runs
 
     rows = []
@@ -243,9 +246,9 @@ def collect(args):
         ours = collect_runs(args.out / "runs")
         for r in ours.itertuples():
             if (r.env in ids and r.budget == budget(args, ids[r.env]) and r.seed < args.seeds
-                    and r.policy in args.mappings and r.status == "completed"):
+                    and r.policy in args.mappings and r.status in FINISHED):
                 rows.append({"env": r.env, "method": "entropy-rl SAC", "mapping": r.mapping,
-                             "seed": r.seed, "budget": r.budget, "steps": r.steps,
+                             "seed": r.seed, "budget": r.budget, "status": r.status, "steps": r.steps,
                              "final_return": r.final_return, "solved_at_step": r.solved_at_step,
                              "eval_greedy": r.eval_greedy, "wall_time_s": r.wall_time_s,
                              "run": f"runs/{r.run}"})
@@ -255,7 +258,7 @@ def collect(args):
             if path.is_file():
                 run = json.loads(path.read_text())
                 run.pop("hyperparameters", None)
-                rows.append({**run, "run": str(path.relative_to(args.out))})
+                rows.append({"status": "completed", **run, "run": str(path.relative_to(args.out))})
     table = pd.DataFrame(rows)
     if not table.empty:
         table = table.sort_values(["env", "method", "mapping", "seed"]).reset_index(drop=True)
@@ -263,7 +266,8 @@ def collect(args):
 
 
 def summarize(table) -> list[dict]:
-    """Per (env, method, mapping): seeds, solved, median steps to solve, IQM [CI] of the final
+    """Per (env, method, mapping): seeds (diverged runs among them, at their returns when they
+    stopped: rl/analysis/benchmark.py), solved, median steps to solve, IQM [CI] of the final
     training and greedy returns, median wall seconds."""
     import numpy as np
 
@@ -273,7 +277,7 @@ def summarize(table) -> list[dict]:
         steps = [float(s) for s in g.solved_at_step if s is not None and not _isnan(s)]
         cells.append({
             "env": env, "method": method, "mapping": mapping, "budget": int(g.budget.iloc[0]),
-            "seeds": len(g), "solved_return": bar,
+            "seeds": len(g), "diverged": int((g.status == "diverged").sum()), "solved_return": bar,
             "solved": None if bar is None else len(steps),
             "median_steps_to_solve": float(np.median(steps)) if steps else None,
             "final_return": _stat(g.final_return),
@@ -303,6 +307,8 @@ def _ci(c: dict) -> str:
 
 
 def markdown(cells: list[dict]) -> str:
+    from rl.analysis.benchmark import fmt_seeds
+
     rows = ["| env | method | mapping | budget | seeds | solved | median steps to solve | "
             "training return IQM [95% CI] | greedy eval IQM [95% CI] | median wall s |",
             "|---|---|---|---|---|---|---|---|---|---|"]
@@ -310,7 +316,8 @@ def markdown(cells: list[dict]) -> str:
         solved = "-" if c["solved"] is None else f"{c['solved']}/{c['seeds']}"
         med = "-" if c["median_steps_to_solve"] is None else f"{c['median_steps_to_solve'] / 1000:.1f}k"
         rows.append(f"| {c['env']} | {c['method']} | {MAPPING_NAMES.get(c['mapping'], c['mapping'])} | "
-                    f"{c['budget'] / 1000:g}k | {c['seeds']} | {solved} | {med} | {_ci(c['final_return'])} | "
+                    f"{c['budget'] / 1000:g}k | {fmt_seeds(c['seeds'], c['diverged'])} | "
+                    f"{solved} | {med} | {_ci(c['final_return'])} | "
                     f"{_ci(c['eval_greedy'])} | {c['median_wall_time_s']:.0f} |")
     return "\n".join(rows)
 

@@ -32,6 +32,11 @@ greedy-eval final return, beside the published value and its source); ``<suite>_
 / ``.csv`` (normalized-score IQM over all tasks with a stratified-bootstrap CI, probability of
 improvement between mappings); ``figures/<suite>_curves.png`` (training return per env, mean
 over seeds with a 95% band, one line per mapping).
+
+A run that stopped as diverged (its summary's ``status``; rl/trainer.py) is a finished run of
+the method: it is tabulated at the returns it had when it stopped, counts as solved only if it
+reached the bar before, and the seeds cell says how many diverged. Leaving it out would raise
+the IQM of a mapping that fails.
 """
 
 from __future__ import annotations
@@ -243,6 +248,9 @@ def collect(runs_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+FINISHED = ("completed", "diverged")
+
+
 def select(table: pd.DataFrame, args) -> pd.DataFrame:
     """This benchmark's finished runs (OUT/runs may hold other grids: more seeds, other budgets)."""
     if table.empty:
@@ -251,7 +259,9 @@ def select(table: pd.DataFrame, args) -> pd.DataFrame:
     keep = [(r.env, r.algo, r.budget) in want for r in table.itertuples()]
     keep = np.array(keep, dtype=bool) & (table.seed < n_seeds(args)).to_numpy()
     keep &= table.policy.isin(args.mappings).to_numpy()
-    keep &= (table.status == "completed").to_numpy()
+    # A diverged run is a result, not a missing one: it stays, at the return it had when it
+    # stopped and never solved after. Interrupted or running runs are resumable and wait.
+    keep &= table.status.isin(FINISHED).to_numpy()
     return table[keep].reset_index(drop=True)
 
 
@@ -286,8 +296,9 @@ def suite_table(table: pd.DataFrame) -> pd.DataFrame:
         # seeds whose mean of 100 training episodes reached the env's solved_return (none: no such bar)
         has_bar = "solved_return" in g and g.solved_return.notna().all()
         solved = int(g.solved_at_step.notna().sum()) if has_bar else None
+        diverged = int((g.status == "diverged").sum()) if "status" in g else 0
         rows.append({"env": env, "algo": algo, "mapping": mapping, "budget": budget, "seeds": len(g),
-                     "solved": solved,
+                     "diverged": diverged, "solved": solved,
                      "train_iqm": tr[0], "train_ci_low": tr[1], "train_ci_high": tr[2],
                      "greedy_iqm": ev[0], "greedy_ci_low": ev[1], "greedy_ci_high": ev[2],
                      "published": None if ref is None else ref.value,
@@ -314,6 +325,12 @@ def _fmt_steps(n) -> str:
     return f"{n / 1e6:g}M" if n >= 1e6 else f"{n / 1e3:g}k"
 
 
+def fmt_seeds(seeds: int, diverged: int) -> str:
+    """The seeds cell: how many runs the row's numbers come from, and how many of them stopped
+    as diverged (counted at the return they had then)."""
+    return f"{seeds} ({diverged} diverged)" if diverged else f"{seeds}"
+
+
 def write_suite_table(summary: pd.DataFrame, out: Path, suite: str) -> list[Path]:
     summary.to_csv(out / f"{suite}.csv", index=False)
     lines = ["| env | algo | mapping | budget | seeds | solved | training return IQM [95% CI] | "
@@ -326,7 +343,8 @@ def write_suite_table(summary: pd.DataFrame, out: Path, suite: str) -> list[Path
             std = r.published_std
             std = "" if std is None or not np.isfinite(std) else f" ± {std:g}"
             pub = f"{r.published:g}{std} ({_fmt_steps(r.published_budget)}, {r.published_eval})"
-        lines.append(f"| {r.env} | {r.algo} | {r.mapping} | {_fmt_steps(r.budget)} | {r.seeds} | "
+        lines.append(f"| {r.env} | {r.algo} | {r.mapping} | {_fmt_steps(r.budget)} | "
+                     f"{fmt_seeds(r.seeds, r.diverged)} | "
                      f"{'-' if pd.isna(r.solved) else f'{int(r.solved)}/{r.seeds}'} | "
                      f"{_fmt_ci(r.train_iqm, r.train_ci_low, r.train_ci_high)} | "
                      f"{_fmt_ci(r.greedy_iqm, r.greedy_ci_low, r.greedy_ci_high)} | {pub} | {r.source} |")

@@ -69,3 +69,40 @@ def test_report_tabulates_finished_runs_with_iqm_and_solved(bench, tmp_path, cap
     assert results.with_name("sac_runs.csv").is_file()
     assert "| CartPole-v1 | SB3 DQN | - | 100k | 5 | 4/5 | 52.0k |" in capsys.readouterr().out
     sys.modules.pop("bench_sac", None)
+
+
+def _fake_sac_run(runs, seed, status, final, steps, solved_at=None):
+    """A run directory as rl-train leaves it: the composed config and the summary."""
+    import yaml
+
+    run = runs / f"algo=sac,env=lunarlander,policy=sparsemax,seed={seed}"
+    (run / ".hydra").mkdir(parents=True)
+    cfg = {"env": {"id": "LunarLander-v3", "solved_return": 200.0}, "algo": {"name": "sac"},
+           "policy": {"name": "sparsemax"}, "seed": seed, "total_steps": 500_000}
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    summary = {"status": status, "steps": steps, "final_mean_return": final, "solved_at_step": solved_at,
+               "eval_return_greedy": final + 1.0, "wall_time_s": 10.0}
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_report_counts_a_diverged_run_at_its_returns_and_waits_for_an_interrupted_one(bench, tmp_path,
+                                                                                    capsys):
+    out = tmp_path / "out"
+    _fake_sac_run(out / "runs", 0, "completed", 238.0, 500_000, solved_at=369_000)
+    _fake_sac_run(out / "runs", 1, "diverged", -900.0, 192_000)
+    _fake_sac_run(out / "runs", 2, "completed", -20.0, 500_000)
+    _fake_sac_run(out / "runs", 3, "interrupted", 50.0, 100_000)  # resumable: not a result yet
+    results = tmp_path / "sac.json"
+    assert bench.main(["--no-train", "--envs", "lunarlander", "--mappings", "sparsemax", "--out", str(out),
+                       "--results", str(results)]) == 0
+    data = json.loads(results.read_text())
+    (cell,) = data["table"]
+    assert (cell["seeds"], cell["diverged"], cell["solved"]) == (3, 1, 1)
+    from rl.analysis.stats import iqm
+
+    assert cell["final_return"]["iqm"] == pytest.approx(iqm([238.0, -900.0, -20.0]))
+    statuses = {r["seed"]: (r["status"], r["steps"]) for r in data["runs"]}
+    assert statuses == {0: ("completed", 500_000), 1: ("diverged", 192_000), 2: ("completed", 500_000)}
+    row = "| LunarLander-v3 | entropy-rl SAC | sparsemax | 500k | 3 (1 diverged) | 1/3 |"
+    assert row in capsys.readouterr().out
+    sys.modules.pop("bench_sac", None)

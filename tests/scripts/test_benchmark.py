@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from rl.analysis import benchmark, published
+from rl.analysis.stats import iqm
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -138,6 +139,30 @@ def test_suite_table_counts_solved_seeds_and_keeps_the_reference(tmp_path):
     assert "| LunarLander-v3 | ppo | softmax | 1M | 5 | 4/5 | 220.0 [" in md
     assert "| MinAtar/Seaquest-v1 | ppo | softmax | 10M | 2 | - |" in md
     assert "none (the gymnax README lists no checkpoint" in md
+
+
+def test_suite_table_keeps_diverged_runs_at_their_returns_and_says_so(tmp_path):
+    t = pd.DataFrame({
+        "env": ["LunarLander-v3"] * 4, "algo": ["ppo"] * 4, "mapping": ["sparsemax"] * 4,
+        "budget": [1_000_000] * 4, "status": ["completed", "diverged", "completed", "diverged"],
+        "final_return": [210.0, -900.0, 100.0, -800.0], "eval_greedy": [250.0, -950.0, 90.0, np.nan],
+        "solved_return": [200.0] * 4, "solved_at_step": [5e5, None, None, None]})
+    row = benchmark.suite_table(t).iloc[0]
+    assert (row.seeds, row.diverged, row.solved) == (4, 2, 1)
+    assert row.train_iqm == pytest.approx(iqm([210.0, -900.0, 100.0, -800.0]))
+    benchmark.write_suite_table(benchmark.suite_table(t), tmp_path, "x")
+    md = (tmp_path / "x.md").read_text()
+    assert "| LunarLander-v3 | ppo | sparsemax | 1M | 4 (2 diverged) | 1/4 |" in md
+
+
+def test_select_keeps_finished_and_diverged_runs_only():
+    args = benchmark.parse_args(["--envs", "lunarlander", "--algos", "ppo", "--seeds", "5"])
+    steps = benchmark.run_steps(args, "lunarlander", "ppo")
+    rows = [{"env": "LunarLander-v3", "algo": "ppo", "policy": "softmax", "seed": s, "budget": steps,
+             "status": st}
+            for s, st in enumerate(["completed", "diverged", "interrupted", "failed", None])]
+    kept = benchmark.select(pd.DataFrame(rows), args)
+    assert sorted(kept.status) == ["completed", "diverged"]
 
 
 def test_stratified_bootstrap_keeps_tasks_apart():

@@ -189,7 +189,8 @@ def test_a_minatar_preset_trains_with_its_network(tmp_path, game, network):
 
 def test_the_breakout_preset_is_gymnax_blines_network_and_value_loss():
     cfg = _task(["env=minatar_breakout"])
-    assert (cfg.policy.network, list(cfg.policy.hidden_sizes), cfg.policy.activation) == ("mlp", [256, 256], "relu")
+    net = (cfg.policy.network, list(cfg.policy.hidden_sizes), cfg.policy.activation)
+    assert net == ("mlp", [256, 256], "relu")
     assert (cfg.algo.clip_value, cfg.algo.vf_coef) == (0.2, 0.25)
     for game in ("asterix", "freeway", "seaquest", "spaceinvaders"):
         other = _task([f"env=minatar_{game}"])
