@@ -9,6 +9,7 @@
 """
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -211,6 +212,21 @@ def test_a_runaway_tuned_beta_stops_its_member_alone(tmp_path):
     summaries = train_population(_members(tmp_path, "total_steps=320", members=RUNAWAY_MEMBERS),
                                  callbacks=[RunawayBeta(1, at=3)])
     assert_runaway_stopped_alone(summaries, 320)
+
+
+@pytest.mark.parametrize("entropy, says_dead", [(0.0, True), (0.2, False)])
+def test_a_runaway_at_entropy_zero_says_a_bound_does_not_revive_the_policy(tmp_path, entropy, says_dead):
+    # A sparse policy at entropy 0 has a one-action support and no actor gradient: the reason
+    # must not suggest that bounding beta fixes it.
+    trainer = Trainer(tiny("policy=sparsemax", "beta=0.1", "beta_schedule.target_entropy=0.5"), tmp_path)
+    try:
+        m = trainer.members[0]
+        m.beta_coef.log_value = math.log(float(torch.finfo(torch.float32).max)) + 1.0
+        assert trainer._step_coefficients(0, entropy, 1.0) is False
+        assert m.status == "diverged" and "beta_schedule.max" in m.diverged_reason
+        assert ("no actor gradient" in m.diverged_reason) is says_dead
+    finally:
+        trainer.close()
 
 
 def test_members_sharing_a_mapping_share_one_ops_call_whatever_their_beta(tmp_path, monkeypatch):
