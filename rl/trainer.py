@@ -626,11 +626,12 @@ class Trainer:
             value = coef.step(m.global_step, entropy_mean, max_entropy)
             if not (math.isfinite(value) and value <= _COEF_MAX):
                 target = "" if coef.target is None else f" against a target of {coef.target:.4g}"
-                # At entropy 0 a sparse policy's support is one action in every state, where its
-                # actor gradient is exactly zero: a bounded coefficient keeps the run going but
-                # does not bring the support back (README, "Beta schedules and a target entropy").
-                dead = (" (entropy 0: a one-action support has no actor gradient, so a bound keeps "
-                        "the run going but does not revive the policy)") if entropy_mean <= 0.0 else ""
+                # At entropy 0 a sparse policy's support is one action in the measured states,
+                # where its actor gradient is exactly zero whatever the coefficient: a bound keeps
+                # the run going, it does not widen the support (README, "Beta schedules and a
+                # target entropy").
+                dead = (" (entropy 0: a state with a one-action support gives no actor gradient, "
+                        "so no bounded value widens it)") if entropy_mean <= 0.0 else ""
                 self._diverge(k, f"{coef.field}: the tuned {coef.name} ran away to {value:.4g}, beyond "
                                  f"float32 (entropy {entropy_mean:.4g}{target}); set {coef.field}.max "
                                  f"to bound it{dead}")
