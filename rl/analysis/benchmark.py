@@ -36,7 +36,8 @@ over seeds with a 95% band, one line per mapping).
 A run that stopped as diverged (its summary's ``status``; rl/trainer.py) is a finished run of
 the method: it is tabulated at the returns it had when it stopped, counts as solved only if it
 reached the bar before, and the seeds cell says how many diverged. Leaving it out would raise
-the IQM of a mapping that fails.
+the IQM of a mapping that fails. It has no final greedy evaluation, so the greedy IQM is over
+the runs that have one.
 """
 
 from __future__ import annotations
@@ -260,7 +261,7 @@ def select(table: pd.DataFrame, args) -> pd.DataFrame:
     keep = np.array(keep, dtype=bool) & (table.seed < n_seeds(args)).to_numpy()
     keep &= table.policy.isin(args.mappings).to_numpy()
     # A diverged run is a result, not a missing one: it stays, at the return it had when it
-    # stopped and never solved after. Interrupted or running runs are resumable and wait.
+    # stopped. Interrupted or running runs are resumable and wait.
     keep &= table.status.isin(FINISHED).to_numpy()
     return table[keep].reset_index(drop=True)
 
