@@ -237,8 +237,8 @@ def collect(args):
     """One row per finished run of this grid (ours from OUT/runs, DQN from OUT/dqn)."""
     import pandas as pd
 
-    from rl.analysis.benchmark import FINISHED
     from rl.analysis.benchmark import collect as collect_runs
+    from rl.analysis.runs import is_result
 
     rows = []
     ids = {CELLS[e]["env_id"]: e for e in args.envs}
@@ -246,7 +246,7 @@ def collect(args):
         ours = collect_runs(args.out / "runs")
         for r in ours.itertuples():
             if (r.env in ids and r.budget == budget(args, ids[r.env]) and r.seed < args.seeds
-                    and r.policy in args.mappings and r.status in FINISHED):
+                    and r.policy in args.mappings and is_result(r.status)):
                 rows.append({"env": r.env, "method": "entropy-rl SAC", "mapping": r.mapping,
                              "seed": r.seed, "budget": r.budget, "status": r.status, "steps": r.steps,
                              "final_return": r.final_return, "solved_at_step": r.solved_at_step,

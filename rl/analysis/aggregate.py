@@ -34,7 +34,7 @@ NORMALIZED_ENTROPY_TAG = "entropy/normalized"  # derived here: entropy/mean / ma
 SUPPORT_TAG = "policy/support_size"
 FINAL_TAG = "summary/final_mean_return"
 MAPPING_ORDER = ["softmax", "entmax-1.5", "sparsemax"]
-UNFINISHED = ("interrupted", "failed", "running", "unreadable")
+UNFINISHED = _runs.UNFINISHED
 
 
 def mapping_name(alpha: float) -> str:

@@ -249,9 +249,6 @@ def collect(runs_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-FINISHED = ("completed", "diverged")
-
-
 def select(table: pd.DataFrame, args) -> pd.DataFrame:
     """This benchmark's finished runs (OUT/runs may hold other grids: more seeds, other budgets)."""
     if table.empty:
@@ -262,7 +259,7 @@ def select(table: pd.DataFrame, args) -> pd.DataFrame:
     keep &= table.policy.isin(args.mappings).to_numpy()
     # A diverged run is a result, not a missing one: it stays, at the return it had when it
     # stopped. Interrupted or running runs are resumable and wait.
-    keep &= table.status.isin(FINISHED).to_numpy()
+    keep &= table.status.map(_runs.is_result).to_numpy(dtype=bool)
     return table[keep].reset_index(drop=True)
 
 

@@ -69,6 +69,17 @@ def read_summary(run_dir: str | Path) -> dict | None:
     return summary if isinstance(summary, dict) else {"status": "unreadable"}
 
 
+# Statuses of runs that did not finish: their numbers are not final. "diverged" is not among
+# them: a diverged run is a result of the method (rl/sweep.py does not rerun it either).
+UNFINISHED = ("interrupted", "failed", "running", "unreadable")
+
+
+def is_result(status: str | None) -> bool:
+    """True for a finished run, completed or diverged; False for an unfinished one and for a run
+    that left no status (still running, or killed; None, or NaN in a table)."""
+    return isinstance(status, str) and status not in UNFINISHED
+
+
 def run_status(run_dir: str | Path) -> str | None:
     """completed / interrupted / diverged / ... from summary.json, "failed" from failed.json,
     None for a run that left neither (still running, or killed)."""
