@@ -27,7 +27,9 @@ Outputs (OUT/): ``runs.csv`` (one row per run: game, mapping, cell, seed, final 
 published PPO = 1; rl/analysis/published.py), the last 10% of training's mean entropy as a
 fraction of the maximum, support size, and the median ratio of the entropy-term to the
 policy-term gradient norm at the logits); ``cells.md``/``.csv`` (per game, mapping and cell:
-IQM [95% bootstrap CI] over seeds); ``aggregate.md``/``.csv`` (normalized-score IQM over games
+IQM [95% bootstrap CI] over seeds; a run that stopped as diverged counts at the return it had
+then, the seeds cell says how many diverged, and the greedy IQM is over the runs with a final
+evaluation); ``aggregate.md``/``.csv`` (normalized-score IQM over games
 with a stratified-bootstrap CI, and the probability of improvement of each cell over beta = 0
 per mapping, rliable's definition); ``target_vs_fixed.md`` (per game and mapping: the best fixed
 beta against each target entropy); ``figures/fixed_beta/`` and ``figures/target/`` (return,
@@ -51,6 +53,7 @@ from rl.analysis.benchmark import (
     MAPPINGS,
     _fmt_ci,
     _iqm_ci,
+    fmt_seeds,
     launcher_overrides,
     run_commands,
     stratified_iqm_ci,
@@ -152,13 +155,16 @@ def summaries_of(runs_dir: Path, run_names) -> pd.DataFrame:
 
 
 def select(table: pd.DataFrame, args) -> pd.DataFrame:
-    """This grid's completed runs (OUT/runs may hold others: more seeds, other budgets)."""
+    """This grid's finished runs (OUT/runs may hold others: more seeds, other budgets). A diverged
+    run is finished: it counts at the return it had when it stopped (rl/analysis/runs.py)."""
+    from rl.analysis import runs as _runs
+
     keep = table.env.isin([env_id(g) for g in args.games]) & (table.seed < args.seeds)
     keep &= table.mapping.isin([MAPPING_NAMES[m] for m in args.mappings])
     keep &= table.budget.fillna(0).astype(int) == args.steps
     fixed = table.target_entropy.isna() & table.beta.isin(args.betas)
     target = table.target_entropy.isin(args.targets) & np.isclose(table.beta, TARGET_START_BETA)
-    keep &= (fixed | target) & (table.status == "completed")
+    keep &= (fixed | target) & table.status.map(_runs.is_result).astype(bool)
     return table[keep].reset_index(drop=True)
 
 
@@ -175,6 +181,7 @@ def cells_table(runs: pd.DataFrame) -> pd.DataFrame:
         tr, ev, nz = (_iqm_ci(g[c].astype(float)) for c in ("final_return", "eval_greedy", "normalized"))
         rows.append({"env": env, "mapping": mapping, "cell": cell, "beta": g.beta.iloc[0],
                      "target_entropy": g.target_entropy.iloc[0], "seeds": len(g),
+                     "diverged": int((g.status == "diverged").sum()),
                      "iqm": tr[0], "ci_low": tr[1], "ci_high": tr[2],
                      "greedy_iqm": ev[0], "greedy_ci_low": ev[1], "greedy_ci_high": ev[2],
                      "normalized_iqm": nz[0],
@@ -235,14 +242,14 @@ def _game(env: str) -> str:
 def write_tables(runs: pd.DataFrame, cells: pd.DataFrame, agg: pd.DataFrame, poi: pd.DataFrame,
                  tvf: pd.DataFrame, out: Path) -> list[Path]:
     cols = ["run", "env", "mapping", "cell", "beta", "target_entropy", "seed", "budget", "steps",
-            "final_return", "eval_greedy", "normalized", "entropy_fraction", "support_size",
+            "status", "final_return", "eval_greedy", "normalized", "entropy_fraction", "support_size",
             "grad_ratio_median", "wall_time_s", "sps", "population_size"]
     _order(runs)[cols].to_csv(out / "runs.csv", index=False)
     cells.to_csv(out / "cells.csv", index=False)
     lines = ["| game | mapping | cell | seeds | final return IQM [95% CI] | greedy eval IQM [95% CI] | "
              "normalized IQM | entropy / max | support | grad ratio |", "|---" * 10 + "|"]
     for r in cells.itertuples():
-        lines.append(f"| {_game(r.env)} | {r.mapping} | {r.cell} | {r.seeds} | "
+        lines.append(f"| {_game(r.env)} | {r.mapping} | {r.cell} | {fmt_seeds(r.seeds, r.diverged)} | "
                      f"{_fmt_ci(r.iqm, r.ci_low, r.ci_high)} | "
                      f"{_fmt_ci(r.greedy_iqm, r.greedy_ci_low, r.greedy_ci_high)} | "
                      f"{r.normalized_iqm:.2f} | {r.entropy_fraction:.2f} | {r.support_size:.2f} | "

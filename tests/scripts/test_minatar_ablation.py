@@ -85,16 +85,20 @@ def test_per_run_diagnostics_and_normalized_score():
     assert runs.loc["a", "normalized"] == pytest.approx((14.2 - lo) / (28.0 - lo))
 
 
-def _runs_table(values):
-    """Hand-made per-run table: {(env, cell): [final returns over seeds]}, softmax only."""
+def _runs_table(values, statuses=None):
+    """Hand-made per-run table: {(env, cell): [final returns over seeds]}, softmax only; statuses
+    {(env, cell): [status over seeds]} where not all completed. A diverged run has no greedy eval."""
     rows = []
     for (env, cell), finals in values.items():
         kind, x = cell.split("=")
         beta, target = (float(x), np.nan) if kind == "beta" else (0.01, float(x))
-        for seed, f in enumerate(finals):
+        status = (statuses or {}).get((env, cell), ["completed"] * len(finals))
+        for seed, (f, st) in enumerate(zip(finals, status, strict=True)):
             rows.append({"run": f"{env}/{cell}/{seed}", "env": env, "mapping": "softmax", "alpha": 1.0,
                          "beta": beta, "target_entropy": target, "cell": cell, "seed": seed,
-                         "final_return": f, "eval_greedy": f + 1, "entropy_fraction": 0.5,
+                         "status": st, "budget": 1000, "steps": 1000, "wall_time_s": 1.0, "sps": 1.0,
+                         "population_size": 1, "final_return": f,
+                         "eval_greedy": f + 1 if st == "completed" else np.nan, "entropy_fraction": 0.5,
                          "support_size": 3.0, "grad_ratio_median": 0.1,
                          "normalized": float(published.normalized(f, env, "ppo"))})
     return pd.DataFrame(rows)
@@ -121,6 +125,30 @@ def test_tables_iqm_probability_of_improvement_and_target_against_best_fixed():
     tvf = ma.target_vs_fixed(cells).set_index("env")
     assert tvf.loc[BREAKOUT, "best_fixed"] == "beta=0.01" and bool(tvf.loc[BREAKOUT, "matches"])
     assert tvf.loc[FREEWAY, "best_fixed"] == "beta=0" and not bool(tvf.loc[FREEWAY, "matches"])
+
+
+def test_select_keeps_diverged_runs_and_the_tables_count_them(tmp_path):
+    """A diverged run is a result of its cell (at the return it had when it stopped); unfinished
+    runs, and runs of another grid, wait. Leaving the diverged one out would raise the IQM."""
+    runs = _runs_table({(BREAKOUT, "beta=0.1"): [20, 21, 22, 23, -5, 24, 25]},
+                       {(BREAKOUT, "beta=0.1"): ["completed", "completed", "completed", "diverged",
+                                                 "diverged", "interrupted", None]})
+    args = ma.parse_args(["--games", "breakout", "--mappings", "softmax", "--betas", "0.1",
+                          "--targets", "0.3", "--seeds", "7", "--steps", "1000"])
+    kept = ma.select(runs, args)
+    assert sorted(kept.seed) == [0, 1, 2, 3, 4]
+    other = ma.select(runs.assign(budget=2000), args)
+    assert other.empty
+    cells = ma.cells_table(kept)
+    row = cells.iloc[0]
+    assert row.seeds == 5 and row.diverged == 2
+    assert row.iqm == pytest.approx(iqm([20, 21, 22, 23, -5]))
+    assert row.greedy_iqm == pytest.approx(iqm([21, 22, 23]))  # the runs with a final evaluation
+    agg, poi = ma.aggregate_table(kept)
+    ma.write_tables(kept, cells, agg, poi, ma.target_vs_fixed(cells), tmp_path)
+    assert "| Breakout | softmax | beta=0.1 | 5 (2 diverged) |" in (tmp_path / "cells.md").read_text()
+    written = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(written.status) == ["completed"] * 3 + ["diverged"] * 2
 
 
 def test_a_tiny_grid_end_to_end(tmp_path):
