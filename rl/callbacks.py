@@ -9,6 +9,10 @@ A `Callback` sees the trainer at fixed points of the loop (rl/trainer.py, `Train
            should_stop(trainer)           -> a reason (str) stops the whole population
     on_train_end(trainer, summaries)
 
+    on_member_diverged(trainer, member)   when a member stops as diverged, before its summary is
+                                          written (what a callback puts in the member's ``extra``
+                                          lands in that summary)
+
 ``metrics`` is a list with one entry per member: the member's named scalars of this update (the
 TensorBoard tags of rl.logging.TAGS), or None for a member that did not update (finished,
 diverged). Members are ``trainer.members`` (`rl.trainer.MemberRun`), each an ordinary run with its
@@ -44,6 +48,8 @@ class Callback:
         return None
 
     def on_train_end(self, trainer: Trainer, summaries: list[dict[str, Any]]) -> None: ...
+
+    def on_member_diverged(self, trainer: Trainer, member: int) -> None: ...
 
 
 class TensorBoardCallback(Callback):

@@ -15,10 +15,20 @@ seeded from ``(seed, env step)``), on envs separate from the training ones:
 TensorBoard gets ``eval/return_greedy`` and ``eval/return_sampled`` (means over the episodes);
 ``summary.json`` gets the last evaluation as ``eval_return_greedy`` / ``eval_return_sampled`` and
 its env step as ``eval_step``. ``eval.episodes=0`` turns evaluation off.
+
+A member that stops as diverged has no weights worth playing, but its last checkpoint was written
+before the non-finite step (the trainer never applies one) or the runaway coefficient. Its final
+evaluation is that checkpoint's, played as ``rl-eval`` plays it (`rl.evaluate.evaluate`, greedy
+and sampled, ``eval.episodes`` each, on envs seeded like the ones above); ``eval_step`` is the
+checkpoint's env step and ``eval_checkpoint`` its path. Without a checkpoint the summary keeps
+the last evaluation during training, if any; a checkpoint that cannot be played leaves its error
+in ``eval_error`` and stops nothing else. So a diverged run is judged at its last good policy,
+not left out of the greedy tables.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from rl.trainer import Trainer
 
 __all__ = ["EvalCallback", "evaluate_members"]
+
+log = logging.getLogger(__name__)
 
 # A seed offset that keeps evaluation envs off the training envs' seeds (seed, seed + 1, ...).
 _EVAL_SEED_OFFSET = 1_000_003
@@ -125,6 +137,33 @@ class EvalCallback(Callback):
             if self.interval > 0:
                 while self.next[k] <= m.global_step:
                     self.next[k] += self.interval
+
+
+    def on_member_diverged(self, trainer, k):
+        if self.episodes <= 0:
+            return
+        from rl.checkpoint import load_checkpoint
+        from rl.evaluate import evaluate
+        from rl.trainer import CHECKPOINT_NAME
+
+        m = trainer.members[k]
+        ckpt = m.run_dir / CHECKPOINT_NAME
+        if not ckpt.is_file():
+            return
+        try:
+            step = int(load_checkpoint(ckpt, require=("global_step",))["global_step"])
+            seed = m.seed + _EVAL_SEED_OFFSET
+            found = {greedy: evaluate(ckpt, episodes=self.episodes, greedy=greedy, seed=seed,
+                                      device=str(trainer.device))["mean"]
+                     for greedy in (True, False)}
+        except Exception as err:  # the diverged member's own problem: the population goes on
+            log.warning("%s: the last checkpoint %s could not be evaluated: %s", m.run_dir, ckpt, err)
+            m.extra["eval_error"] = f"{type(err).__name__}: {err}"
+            return
+        m.extra.update(eval_return_greedy=found[True], eval_return_sampled=found[False], eval_step=step,
+                       eval_checkpoint=str(ckpt))
+        log.info("%s: diverged; its last checkpoint (env step %d) evaluates to %.4g greedy, %.4g "
+                 "sampled", m.run_dir, step, found[True], found[False])
 
 
 def make_eval_callback(cfg: Any) -> EvalCallback | None:

@@ -646,6 +646,8 @@ class Trainer:
         m.diverged_reason = f"{reason} at env step {m.global_step} (update {m.update + 1}); {last}"
         log.error("%s diverged: %s", m.run_dir, m.diverged_reason)
         m.wall_time = self._wall_before[k] + time.perf_counter() - self._t_start
+        for cb in self.callbacks:
+            cb.on_member_diverged(self, k)
         self.write_summary(k, self.summary(k))
         for cb in self.callbacks:
             if isinstance(cb, TensorBoardCallback):

@@ -29,7 +29,8 @@ experiment; DQN ``deterministic=True`` on a fresh env). Per (env, method): seeds
 bar, median steps to reach it, IQM [95% bootstrap CI] over seeds of the final training and
 greedy returns (rl/analysis/stats.py), median wall seconds. A run that stopped as diverged
 counts among the seeds at the returns it had when it stopped (its ``status`` and ``steps`` in
-the per-run CSV), as in rl/analysis/benchmark.py.
+the per-run CSV), and at the greedy return of its last checkpoint (rl/evaluation.py), as in
+rl/analysis/benchmark.py.
 
 Outputs: ``OUT/`` holds the runs (``OUT/runs``, ``OUT/dqn``, ``OUT/logs``); the results go to
 ``--results`` (default ``benchmarks/results/sac_<date>.json``, with the machine, the commands,

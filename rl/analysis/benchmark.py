@@ -36,8 +36,9 @@ over seeds with a 95% band, one line per mapping).
 A run that stopped as diverged (its summary's ``status``; rl/trainer.py) is a finished run of
 the method: it is tabulated at the returns it had when it stopped, counts as solved only if it
 reached the bar before, and the seeds cell says how many diverged. Leaving it out would raise
-the IQM of a mapping that fails. It has no final greedy evaluation, so the greedy IQM is over
-the runs that have one.
+the IQM of a mapping that fails. Its final evaluation is its last checkpoint's (rl/evaluation.py:
+the checkpoint written before it diverged, at the summary's ``eval_step``); a run that diverged
+before its first checkpoint has none, and the greedy IQM is over the runs that have one.
 """
 
 from __future__ import annotations

@@ -214,6 +214,48 @@ def test_a_runaway_tuned_beta_stops_its_member_alone(tmp_path):
     assert_runaway_stopped_alone(summaries, 320)
 
 
+@pytest.mark.parametrize("checkpoints", [True, False])
+def test_a_diverged_member_is_evaluated_at_its_last_checkpoint(tmp_path, checkpoints):
+    """Its final greedy and sampled returns are its last checkpoint's, as rl-eval plays them with
+    the evaluation seed; with no checkpoint written it has none. The others run on."""
+    from rl.evaluate import evaluate
+    from rl.evaluation import _EVAL_SEED_OFFSET
+
+    common = ("total_steps=320", "eval.episodes=2", f"checkpoint_interval={64 if checkpoints else 0}")
+    summaries = train_population(_members(tmp_path, *common, members=RUNAWAY_MEMBERS),
+                                 callbacks=[RunawayBeta(1, at=5)])
+    assert_runaway_stopped_alone(summaries, 320)
+    for k in (0, 2):
+        assert summaries[k]["eval_step"] == 320 and math.isfinite(summaries[k]["eval_return_greedy"])
+    s = summaries[1]
+    assert json.loads((tmp_path / "m1" / SUMMARY_NAME).read_text()) == json.loads(json.dumps(s))
+    if not checkpoints:
+        assert s["eval_return_greedy"] is None and s["eval_step"] is None and "eval_error" not in s
+        return
+    ckpt = tmp_path / "m1" / CHECKPOINT_NAME
+    step = load_checkpoint(ckpt)["global_step"]
+    assert 0 < step <= s["steps"] < 320 and s["eval_step"] == step
+    assert s["eval_checkpoint"] == str(ckpt)
+    seed = 1 + _EVAL_SEED_OFFSET
+    assert s["eval_return_greedy"] == evaluate(ckpt, episodes=2, greedy=True, seed=seed)["mean"]
+    assert s["eval_return_sampled"] == evaluate(ckpt, episodes=2, greedy=False, seed=seed)["mean"]
+
+
+def test_a_checkpoint_that_cannot_be_evaluated_stops_nothing_else(tmp_path, monkeypatch):
+    import rl.evaluate
+
+    def broken(*args, **kwargs):
+        raise ValueError("unreadable weights")
+
+    monkeypatch.setattr(rl.evaluate, "evaluate", broken)
+    common = ("total_steps=320", "eval.episodes=1", "checkpoint_interval=64")
+    summaries = train_population(_members(tmp_path, *common, members=RUNAWAY_MEMBERS),
+                                 callbacks=[RunawayBeta(1, at=5)])
+    assert_runaway_stopped_alone(summaries, 320)
+    assert summaries[1]["eval_error"] == "ValueError: unreadable weights"
+    assert summaries[1]["eval_return_greedy"] is None
+
+
 @pytest.mark.parametrize("entropy, says_dead", [(0.0, True), (0.2, False)])
 def test_a_runaway_at_entropy_zero_says_a_bound_does_not_revive_the_policy(tmp_path, entropy, says_dead):
     # A sparse policy at entropy 0 has a one-action support and no actor gradient: the reason

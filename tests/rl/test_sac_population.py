@@ -303,6 +303,22 @@ def test_a_runaway_tuned_beta_stops_its_member_alone(tmp_path):
     assert_runaway_stopped_alone(summaries, 160)
 
 
+def test_a_diverged_member_is_evaluated_at_its_last_checkpoint(tmp_path):
+    from rl.evaluate import evaluate
+    from rl.evaluation import _EVAL_SEED_OFFSET
+
+    common = ("total_steps=160", "eval.episodes=2", "checkpoint_interval=32")
+    summaries = train_population(_members(tmp_path, *common, members=RUNAWAY_MEMBERS),
+                                 callbacks=[RunawayBeta(1, at=24)])
+    assert_runaway_stopped_alone(summaries, 160)
+    s, ckpt = summaries[1], tmp_path / "m1" / CHECKPOINT_NAME
+    step = load_checkpoint(ckpt)["global_step"]
+    assert 0 < step <= s["steps"] and s["eval_step"] == step
+    seed = 1 + _EVAL_SEED_OFFSET
+    assert s["eval_return_greedy"] == evaluate(ckpt, episodes=2, greedy=True, seed=seed)["mean"]
+    assert s["eval_return_sampled"] == evaluate(ckpt, episodes=2, greedy=False, seed=seed)["mean"]
+
+
 KILLED = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
