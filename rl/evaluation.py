@@ -138,7 +138,6 @@ class EvalCallback(Callback):
                 while self.next[k] <= m.global_step:
                     self.next[k] += self.interval
 
-
     def on_member_diverged(self, trainer, k):
         if self.episodes <= 0:
             return
