@@ -89,6 +89,9 @@ SUMMARY_NAME = SUMMARY_FILE  # one name for the summary file: rl.checkpoint.SUMM
 _RETURN_WINDOW = 100
 # The largest coefficient the ops take: they carry beta per row as float32.
 _COEF_MAX = float(torch.finfo(torch.float32).max)
+# Consecutive updates with entropy exactly 0 (a one-action support in every measured state)
+# after which a sparse member's run log warns that its actor has no gradient left.
+_DEAD_SUPPORT_UPDATES = 10
 
 
 class TrainingDiverged(RuntimeError):
@@ -131,6 +134,8 @@ class MemberRun:
     entropy_rows: torch.Tensor | None = None  # the entropies of the last logged minibatch
     start_step: int = 0  # global_step when this train() started (for SPS)
     extra: dict[str, Any] = field(default_factory=dict)  # summary fields callbacks add (evaluation)
+    zero_entropy_updates: int = 0  # consecutive updates at entropy 0 (sparse mappings)
+    warned_one_action: bool = False
 
     @property
     def running(self) -> bool:
@@ -622,6 +627,7 @@ class Trainer:
         entropy stays 0 -- stops the member alone ("diverged"): the ops take beta per row as
         float32 and would refuse the call of every member sharing it. False when it stopped."""
         m = self.members[k]
+        self._watch_support(k, entropy_mean)
         for coef in (m.beta_coef, m.temperature_coef):
             value = coef.step(m.global_step, entropy_mean, max_entropy)
             if not (math.isfinite(value) and value <= _COEF_MAX):
@@ -637,6 +643,24 @@ class Trainer:
                                  f"to bound it{dead}")
                 return False
         return True
+
+    def _watch_support(self, k: int, entropy_mean: float) -> None:
+        """Warns once when a sparse member's entropy has been exactly 0 for
+        ``_DEAD_SUPPORT_UPDATES`` updates in a row: its support is one action in every state it
+        trained on, where the actor gradient is exactly zero (DESIGN.md, "Jacobians"), so nothing
+        in the loss brings it back. With a fixed beta nothing else says so; the run goes on."""
+        m = self.members[k]
+        if m.alpha <= 1.0:
+            return
+        m.zero_entropy_updates = m.zero_entropy_updates + 1 if entropy_mean <= 0.0 else 0
+        if m.zero_entropy_updates >= _DEAD_SUPPORT_UPDATES and not m.warned_one_action:
+            m.warned_one_action = True
+            log.warning(
+                "%s: the %s policy has had a one-action support in every state of the last %d "
+                "updates (entropy 0, env step %d): its actor gets no gradient there and will not "
+                "leave it. A temperature above 1 (e.g. policy.temperature=2) starts the support "
+                "wider (docs/beta.md, \"Sparse policies\")",
+                m.run_dir, m.cfg.policy.name, _DEAD_SUPPORT_UPDATES, m.global_step)
 
     def _diverge(self, k: int, reason: str) -> None:
         m = self.members[k]

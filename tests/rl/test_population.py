@@ -256,6 +256,36 @@ def test_a_checkpoint_that_cannot_be_evaluated_stops_nothing_else(tmp_path, monk
     assert summaries[1]["eval_return_greedy"] is None
 
 
+@pytest.mark.parametrize("policy", ["sparsemax", "softmax"])
+def test_a_sparse_member_stuck_at_one_action_is_warned_about_once(tmp_path, caplog, policy):
+    """Ten updates in a row at entropy 0 (fixed beta: no dual step says anything) give one
+    warning naming the run and the way out; an update with entropy resets the count. Softmax
+    never has entropy 0 with finite logits and is never warned about."""
+    from rl.trainer import _DEAD_SUPPORT_UPDATES
+
+    trainer = Trainer(tiny(f"policy={policy}", "beta=0.0"), tmp_path)
+    try:
+        zeros = [0.0] * _DEAD_SUPPORT_UPDATES
+        # one short of the count, a reset, then twice past it (a wider state between the two:
+        # the run was warned already)
+        entropies = zeros[1:] + [0.1] + zeros + [0.1] + zeros
+        warned_at = []
+        with caplog.at_level("WARNING", logger="rl.trainer"):
+            for i, entropy in enumerate(entropies):
+                before = len(caplog.records)
+                assert trainer._step_coefficients(0, entropy, 1.0) is True
+                warned_at += [i for r in caplog.records[before:] if "one-action support" in r.getMessage()]
+        if policy == "softmax":
+            assert warned_at == []
+            return
+        assert warned_at == [2 * _DEAD_SUPPORT_UPDATES - 1]
+        message = next(r.getMessage() for r in caplog.records if "one-action support" in r.getMessage())
+        assert str(tmp_path) in message and "policy.temperature" in message
+        assert trainer.members[0].status == "running"
+    finally:
+        trainer.close()
+
+
 @pytest.mark.parametrize("entropy, says_dead", [(0.0, True), (0.2, False)])
 def test_a_runaway_at_entropy_zero_says_a_bound_does_not_revive_the_policy(tmp_path, entropy, says_dead):
     # A sparse policy at entropy 0 has a one-action support and no actor gradient: the reason
