@@ -5,6 +5,7 @@ rl-baselines3-zoo's settings, the same env-step budget for both (issue 14).
     .venv/bin/python scripts/bench_sac.py --envs lunarlander           # LunarLander-v3, 500k steps
     .venv/bin/python scripts/bench_sac.py --envs minatar_breakout      # MinAtar Breakout, 2M steps
     .venv/bin/python scripts/bench_sac.py --envs lunarlander --steps 5000 --seeds 1 --out /tmp/smoke
+    .venv/bin/python scripts/bench_sac.py --envs lunarlander --impl sac --first-seed 5   # seeds 5-9
     .venv/bin/python scripts/bench_sac.py --no-train                   # tables of what OUT holds
     .venv/bin/python scripts/bench_sac.py --dry-run                    # the commands only
 
@@ -99,10 +100,15 @@ def budget(args, env: str) -> int:
     return args.steps if args.steps is not None else CELLS[env]["steps"]
 
 
+def seeds(args) -> range:
+    """The seeds of each method: ``--first-seed`` .. ``--first-seed + --seeds - 1``."""
+    return range(args.first_seed, args.first_seed + args.seeds)
+
+
 def sac_command(args, env: str) -> list[str]:
     """rl-train argv of our cell: seeds first, so a cut-short sweep holds whole seeds."""
     return [sys.executable, "-m", "rl.train", "-m", "+experiment=benchmark", f"env={env}", "algo=sac",
-            f"total_steps={budget(args, env)}", f"seed={','.join(map(str, range(args.seeds)))}",
+            f"total_steps={budget(args, env)}", f"seed={','.join(map(str, seeds(args)))}",
             f"policy={','.join(args.mappings)}", "hydra/launcher=population",
             "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={args.out / 'runs'}", *args.overrides]
 
@@ -220,7 +226,7 @@ def train(args) -> None:
             if rc != 0:  # RecordFailures keeps failed runs from sinking a sweep: a broken command
                 raise SystemExit(f"[bench_sac] the {env} SAC sweep exited with {rc}; see its log")
         if args.impl in ("both", "dqn"):
-            for seed in range(args.seeds):
+            for seed in seeds(args):
                 path = dqn_path(args, env, seed)
                 if path.is_file():
                     print(f"[bench_sac] {path} exists: skipped", flush=True)
@@ -246,7 +252,7 @@ def collect(args):
     if (args.out / "runs").is_dir():
         ours = collect_runs(args.out / "runs")
         for r in ours.itertuples():
-            if (r.env in ids and r.budget == budget(args, ids[r.env]) and r.seed < args.seeds
+            if (r.env in ids and r.budget == budget(args, ids[r.env]) and r.seed in seeds(args)
                     and r.policy in args.mappings and is_result(r.status)):
                 rows.append({"env": r.env, "method": "entropy-rl SAC", "mapping": r.mapping,
                              "seed": r.seed, "budget": r.budget, "status": r.status, "steps": r.steps,
@@ -254,7 +260,7 @@ def collect(args):
                              "eval_greedy": r.eval_greedy, "wall_time_s": r.wall_time_s,
                              "run": f"runs/{r.run}"})
     for env in args.envs:
-        for seed in range(args.seeds):
+        for seed in seeds(args):
             path = dqn_path(args, env, seed)
             if path.is_file():
                 run = json.loads(path.read_text())
@@ -340,7 +346,7 @@ def report(args) -> None:
     write_json(results, {
         "benchmark": "sac", "written_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **info, "window": WINDOW, "eval_episodes": EVAL_EPISODES, "seeds": args.seeds,
-        "mappings": args.mappings,
+        "first_seed": args.first_seed, "mappings": args.mappings,
         "cells": {e: {**CELLS[e], "steps": budget(args, e),
                       "sac_command": shlex.join(sac_command(args, e)[1:]),
                       "sac_preset": f"conf/preset/{e}_sac.yaml", "dqn_source": DQN[e]["source"],
@@ -370,7 +376,9 @@ def parse_args(argv=None):
     ap.add_argument("--envs", nargs="+", default=["cartpole"], help=f"cells, of {', '.join(CELLS)}")
     ap.add_argument("--mappings", default="all",
                     help="comma-separated of softmax, entmax15, sparsemax, or all")
-    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 of each method")
+    ap.add_argument("--seeds", type=int, default=5, help="how many seeds of each method")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="the first seed (default 0: seeds 0..N-1; e.g. 5 for held-out seeds 5..)")
     ap.add_argument("--steps", type=int, default=None,
                     help="env steps of every run (default: the cell's budget)")
     ap.add_argument("--impl", default="both", choices=["both", "sac", "dqn"], help="which side to train")
@@ -397,6 +405,8 @@ def parse_args(argv=None):
                          f"got {','.join(args.mappings)!r}")
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1; got {args.seeds}")
+    if args.first_seed < 0:
+        raise ValueError(f"--first-seed must be >= 0; got {args.first_seed}")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1; got {args.steps}")
     bad = [o for o in args.overrides if "=" not in o]

@@ -32,6 +32,30 @@ def test_dry_run_builds_one_population_sweep_and_one_dqn_run_per_seed(bench, tmp
     assert not (tmp_path / "dqn").exists()  # a dry run trains nothing
 
 
+def test_first_seed_shifts_the_seeds_of_both_sides_and_of_the_report(bench, tmp_path, capsys):
+    assert bench.main(["--dry-run", "--envs", "cartpole", "--seeds", "2", "--first-seed", "5",
+                       "--out", str(tmp_path)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[bench_sac]")]
+    assert "seed=5,6 " in lines[0]
+    assert "--_dqn cartpole 5 100000" in lines[1] and "--_dqn cartpole 6 100000" in lines[2]
+    out = tmp_path / "out"
+    for seed in range(8):  # seeds 0-7 finished; the report takes 5 and 6 only
+        run = {"env": "CartPole-v1", "method": "SB3 DQN", "mapping": "-", "seed": seed, "budget": 100_000,
+               "steps": 100_000, "final_return": 100.0 * seed, "solved_at_step": None,
+               "eval_greedy": 10.0, "wall_time_s": 1.0}
+        path = out / "dqn" / "cartpole_100000" / f"seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run))
+    results = tmp_path / "sac.json"
+    assert bench.main(["--no-train", "--seeds", "2", "--first-seed", "5", "--out", str(out),
+                       "--results", str(results)]) == 0
+    data = json.loads(results.read_text())
+    assert sorted(r["seed"] for r in data["runs"]) == [5, 6]
+    assert data["first_seed"] == 5 and data["table"][0]["seeds"] == 2
+    with pytest.raises(ValueError, match="--first-seed must be >= 0; got -1"):
+        bench.parse_args(["--first-seed", "-1"])
+
+
 def test_dqn_keeps_the_zoo_epsilon_decay_in_env_steps(bench):
     zoo = bench.DQN["cartpole"]
     kw = bench.dqn_kwargs("cartpole", 100_000, {})
