@@ -203,11 +203,13 @@ def test_the_breakout_preset_is_gymnax_blines_network_and_value_loss():
 @pytest.mark.parametrize(
     "env, expect",
     [("cartpole", dict(num_envs=4, total_steps=100_000, batch_size=128, gradient_steps=2, tau=0.01,
-                       learning_starts=2_000, target=0.1, hidden=[64, 64], td_steps=5)),
+                       learning_starts=2_000, target=0.1, hidden=[64, 64], td_steps=5, gamma=0.99)),
      ("lunarlander", dict(num_envs=4, total_steps=500_000, batch_size=128, gradient_steps=2, tau=0.01,
-                          learning_starts=10_000, target=0.1, hidden=[64, 64], td_steps=3)),
+                          learning_starts=10_000, target=0.1, hidden=[64, 64], td_steps=3,
+                          gamma=0.999)),
      ("minatar_breakout", dict(num_envs=4, total_steps=2_000_000, batch_size=64, gradient_steps=1,
-                               tau=1.0, learning_starts=20_000, target=0.89, hidden=[], td_steps=1))],
+                               tau=1.0, learning_starts=20_000, target=0.89, hidden=[], td_steps=1,
+                               gamma=0.99))],
 )
 def test_sac_presets_compose_and_name_their_source(env, expect):
     cfg = _task([f"env={env}", "algo=sac"])
@@ -217,7 +219,7 @@ def test_sac_presets_compose_and_name_their_source(env, expect):
     got = dict(num_envs=cfg.num_envs, total_steps=cfg.total_steps, batch_size=cfg.algo.batch_size,
                gradient_steps=cfg.algo.gradient_steps, tau=cfg.algo.tau,
                learning_starts=cfg.algo.learning_starts, target=cfg.beta_schedule.target_entropy,
-               hidden=list(cfg.policy.hidden_sizes), td_steps=cfg.algo.td_steps)
+               hidden=list(cfg.policy.hidden_sizes), td_steps=cfg.algo.td_steps, gamma=cfg.algo.gamma)
     assert got == expect
 
 
