@@ -8,6 +8,7 @@ rl-baselines3-zoo's settings, the same env-step budget for both (issue 14).
     .venv/bin/python scripts/bench_sac.py --envs lunarlander --impl sac --first-seed 5   # seeds 5-9
     .venv/bin/python scripts/bench_sac.py --no-train                   # tables of what OUT holds
     .venv/bin/python scripts/bench_sac.py --dry-run                    # the commands only
+    .venv/bin/python scripts/bench_sac.py --combine A.json B.json --results C.json  # one table
 
 Cells (``--envs``): ``cartpole`` (CartPole-v1, 100k steps, solved: mean of 100 training
 episodes >= 475), ``lunarlander`` (LunarLander-v3, 500k, >= 200), ``minatar_breakout``
@@ -330,12 +331,23 @@ def markdown(cells: list[dict]) -> str:
 
 
 def report(args) -> None:
-    from rl.analysis.machine import machine_info
-    from rl.checkpoint import write_json
-
     table = collect(args)
     if table.empty:
         raise SystemExit(f"{args.out} holds no finished run of this grid")
+    write_results(args, table, {
+        "seeds": args.seeds, "first_seed": args.first_seed, "mappings": args.mappings,
+        "cells": {e: {**CELLS[e], "steps": budget(args, e),
+                      "sac_command": shlex.join(sac_command(args, e)[1:]),
+                      "sac_preset": f"conf/preset/{e}_sac.yaml", "dqn_source": DQN[e]["source"],
+                      "dqn_hyperparameters": dqn_kwargs(e, budget(args, e), args.sb3)} for e in args.envs}})
+
+
+def write_results(args, table, fields: dict) -> None:
+    """``--results`` (the machine, ``fields``, the command, the table, the per-run rows) and the
+    per-run CSV beside it; the markdown table printed."""
+    from rl.analysis.machine import machine_info
+    from rl.checkpoint import write_json
+
     cells = summarize(table)
     info = machine_info("cpu", ("gymnasium", "stable_baselines3", "minatar"))
     info["torch_threads"] = 1  # every run of both sets one thread
@@ -345,17 +357,63 @@ def report(args) -> None:
     table.to_csv(csv, index=False)
     write_json(results, {
         "benchmark": "sac", "written_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **info, "window": WINDOW, "eval_episodes": EVAL_EPISODES, "seeds": args.seeds,
-        "first_seed": args.first_seed, "mappings": args.mappings,
-        "cells": {e: {**CELLS[e], "steps": budget(args, e),
-                      "sac_command": shlex.join(sac_command(args, e)[1:]),
-                      "sac_preset": f"conf/preset/{e}_sac.yaml", "dqn_source": DQN[e]["source"],
-                      "dqn_hyperparameters": dqn_kwargs(e, budget(args, e), args.sb3)} for e in args.envs},
+        **info, "window": WINDOW, "eval_episodes": EVAL_EPISODES, **fields,
         "command": shlex.join(["scripts/bench_sac.py", *args.argv]),
         "table": cells, "runs": json.loads(table.to_json(orient="records")),
     }, indent=1)
     print(markdown(cells))
     print(f"\n[bench_sac] wrote {results} and {csv}", flush=True)
+
+
+# ------------------------------------------------------------------- results of several sittings
+def _comparable_command(command: str) -> list[str]:
+    """A cell's SAC command without what may differ between parts of one benchmark: the seeds,
+    the mappings and the runs directory."""
+    return [t for t in shlex.split(command)
+            if not t.startswith(("seed=", "policy=", "hydra.sweep.dir="))]
+
+
+def combine(args) -> None:
+    """``--combine A.json B.json ..``: one results file from the results of runs made apart (other
+    seeds, other mappings, other sittings) with the same settings. Refuses parts whose cells
+    differ in budget, SAC command (past seeds, mappings and runs directory) or DQN
+    hyper-parameters, and runs that two parts both hold; the table is computed again from the
+    union of the per-run rows."""
+    import pandas as pd
+
+    cells, rows, parts, seen = {}, [], [], {}
+    for path in args.combine:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise SystemExit(f"--combine: cannot read {path}: {e}") from None
+        if data.get("benchmark") != "sac" or "runs" not in data or "cells" not in data:
+            raise SystemExit(f"--combine: {path} is not a results file of bench_sac.py "
+                             "(it needs 'benchmark': 'sac', 'cells' and 'runs')")
+        for env, cell in data["cells"].items():
+            if env not in cells:
+                cells[env] = (cell, path)
+                continue
+            first, where = cells[env]
+            for key, same in (("steps", lambda c: c["steps"]),
+                              ("sac_command", lambda c: _comparable_command(c["sac_command"])),
+                              ("dqn_hyperparameters", lambda c: c["dqn_hyperparameters"])):
+                if same(cell) != same(first):
+                    raise SystemExit(f"--combine: {path}'s {env} {key} differs from {where}'s: "
+                                     f"{cell[key]!r} vs {first[key]!r}; only runs with the same "
+                                     "settings combine")
+        for run in data["runs"]:
+            key = (run["env"], run["method"], run["mapping"], run["seed"])
+            if key in seen:
+                raise SystemExit(f"--combine: {path} and {seen[key]} both hold {key[1]} {key[2]} "
+                                 f"seed {key[3]} on {key[0]}; pass each run once")
+            seen[key] = path
+            rows.append({**run, "source": Path(path).name})
+        parts.append({"file": Path(path).name, "written_utc": data.get("written_utc"),
+                      "command": data.get("command"), "device_name": data.get("device_name")})
+    table = pd.DataFrame(rows).sort_values(["env", "method", "mapping", "seed"]).reset_index(drop=True)
+    write_results(args, table, {"cells": {env: cell for env, (cell, _) in cells.items()},
+                                "combined_from": parts})
 
 
 # -------------------------------------------------------------------------------- command line
@@ -389,6 +447,8 @@ def parse_args(argv=None):
                     help="results JSON (default benchmarks/results/sac_<date>.json)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     ap.add_argument("--no-train", action="store_true", help="only tabulate what OUT holds")
+    ap.add_argument("--combine", nargs="+", type=Path, default=None, metavar="RESULTS",
+                    help="one results file (--results) from several, with the same settings")
     ap.add_argument("--_dqn", nargs=3, metavar=("ENV", "SEED", "STEPS"), help=argparse.SUPPRESS)
     ap.add_argument("--_to", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every rl-train call")
@@ -413,6 +473,9 @@ def parse_args(argv=None):
     if bad:
         raise ValueError(f"overrides must be Hydra key=value pairs; got {bad}")
     args.out = args.out.resolve()
+    if args.combine and args.results is None:
+        raise ValueError("--combine needs --results: the file to write (not the dated default, "
+                         "which a benchmark run of the day writes)")
     if args.results is None:
         args.results = ROOT / "benchmarks" / "results" / f"sac_{_dt.date.today():%Y-%m-%d}.json"
     return args
@@ -427,6 +490,9 @@ def main(argv=None) -> int:
         run = run_dqn(env, seed, steps, args.sb3)
         write_json(args._to, run)
         print(json.dumps({k: v for k, v in run.items() if k != "hyperparameters"}), flush=True)
+        return 0
+    if args.combine:
+        combine(args)
         return 0
     if not args.no_train:
         train(args)

@@ -130,3 +130,53 @@ def test_report_counts_a_diverged_run_at_its_returns_and_waits_for_an_interrupte
     row = "| LunarLander-v3 | entropy-rl SAC | sparsemax | 500k | 3 (1 diverged) | 1/3 |"
     assert row in capsys.readouterr().out
     sys.modules.pop("bench_sac", None)
+
+
+def test_combine_tabulates_the_union_of_parts_and_refuses_other_settings_or_a_run_twice(bench, tmp_path,
+                                                                                         capsys):
+    out = tmp_path / "out"
+    finals = [100.0, 480.0, 300.0, 500.0, 20.0, 490.0]
+    for seed, final in enumerate(finals):
+        run = {"env": "CartPole-v1", "method": "SB3 DQN", "mapping": "-", "seed": seed, "budget": 100_000,
+               "steps": 100_000, "final_return": final, "solved_at_step": None,
+               "eval_greedy": 10.0 * seed, "wall_time_s": 1.0}
+        path = out / "dqn" / "cartpole_100000" / f"seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run))
+    a, b = tmp_path / "a.json", tmp_path / "b.json"  # seeds 0-2, then 3-5: two sittings' results
+    assert bench.main(["--no-train", "--seeds", "3", "--out", str(out), "--results", str(a)]) == 0
+    assert bench.main(["--no-train", "--seeds", "3", "--first-seed", "3", "--out", str(out),
+                       "--results", str(b)]) == 0
+    both = tmp_path / "both.json"
+    assert bench.main(["--combine", str(a), str(b), "--results", str(both)]) == 0
+    data = json.loads(both.read_text())
+    (cell,) = data["table"]
+    from rl.analysis.stats import iqm
+
+    assert cell["seeds"] == 6 and cell["final_return"]["iqm"] == pytest.approx(iqm(finals))
+    assert [r["seed"] for r in data["runs"]] == list(range(6))
+    assert [r["source"] for r in data["runs"]] == ["a.json"] * 3 + ["b.json"] * 3
+    assert [p["file"] for p in data["combined_from"]] == ["a.json", "b.json"]
+    assert both.with_name("both_runs.csv").read_text().count("\n") == 7  # header and 6 runs
+    assert "| CartPole-v1 | SB3 DQN | - | 100k | 6 |" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit, match=r"a\.json and .*a\.json both hold SB3 DQN - seed 0 on CartPole"):
+        bench.main(["--combine", str(a), str(b), str(a), "--results", str(tmp_path / "x.json")])
+    other = json.loads(b.read_text())
+    other["cells"]["cartpole"]["dqn_hyperparameters"]["learning_rate"] = 1e-3
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match=r"c\.json's cartpole dqn_hyperparameters differs from .*a\.json's"):
+        bench.main(["--combine", str(a), str(c), "--results", str(tmp_path / "x.json")])
+    other = json.loads(b.read_text())
+    other["cells"]["cartpole"]["sac_command"] += " algo.gamma=0.999"
+    c.write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="cartpole sac_command differs"):
+        bench.main(["--combine", str(a), str(c), "--results", str(tmp_path / "x.json")])
+    (tmp_path / "d.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"d\.json is not a results file of bench_sac\.py"):
+        bench.main(["--combine", str(a), str(tmp_path / "d.json"), "--results", str(tmp_path / "x.json")])
+    with pytest.raises(ValueError, match="--combine needs --results"):
+        bench.parse_args(["--combine", str(a), str(b)])
+    assert not (tmp_path / "x.json").exists()
+    sys.modules.pop("bench_sac", None)
