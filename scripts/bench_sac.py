@@ -174,6 +174,12 @@ def run_dqn(env: str, seed: int, steps: int, sb3_overrides: dict) -> dict:
             self.solved_at: int | None = None
 
         def _on_step(self) -> bool:
+            if self.num_timesteps % progress_every == 0:  # a long run's log shows it going
+                last = self.returns[-WINDOW:]
+                print(f"[dqn] {env} seed {seed}: step {self.num_timesteps}/{steps}, {len(self.returns)} "
+                      f"episodes, mean of the last {len(last)} "
+                      f"{float(np.mean(last)) if last else float('nan'):.2f}, "
+                      f"{time.perf_counter() - t0:.0f} s", flush=True)
             for info in self.locals["infos"]:
                 if "episode" in info:
                     self.returns.append(float(info["episode"]["r"]))
@@ -189,6 +195,7 @@ def run_dqn(env: str, seed: int, steps: int, sb3_overrides: dict) -> dict:
     vec = make_vec_env(env_id, n_envs=1, seed=seed)
     model = SB3DQN("MlpPolicy", vec, policy_kwargs=policy_kwargs, seed=seed, device="cpu", **kw)
     cb = Episodes()
+    progress_every = max(steps // 20, 1000)
     t0 = time.perf_counter()
     model.learn(steps, callback=cb)
     wall = time.perf_counter() - t0
