@@ -154,6 +154,11 @@ class SACTrainer(Trainer):
     run's) as ordinary modules whose parameters are views of their stacked rows.
     """
 
+    # Measured on LunarLander (docs/experiments/sac_benchmark.md): the actor reaches one action
+    # within ~40 gradient steps of the warm-up; a temperature of 2 did not stop it, a slower actor did.
+    collapse_remedy = ("A slower actor (e.g. algo.learning_rate=3e-4) keeps the support in the "
+                       "warm-up; a temperature of 2 did not")
+
     def __init__(self, cfg: Any = None, run_dir: str | os.PathLike | None = None,
                  resume: str | None = None, *, members: Sequence[Any] | None = None,
                  make_envs: Callable | None = None, callbacks: Sequence[Callback] = ()):

@@ -644,6 +644,9 @@ class Trainer:
                 return False
         return True
 
+    # What the one-action warning suggests: measured on A2C (docs/beta.md, "Sparse policies").
+    collapse_remedy = "A temperature above 1 (e.g. policy.temperature=2) starts the support wider"
+
     def _watch_support(self, k: int, entropy_mean: float) -> None:
         """Warns once when a sparse member's entropy has been exactly 0 for
         ``_DEAD_SUPPORT_UPDATES`` updates in a row: its support is one action in every state it
@@ -657,10 +660,10 @@ class Trainer:
             m.warned_one_action = True
             log.warning(
                 "%s: the %s policy has had a one-action support in every state of the last %d "
-                "updates (entropy 0, env step %d): its actor gets no gradient there and will not "
-                "leave it. A temperature above 1 (e.g. policy.temperature=2) starts the support "
-                "wider (docs/beta.md, \"Sparse policies\")",
-                m.run_dir, m.cfg.policy.name, _DEAD_SUPPORT_UPDATES, m.global_step)
+                "updates (entropy 0, env step %d): its actor gets no gradient in those states, "
+                "and only the network shared with other states can move it. %s (docs/beta.md, "
+                "\"Sparse policies\")",
+                m.run_dir, m.cfg.policy.name, _DEAD_SUPPORT_UPDATES, m.global_step, self.collapse_remedy)
 
     def _diverge(self, k: int, reason: str) -> None:
         m = self.members[k]

@@ -409,3 +409,20 @@ def test_minatar_grids_stay_bool_and_the_critics_use_the_minatar_cnn(tmp_path):
     assert trainer.buffer.obs.dtype == torch.bool and trainer.buffer.obs.shape[2:] == (10, 10, 4)
     assert trainer.q1.network == "minatar_cnn" and trainer.actor.network == "minatar_cnn"
     assert trainer.gradient_steps_done > 0
+
+
+def test_a_sac_member_stuck_at_one_action_is_told_the_remedy_measured_for_sac(tmp_path, caplog):
+    """On SAC a temperature of 2 did not keep the warm-up's support (LunarLander, seeds 1 and 4
+    collapsed at the same steps); a slower actor did: the warning says so, not the A2C remedy."""
+    from rl.trainer import _DEAD_SUPPORT_UPDATES
+
+    trainer = SACTrainer(sac_cfg("policy=sparsemax", "beta=0.1"), tmp_path / "run")
+    try:
+        with caplog.at_level("WARNING", logger="rl.trainer"):
+            for _ in range(_DEAD_SUPPORT_UPDATES):
+                trainer._step_coefficients(0, 0.0, 1.0)
+    finally:
+        trainer.close()
+    (message,) = [r.getMessage() for r in caplog.records if "one-action support" in r.getMessage()]
+    assert "algo.learning_rate=3e-4" in message and "policy.temperature=2" not in message
+    assert str(tmp_path / "run") in message
