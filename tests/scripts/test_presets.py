@@ -208,7 +208,7 @@ def test_the_breakout_preset_is_gymnax_blines_network_and_value_loss():
                           learning_starts=10_000, target=0.1, hidden=[64, 64], td_steps=3,
                           gamma=0.999)),
      ("minatar_breakout", dict(num_envs=4, total_steps=2_000_000, batch_size=64, gradient_steps=1,
-                               tau=1.0, learning_starts=20_000, target=0.89, hidden=[], td_steps=1,
+                               tau=1.0, learning_starts=20_000, target=0.3, hidden=[], td_steps=1,
                                gamma=0.99))],
 )
 def test_sac_presets_compose_and_name_their_source(env, expect):
