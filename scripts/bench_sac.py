@@ -56,6 +56,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 MAPPINGS = ("softmax", "entmax15", "sparsemax")
+SAC = "entropy-rl SAC"  # the method column of our runs
 MAPPING_NAMES = {"softmax": "softmax", "entmax15": "entmax-1.5", "sparsemax": "sparsemax"}
 WINDOW = 100          # training episodes in the final and the solved mean
 EVAL_EPISODES = 10    # greedy episodes at the end (ours: conf/experiment/benchmark.yaml)
@@ -262,7 +263,7 @@ def collect(args):
         for r in ours.itertuples():
             if (r.env in ids and r.budget == budget(args, ids[r.env]) and r.seed in seeds(args)
                     and r.policy in args.mappings and is_result(r.status)):
-                rows.append({"env": r.env, "method": "entropy-rl SAC", "mapping": r.mapping,
+                rows.append({"env": r.env, "method": SAC, "mapping": r.mapping,
                              "seed": r.seed, "budget": r.budget, "status": r.status, "steps": r.steps,
                              "final_return": r.final_return, "solved_at_step": r.solved_at_step,
                              "eval_greedy": r.eval_greedy, "wall_time_s": r.wall_time_s,
@@ -337,6 +338,60 @@ def markdown(cells: list[dict]) -> str:
     return "\n".join(rows)
 
 
+# What may differ between the SAC runs of one cell: the seed and the mapping (conf/policy/*.yaml).
+PER_RUN_KEYS = ("seed", "policy.name", "policy.alpha")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _first_difference(a: dict, b: dict) -> str:
+    fa, fb = _flat(a), _flat(b)
+    key = sorted(k for k in fa.keys() | fb.keys() if fa.get(k, "<absent>") != fb.get(k, "<absent>"))[0]
+    return f"{key}: {fa.get(key, '<absent>')!r} vs {fb.get(key, '<absent>')!r}"
+
+
+def run_settings(run_dir: Path) -> dict:
+    """A SAC run's composed config without the keys in PER_RUN_KEYS: what the runs of one cell
+    share. It holds the preset's values as the run used them, so a part run before a preset
+    changed does not combine with one run after (the command alone is the same for both)."""
+    from rl.analysis.runs import read_config
+
+    flat = {k: v for k, v in _flat(read_config(run_dir)).items() if k not in PER_RUN_KEYS}
+    nested: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def cell_settings(args, table, env: str):
+    """The settings every SAC run of `env` in `table` shares (None when it holds none); exits
+    when two of them differ past the seed and the mapping."""
+    env_id, first = CELLS[env]["env_id"], None
+    if table.empty:
+        return None
+    for r in table[(table.env == env_id) & (table.method == SAC)].itertuples():
+        settings = run_settings(args.out / r.run)
+        if first is None:
+            first = (settings, r.run)
+        elif settings != first[0]:
+            raise SystemExit(f"{args.out}: the {env} SAC runs {first[1]} and {r.run} differ in "
+                             f"{_first_difference(first[0], settings)}; one results file holds "
+                             "runs of one setting (give the others their own --out)")
+    return None if first is None else first[0]
+
+
 def report(args) -> None:
     table = collect(args)
     if table.empty:
@@ -345,7 +400,8 @@ def report(args) -> None:
         "seeds": args.seeds, "first_seed": args.first_seed, "mappings": args.mappings,
         "cells": {e: {**CELLS[e], "steps": budget(args, e),
                       "sac_command": shlex.join(sac_command(args, e)[1:]),
-                      "sac_preset": f"conf/preset/{e}_sac.yaml", "dqn_source": DQN[e]["source"],
+                      "sac_preset": f"conf/preset/{e}_sac.yaml",
+                      "sac_settings": cell_settings(args, table, e), "dqn_source": DQN[e]["source"],
                       "dqn_hyperparameters": dqn_kwargs(e, budget(args, e), args.sb3)} for e in args.envs}})
 
 
@@ -380,15 +436,28 @@ def _comparable_command(command: str) -> list[str]:
             if not t.startswith(("seed=", "policy=", "hydra.sweep.dir="))]
 
 
+_UNRECORDED = object()
+
+
+def _part_settings(cell: dict, data: dict, env: str):
+    """A part's recorded SAC settings for `env`: a dict, None when the part holds no SAC run of
+    it, or _UNRECORDED for a results file written before settings were recorded."""
+    if "sac_settings" in cell:
+        return cell["sac_settings"]
+    has_sac = any(r["env"] == cell["env_id"] and r["method"] == SAC for r in data["runs"])
+    return _UNRECORDED if has_sac else None
+
+
 def combine(args) -> None:
     """``--combine A.json B.json ..``: one results file from the results of runs made apart (other
     seeds, other mappings, other sittings) with the same settings. Refuses parts whose cells
     differ in budget, SAC command (past seeds, mappings and runs directory) or DQN
-    hyper-parameters, and runs that two parts both hold; the table is computed again from the
-    union of the per-run rows."""
+    hyper-parameters or SAC run settings (each run's composed config past its seed and mapping:
+    a preset changed between parts shows here), and runs that two parts both hold; the table is
+    computed again from the union of the per-run rows."""
     import pandas as pd
 
-    cells, rows, parts, seen = {}, [], [], {}
+    cells, rows, parts, seen, firsts = {}, [], [], {}, {}
     for path in args.combine:
         try:
             data = json.loads(Path(path).read_text())
@@ -400,6 +469,7 @@ def combine(args) -> None:
         for env, cell in data["cells"].items():
             if env not in cells:
                 cells[env] = (cell, path)
+                firsts[env] = data
                 continue
             first, where = cells[env]
             for key, same in (("steps", lambda c: c["steps"]),
@@ -409,6 +479,20 @@ def combine(args) -> None:
                     raise SystemExit(f"--combine: {path}'s {env} {key} differs from {where}'s: "
                                      f"{cell[key]!r} vs {first[key]!r}; only runs with the same "
                                      "settings combine")
+            mine, theirs = _part_settings(cell, data, env), _part_settings(first, firsts[env], env)
+            if mine is None or theirs is None:  # a part with DQN runs only: nothing to compare
+                if theirs is None and mine is not None:  # this part's SAC settings go on
+                    cells[env], firsts[env] = (cell, path), data
+            elif (mine is _UNRECORDED) != (theirs is _UNRECORDED):
+                old_one = path if mine is _UNRECORDED else where
+                raise SystemExit(f"--combine: {old_one} does not record its {env} SAC runs' settings "
+                                 "(sac_settings: results written before it existed), so they cannot "
+                                 "be checked against the other part's; write it again with "
+                                 "--no-train from its --out")
+            elif mine is not _UNRECORDED and mine != theirs:
+                raise SystemExit(f"--combine: {path}'s {env} SAC runs differ from {where}'s in "
+                                 f"{_first_difference(theirs, mine)}; only runs with the same "
+                                 "settings combine")
         for run in data["runs"]:
             key = (run["env"], run["method"], run["mapping"], run["seed"])
             if key in seen:

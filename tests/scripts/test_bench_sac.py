@@ -95,14 +95,15 @@ def test_report_tabulates_finished_runs_with_iqm_and_solved(bench, tmp_path, cap
     sys.modules.pop("bench_sac", None)
 
 
-def _fake_sac_run(runs, seed, status, final, steps, solved_at=None):
+def _fake_sac_run(runs, seed, status, final, steps, solved_at=None, target=0.1):
     """A run directory as rl-train leaves it: the composed config and the summary."""
     import yaml
 
     run = runs / f"algo=sac,env=lunarlander,policy=sparsemax,seed={seed}"
     (run / ".hydra").mkdir(parents=True)
     cfg = {"env": {"id": "LunarLander-v3", "solved_return": 200.0}, "algo": {"name": "sac"},
-           "policy": {"name": "sparsemax"}, "seed": seed, "total_steps": 500_000}
+           "policy": {"name": "sparsemax", "alpha": 2.0, "temperature": 1.0}, "seed": seed,
+           "total_steps": 500_000, "beta_schedule": {"target_entropy": target}}
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     summary = {"status": status, "steps": steps, "final_mean_return": final, "solved_at_step": solved_at,
                "eval_return_greedy": final + 1.0, "wall_time_s": 10.0}
@@ -179,4 +180,40 @@ def test_combine_tabulates_the_union_of_parts_and_refuses_other_settings_or_a_ru
     with pytest.raises(ValueError, match="--combine needs --results"):
         bench.parse_args(["--combine", str(a), str(b)])
     assert not (tmp_path / "x.json").exists()
+    sys.modules.pop("bench_sac", None)
+
+
+def test_sac_settings_are_recorded_and_a_part_run_at_other_settings_does_not_combine(bench, tmp_path):
+    """The command of a part run before a preset changed is the same as one run after it: the
+    runs' own composed configs tell them apart."""
+    common = ["--no-train", "--envs", "lunarlander", "--mappings", "sparsemax", "--seeds", "2"]
+    parts = {}
+    for name, first, target in (("a", 0, 0.1), ("b", 2, 0.1), ("c", 2, 0.89)):
+        out = tmp_path / name
+        for seed in (first, first + 1):
+            _fake_sac_run(out / "runs", seed, "completed", 100.0 + seed, 500_000, target=target)
+        parts[name] = tmp_path / f"{name}.json"
+        assert bench.main([*common, "--first-seed", str(first), "--out", str(out),
+                           "--results", str(parts[name])]) == 0
+    settings = json.loads(parts["a"].read_text())["cells"]["lunarlander"]["sac_settings"]
+    assert settings["beta_schedule"] == {"target_entropy": 0.1} and "seed" not in settings
+    assert settings["policy"] == {"temperature": 1.0}  # the mapping's keys are per run
+    both = tmp_path / "ab.json"
+    assert bench.main(["--combine", str(parts["a"]), str(parts["b"]), "--results", str(both)]) == 0
+    assert json.loads(both.read_text())["table"][0]["seeds"] == 4
+    with pytest.raises(SystemExit, match=r"c\.json's lunarlander SAC runs differ from .*a\.json's in "
+                                         r"beta_schedule\.target_entropy: 0\.1 vs 0\.89"):
+        bench.main(["--combine", str(parts["a"]), str(parts["c"]), "--results", str(tmp_path / "x.json")])
+    old = json.loads(parts["b"].read_text())  # as written before settings were recorded
+    del old["cells"]["lunarlander"]["sac_settings"]
+    unrecorded = tmp_path / "old.json"
+    unrecorded.write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match=r"old\.json does not record its lunarlander SAC runs' settings"):
+        bench.main(["--combine", str(parts["a"]), str(unrecorded), "--results", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
+    # one --out holding runs of two settings is refused at the report
+    _fake_sac_run(tmp_path / "a" / "runs", 4, "completed", 50.0, 500_000, target=0.3)
+    with pytest.raises(SystemExit, match=r"lunarlander SAC runs .*seed=0 and .*seed=4 differ in "
+                                         r"beta_schedule\.target_entropy: 0\.1 vs 0\.3"):
+        bench.main([*common, "--seeds", "5", "--out", str(tmp_path / "a"), "--results", str(tmp_path / "x.json")])
     sys.modules.pop("bench_sac", None)
