@@ -45,8 +45,11 @@ import logging
 import os
 import pickle
 import re
+import signal
 import sys
 import tempfile
+import threading
+import time
 import traceback
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -278,8 +281,30 @@ class PopulationTask:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def _local_entry(jobs: Sequence[Job], result_path: str) -> None:
+def follow_parent(parent_pid: int, interval_s: float = 1.0) -> threading.Thread:
+    """Sends this process one SIGTERM when its parent, the launcher, is gone.
+
+    A population process is the launcher's child. Without this, ``kill <launcher pid>`` leaves
+    it training as an orphan, its command line naming no run directory to find it by. SIGTERM is
+    what the trainer already treats as "finish this update, write checkpoints, stop", so the
+    runs stay resumable. A daemon thread watches the parent pid. Linux's PR_SET_PDEATHSIG would
+    be the kernel's way, but it sends the signal once per thread that inherited it (torch's and
+    TensorBoard's), and a second SIGTERM is the trainer's "stop now, without checkpoints".
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        log.warning("the launcher (pid %d) is gone: stopping this population", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="follow-launcher", daemon=True)
+    thread.start()
+    return thread
+
+
+def _local_entry(jobs: Sequence[Job], result_path: str, parent_pid: int) -> None:
     """A local population process: runs the population, leaves its results in a file."""
+    follow_parent(parent_pid)
     results = run_population(jobs)
     tmp = result_path + ".tmp"
     with open(tmp, "wb") as f:
@@ -515,7 +540,7 @@ class PopulationLauncher(Launcher):
                     while pending and len(running) < self.n_jobs:
                         n = pending.pop(0)
                         path = os.path.join(tmp, f"{n}.pkl")
-                        proc = ctx.Process(target=_local_entry, args=(populations[n], path),
+                        proc = ctx.Process(target=_local_entry, args=(populations[n], path, os.getpid()),
                                            name=f"population-{n + 1}")
                         proc.start()
                         running[n] = proc

@@ -4,9 +4,12 @@ through ``hydra/launcher=population`` (local processes) and ``population_slurm_l
 
 import json
 import logging
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -257,3 +260,80 @@ def test_population_sweep_composes_each_job_once(tmp_path):
     assert "4 of 4 job config(s) composed once, by the sweeper's check" in out
     seen = sorted((read_config(r)["seed"], read_config(r)["beta"]) for r in find_runs(sweep_dir))
     assert seen == [(0, 0.0), (0, 0.1), (1, 0.0), (1, 0.1)]
+
+
+# ------------------------------------------------------------- a population dies with its launcher
+_CHILD = '''
+import os, signal, threading, time
+
+def sleeper(ready, parent_pid, follow):
+    if follow:
+        from rl.launcher import follow_parent
+        follow_parent(parent_pid, interval_s=0.1)
+    for _ in range(3):  # as torch's and TensorBoard's threads in a trainer
+        threading.Thread(target=time.sleep, args=(120,), daemon=True).start()
+    got = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    with open(ready, "w") as f:
+        f.write(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # a second signal, if one came, would land here
+    with open(ready + ".signals", "w") as f:
+        f.write(str(len(got)))
+'''
+
+_PARENT = '''
+import multiprocessing, os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+import child
+
+if __name__ == "__main__":
+    ready, follow = sys.argv[2], sys.argv[3] == "1"
+    proc = multiprocessing.get_context("spawn").Process(target=child.sleeper,
+                                                        args=(ready, os.getpid(), follow))
+    proc.start()
+    while not os.path.exists(ready):
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGKILL)  # as `kill -9 <launcher pid>`: no clean-up of its own
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by init) counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process states from /proc")
+@pytest.mark.parametrize("follow", [True, False])
+def test_a_population_process_is_stopped_when_its_launcher_is_killed(tmp_path, follow):
+    """The launcher spawns each population; killed, it must not leave one training unseen, and
+    the population gets one SIGTERM (the trainer's "checkpoint and stop"). The control
+    (follow=False) shows the orphan this prevents."""
+    (tmp_path / "child.py").write_text(_CHILD)
+    (tmp_path / "parent.py").write_text(_PARENT)
+    ready = tmp_path / "ready"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(tmp_path / "parent.py"), str(tmp_path), str(ready),
+                           "1" if follow else "0"], env=env, timeout=120)
+    assert done.returncode == -signal.SIGKILL
+    pid = int(ready.read_text())
+    try:
+        deadline = time.monotonic() + (60 if follow else 2)  # the control: still there 2 s on
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _alive(pid) is not follow
+        if follow:  # one SIGTERM: a second is the trainer's "stop now, without checkpoints"
+            assert (tmp_path / "ready.signals").read_text() == "1"
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
