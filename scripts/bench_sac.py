@@ -353,26 +353,17 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _first_difference(a: dict, b: dict) -> str:
-    fa, fb = _flat(a), _flat(b)
-    key = sorted(k for k in fa.keys() | fb.keys() if fa.get(k, "<absent>") != fb.get(k, "<absent>"))[0]
-    return f"{key}: {fa.get(key, '<absent>')!r} vs {fb.get(key, '<absent>')!r}"
+    key = sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))[0]
+    return f"{key}: {a.get(key, '<absent>')!r} vs {b.get(key, '<absent>')!r}"
 
 
 def run_settings(run_dir: Path) -> dict:
-    """A SAC run's composed config without the keys in PER_RUN_KEYS: what the runs of one cell
-    share. It holds the preset's values as the run used them, so a part run before a preset
-    changed does not combine with one run after (the command alone is the same for both)."""
+    """A SAC run's composed config as dotted keys, without those in PER_RUN_KEYS: what the runs of
+    one cell share. It holds the preset's values as the run used them, so a part run before a
+    preset changed does not combine with one run after (the command alone is the same for both)."""
     from rl.analysis.runs import read_config
 
-    flat = {k: v for k, v in _flat(read_config(run_dir)).items() if k not in PER_RUN_KEYS}
-    nested: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return nested
+    return {k: v for k, v in _flat(read_config(run_dir)).items() if k not in PER_RUN_KEYS}
 
 
 def cell_settings(args, table, env: str):
