@@ -338,8 +338,10 @@ def markdown(cells: list[dict]) -> str:
     return "\n".join(rows)
 
 
-# What may differ between the SAC runs of one cell: the seed and the mapping (conf/policy/*.yaml).
-PER_RUN_KEYS = ("seed", "policy.name", "policy.alpha")
+# What may differ between the SAC runs of one cell: the seed, the mapping (conf/policy/*.yaml), and
+# how a run is run (resumed, shown, checkpointed), which changes none of its numbers.
+PER_RUN_KEYS = ("seed", "policy.name", "policy.alpha", "resume", "auto_resume", "progress",
+                "checkpoint_interval")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -430,9 +432,9 @@ def _comparable_command(command: str) -> list[str]:
 _UNRECORDED = object()
 
 
-def _part_settings(cell: dict, data: dict, env: str):
-    """A part's recorded SAC settings for `env`: a dict, None when the part holds no SAC run of
-    it, or _UNRECORDED for a results file written before settings were recorded."""
+def _part_settings(cell: dict, data: dict):
+    """A part's recorded SAC settings for one cell: a dict, None when the part holds no SAC run
+    of it, or _UNRECORDED for a results file written before settings were recorded."""
     if "sac_settings" in cell:
         return cell["sac_settings"]
     has_sac = any(r["env"] == cell["env_id"] and r["method"] == SAC for r in data["runs"])
@@ -470,7 +472,7 @@ def combine(args) -> None:
                     raise SystemExit(f"--combine: {path}'s {env} {key} differs from {where}'s: "
                                      f"{cell[key]!r} vs {first[key]!r}; only runs with the same "
                                      "settings combine")
-            mine, theirs = _part_settings(cell, data, env), _part_settings(first, firsts[env], env)
+            mine, theirs = _part_settings(cell, data), _part_settings(first, firsts[env])
             if mine is None or theirs is None:  # a part with DQN runs only: nothing to compare
                 if theirs is None and mine is not None:  # this part's SAC settings go on
                     cells[env], firsts[env] = (cell, path), data
