@@ -450,7 +450,7 @@ def combine(args) -> None:
     computed again from the union of the per-run rows."""
     import pandas as pd
 
-    cells, rows, parts, seen, firsts = {}, [], [], {}, {}
+    cells, rows, parts, seen = {}, [], [], {}
     for path in args.combine:
         try:
             data = json.loads(Path(path).read_text())
@@ -460,11 +460,11 @@ def combine(args) -> None:
             raise SystemExit(f"--combine: {path} is not a results file of bench_sac.py "
                              "(it needs 'benchmark': 'sac', 'cells' and 'runs')")
         for env, cell in data["cells"].items():
+            mine = _part_settings(cell, data)
             if env not in cells:
-                cells[env] = (cell, path)
-                firsts[env] = data
+                cells[env] = (cell, path, mine)
                 continue
-            first, where = cells[env]
+            first, where, theirs = cells[env]
             for key, same in (("steps", lambda c: c["steps"]),
                               ("sac_command", lambda c: _comparable_command(c["sac_command"])),
                               ("dqn_hyperparameters", lambda c: c["dqn_hyperparameters"])):
@@ -472,10 +472,9 @@ def combine(args) -> None:
                     raise SystemExit(f"--combine: {path}'s {env} {key} differs from {where}'s: "
                                      f"{cell[key]!r} vs {first[key]!r}; only runs with the same "
                                      "settings combine")
-            mine, theirs = _part_settings(cell, data), _part_settings(first, firsts[env])
             if mine is None or theirs is None:  # a part with DQN runs only: nothing to compare
                 if theirs is None and mine is not None:  # this part's SAC settings go on
-                    cells[env], firsts[env] = (cell, path), data
+                    cells[env] = (cell, path, mine)
             elif (mine is _UNRECORDED) != (theirs is _UNRECORDED):
                 old_one = path if mine is _UNRECORDED else where
                 raise SystemExit(f"--combine: {old_one} does not record its {env} SAC runs' settings "
@@ -496,7 +495,7 @@ def combine(args) -> None:
         parts.append({"file": Path(path).name, "written_utc": data.get("written_utc"),
                       "command": data.get("command"), "device_name": data.get("device_name")})
     table = pd.DataFrame(rows).sort_values(["env", "method", "mapping", "seed"]).reset_index(drop=True)
-    write_results(args, table, {"cells": {env: cell for env, (cell, _) in cells.items()},
+    write_results(args, table, {"cells": {env: cell for env, (cell, _, _) in cells.items()},
                                 "combined_from": parts})
 
 
